@@ -1,0 +1,114 @@
+"""The embedding-engine extension point: one Protocol, one registry keyed by URI scheme.
+
+Each engine lives in its own module here and is imported only when a URI asks for it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from guard.errors import ConfigError
+from guard.records import Vectors
+from guard.uri import as_bool, as_int, parse, redact
+
+Pooling = Literal["mean", "cls", "last"]
+OPTION_NAMES = ("max_tokens", "prefix", "normalize", "pooling", "batch_size", "n_threads")
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Settings every engine understands; None means 'the engine's own default'."""
+
+    max_tokens: int | None = None
+    prefix: str = ""
+    normalize: bool | None = None
+    pooling: Pooling | None = None
+    batch_size: int = 32
+    n_threads: int | None = None
+
+    @classmethod
+    def from_params(cls, params: dict[str, str]) -> EngineOptions:
+        pooling = params.get("pooling") or None
+        if pooling not in (None, "mean", "cls", "last"):
+            raise ConfigError(f"option pooling must be mean, cls or last, not {pooling!r}")
+        return cls(
+            max_tokens=as_int(params.get("max_tokens"), name="max_tokens"),
+            prefix=params.get("prefix", ""),
+            normalize=as_bool(params.get("normalize"), name="normalize"),
+            pooling=pooling,  # type: ignore[arg-type]
+            batch_size=as_int(params.get("batch_size"), name="batch_size", default=32) or 32,
+            n_threads=as_int(params.get("n_threads"), name="n_threads"),
+        )
+
+    def vector_settings(self) -> dict[str, Any]:
+        """The settings that change vectors (batch size and threads must not)."""
+        settings = asdict(self)
+        del settings["batch_size"], settings["n_threads"]
+        return settings
+
+
+@runtime_checkable
+class EmbeddingEngine(Protocol):
+    """Turns texts into vectors.
+
+    Contract every engine keeps (tests/test_engine_contract.py checks it):
+    - ``embed`` returns a C-contiguous float32 array of shape (len(texts), dims), row i
+      for texts[i], sending texts to the backend in batches, never one call per text;
+    - ``options.prefix`` is put before every text, ``options.normalize`` True scales
+      rows to unit length, ``options.max_tokens`` truncates as the model's tokenizer
+      does;
+    - errors come out as ``EngineError`` with the redacted URI.
+    """
+
+    uri: str  # redacted
+    options: EngineOptions
+
+    def embed(self, texts: Sequence[str]) -> Vectors: ...
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Model identity (file sha256 or served model id), every setting that changes
+        vectors, and engine/library versions."""
+        ...
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text where the engine can tokenize, else characters."""
+        ...
+
+    def with_options(self, **changes: Any) -> EmbeddingEngine:
+        """The same model with other settings (used by diagnosis to try alternatives)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+ENGINES: dict[str, str] = {
+    "llamacpp": "guard.engines.llamacpp:LlamaCppEngine",
+    "openai+http": "guard.engines.openai:OpenAIEngine",
+    "openai+https": "guard.engines.openai:OpenAIEngine",
+    "ollama+http": "guard.engines.ollama:OllamaEngine",
+    "ollama+https": "guard.engines.ollama:OllamaEngine",
+    "st": "guard.engines.st:SentenceTransformerEngine",
+    "model2vec": "guard.engines.model2vec:Model2VecEngine",
+}
+
+
+def open_engine(uri: str) -> EmbeddingEngine:
+    parsed = parse(uri)
+    target = ENGINES.get(parsed.scheme)
+    if target is None:
+        known = ", ".join(sorted(ENGINES))
+        raise ConfigError(f"unknown engine scheme {parsed.scheme!r} in {redact(uri)} (known: {known})")
+    module_name, class_name = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"engine {parsed.scheme!r} needs an optional package that is not installed: {exc.name}"
+        ) from exc
+    engine: EmbeddingEngine = getattr(module, class_name)(parsed)
+    return engine
+
+

@@ -1,0 +1,47 @@
+"""The guard's exceptions: one tree, mapped to exit codes in one place (guard.cli).
+
+    GuardError                  anything the guard can explain in one line
+     ├── ConfigError            bad flags, URIs, options or config files
+     ├── StoreError             a vector store is unreachable, missing, empty or malformed
+     ├── EngineError            an embedding engine failed or answered nonsense
+     └── ReindexError           a re-index job cannot proceed
+
+Messages never contain secrets: whoever raises passes URIs through
+``guard.uri.redact`` first, and the CLI prints only ``str(error)``.
+"""
+
+from __future__ import annotations
+
+
+class GuardError(Exception):
+    """Base of every error the guard reports to a user."""
+
+    exit_code = 2
+
+
+class ConfigError(GuardError):
+    """Usage, URI, option or configuration problem."""
+
+
+class StoreError(GuardError):
+    """A vector store cannot be read or written as asked."""
+
+    def __init__(self, message: str, *, uri: str | None = None) -> None:
+        super().__init__(f"{message} [{uri}]" if uri else message)
+        self.uri = uri
+
+
+class EngineError(GuardError):
+    """An embedding engine failed or returned unusable output."""
+
+    def __init__(self, message: str, *, engine: str | None = None) -> None:
+        super().__init__(f"{message} [{engine}]" if engine else message)
+        self.engine = engine
+
+
+class ReindexError(GuardError):
+    """A re-index job cannot be planned, run, verified or switched."""
+
+    def __init__(self, message: str, *, job_id: str | None = None) -> None:
+        super().__init__(f"{message} [job {job_id}]" if job_id else message)
+        self.job_id = job_id

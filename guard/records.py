@@ -1,0 +1,82 @@
+"""Plain values that cross the boundary between stores, engines and the core."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+Vectors = npt.NDArray[np.float32]
+RecordId = int | str
+Distance = Literal["cosine", "dot", "l2", "l1"]
+
+
+def as_vectors(data: Any, *, dims: int | None = None) -> Vectors:
+    """Check shape and dtype once, where vectors enter the guard."""
+    array = np.asarray(data, dtype=np.float32)
+    if array.ndim == 1 and array.size == 0:
+        array = array.reshape(0, dims or 0)
+    if array.ndim != 2:
+        raise ValueError(f"expected a 2-d array of vectors, got shape {array.shape}")
+    if dims is not None and array.shape[1] != dims:
+        raise ValueError(f"expected vectors of {dims} dimensions, got {array.shape[1]}")
+    return np.ascontiguousarray(array)
+
+
+@dataclass(frozen=True)
+class RecordBatch:
+    """Records read from a store: ids, their source texts and their stored vectors.
+
+    ``texts[i]`` is None when the record has no usable text. ``payloads`` holds the
+    rest of each record (Qdrant payload or the other table columns) so a re-index
+    can copy it unchanged; it is empty when the caller did not ask for it.
+    """
+
+    ids: tuple[RecordId, ...]
+    texts: tuple[str | None, ...]
+    vectors: Vectors
+    payloads: tuple[dict[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not (len(self.ids) == len(self.texts) == len(self.vectors)):
+            raise ValueError("ids, texts and vectors must have the same length")
+        if self.payloads and len(self.payloads) != len(self.ids):
+            raise ValueError("payloads must be empty or one per record")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def empty(cls, dims: int) -> RecordBatch:
+        return cls((), (), np.zeros((0, dims), dtype=np.float32))
+
+    def with_text(self) -> RecordBatch:
+        """Only the records that have text to re-embed."""
+        keep = [i for i, text in enumerate(self.texts) if text]
+        return self.take(keep)
+
+    def take(self, indices: Sequence[int]) -> RecordBatch:
+        return RecordBatch(
+            tuple(self.ids[i] for i in indices),
+            tuple(self.texts[i] for i in indices),
+            self.vectors[list(indices)] if len(indices) else self.vectors[:0],
+            tuple(self.payloads[i] for i in indices) if self.payloads else (),
+        )
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """What ``describe`` learns about a collection or table."""
+
+    uri: str  # redacted
+    count: int
+    dims: int
+    distance: Distance
+    layout: str  # plain, langchain, llamaindex, haystack, pgai, or custom
+    text_field: str
+    vector_field: str | None
+    records_without_text: int | None = None  # None when counting them would scan
+    details: dict[str, Any] = field(default_factory=dict)

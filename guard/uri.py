@@ -1,0 +1,77 @@
+"""Parsing of store and engine URIs, and redaction of the secrets they may carry."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from guard.errors import ConfigError
+
+# Query parameters whose values are secrets wherever they appear.
+SECRET_PARAMS = frozenset({"password", "api_key", "apikey", "key", "token", "secret"})
+_USERINFO_PASSWORD = re.compile(r"(://[^:/@\s]+):[^@/\s]*@")
+
+
+@dataclass(frozen=True)
+class ParsedURI:
+    """A URI split into the parts adapters and engines care about."""
+
+    raw: str
+    scheme: str
+    netloc: str
+    path: str
+    params: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def redacted(self) -> str:
+        return redact(self.raw)
+
+    def without_params(self, *names: str) -> str:
+        """The URI with the guard's own query parameters removed (for drivers)."""
+        parts = urlsplit(self.raw)
+        kept = [(k, v) for k, v in parse_qsl(parts.query) if k not in names]
+        return urlunsplit(parts._replace(query=urlencode(kept)))
+
+
+def parse(uri: str) -> ParsedURI:
+    if ":" not in uri:
+        raise ConfigError(f"not a URI (expected scheme:...): {redact(uri)!r}")
+    parts = urlsplit(uri)
+    if not parts.scheme:
+        raise ConfigError(f"not a URI (expected scheme:...): {redact(uri)!r}")
+    params = dict(parse_qsl(parts.query, keep_blank_values=True))
+    return ParsedURI(uri, parts.scheme.lower(), parts.netloc, parts.path, params)
+
+
+def redact(text: str) -> str:
+    """Remove passwords in user-info and secret query values from any string."""
+    text = _USERINFO_PASSWORD.sub(r"\1:***@", text)
+    return re.sub(
+        r"(?i)([?&](?:%s)=)[^&\s]*" % "|".join(sorted(SECRET_PARAMS)),
+        r"\1***",
+        text,
+    )
+
+
+def as_bool(value: str | None, *, name: str, default: bool | None = None) -> bool | None:
+    if value is None or value == "":
+        return default
+    lowered = value.lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"option {name} must be true or false, not {value!r}")
+
+
+def as_int(value: str | None, *, name: str, default: int | None = None, minimum: int = 1) -> int | None:
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"option {name} must be an integer, not {value!r}") from None
+    if number < minimum:
+        raise ConfigError(f"option {name} must be at least {minimum}, not {number}")
+    return number
