@@ -1,0 +1,1 @@
+"""Fixtures that build the demo GGUF models once per session (filled in by the engines work)."""

@@ -1,0 +1,1 @@
+"""Fixtures that give each test its own real store (filled in by the store adapters work)."""
