@@ -1,0 +1,14 @@
+# The two quick-start commands of the README.
+.PHONY: demo test lint
+
+demo:
+	./scripts/bootstrap.sh demo
+	.venv/bin/guard demo
+
+test:
+	./scripts/bootstrap.sh test
+	.venv/bin/python -m pytest
+
+lint:
+	.venv/bin/ruff check .
+	.venv/bin/mypy
