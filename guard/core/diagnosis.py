@@ -1,0 +1,503 @@
+"""Why the candidate's vectors differ from the stored ones, as findings with a fix.
+
+Each rule is a small function ``(Evidence) -> Finding | None`` listed in ``RULES``;
+``diagnose`` runs them all. Adding a cause is adding one function and its test.
+Rules stay silent unless the data show their pattern clearly: a perfect engine gets no
+finding, and a finding that names a setting is what turns a verdict into ``fix_config``.
+
+The shell can sharpen a diagnosis by re-measuring the mismatching records with changed
+candidate settings (``settings_to_try`` says which are worth it) and passing the
+results back as ``Alternative`` values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from guard.core.compare import Comparison, Floats, Ints, rowwise_cosine
+from guard.records import Distance
+
+Cause = Literal[
+    "truncation_mismatch",
+    "normalization_mismatch",
+    "prefix_mismatch",
+    "pooling_mismatch",
+    "quantization_noise",
+    "different_space",
+    "dimension_mismatch",
+    "nan_output",
+    "zero_vectors",
+    "collisions",
+    "nondeterministic",
+    "batch_inconsistent",
+]
+SELF_CHECK_CAUSES: frozenset[Cause] = frozenset(
+    {"nan_output", "zero_vectors", "collisions", "nondeterministic", "batch_inconsistent"}
+)
+SettingValue = str | int | float | bool
+Setting = Mapping[str, SettingValue]
+
+# Below this median cosine the two sides do not describe the same space at all.
+DIFFERENT_SPACE_MEDIAN = 0.5
+# A norm ratio further than this from 1 is a different length, not rounding.
+NORM_TOLERANCE = 0.02
+# Quantisation noise: a high median, a tight spread and nothing systematic.
+QUANTIZATION_MEDIAN = (0.96, 0.9995)
+QUANTIZATION_SPREAD = 0.03  # median - p5
+# Truncation limits models and engines commonly use; a cut is rounded to one of these.
+COMMON_MAX_TOKENS = (128, 256, 384, 512, 1024, 2048, 4096, 8192)
+# Truncation needs this many matching records shorter than the first failure, and the
+# failures must sit among the longest records with at most this chance under no pattern.
+_MIN_SHORT_RECORDS = 10
+_TRUNCATION_P = 1e-3
+# Settings whose change commonly explains a whole-sample mismatch, for the shell to try.
+PROBES: tuple[Setting, ...] = (
+    {"prefix": "query: "},
+    {"prefix": "passage: "},
+    {"prefix": "search_query: "},
+    {"prefix": "search_document: "},
+    {"pooling": "mean"},
+    {"pooling": "cls"},
+    {"pooling": "last"},
+)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One diagnosed cause: what was seen, what to do, and what setting does it.
+
+    ``explains_all`` is true when applying ``setting`` brings every mismatching record
+    above the threshold (measured through an ``Alternative``, or implied by the data,
+    as with a clean truncation pattern or unit-norm stored vectors).
+    """
+
+    cause: Cause
+    evidence: str
+    suggestion: str
+    setting: Setting | None = field(default=None, hash=False)
+    explains_all: bool = False
+
+    def as_dict(self) -> dict[str, str]:
+        """The report's form: exactly cause, evidence and suggestion."""
+        return {"cause": self.cause, "evidence": self.evidence, "suggestion": self.suggestion}
+
+
+@dataclass(frozen=True, eq=False)
+class Alternative:
+    """The mismatching records re-measured with one changed candidate setting.
+
+    ``indices`` are rows of the Comparison; ``cosines`` (and optionally
+    ``norm_ratios``) are the stored vectors of those rows against the candidate's new
+    vectors. Extra matching rows may be included as controls: they must stay above T.
+    """
+
+    setting: Setting
+    indices: Ints
+    cosines: Floats
+    norm_ratios: Floats | None = None
+
+    @classmethod
+    def measure(
+        cls,
+        setting: Setting,
+        indices: npt.ArrayLike,
+        stored: npt.ArrayLike,
+        candidate: npt.ArrayLike,
+    ) -> Alternative:
+        """Build one from the stored rows and the candidate's re-embedded rows."""
+        rows = np.asarray(indices, dtype=np.int64)
+        cosines, _ = rowwise_cosine(stored, candidate)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios = np.linalg.norm(np.asarray(candidate, np.float64), axis=1) / np.linalg.norm(
+                np.asarray(stored, np.float64), axis=1
+            )
+        if rows.shape != cosines.shape:
+            raise ValueError(f"{rows.size} indices for {cosines.size} re-measured rows")
+        return cls(dict(setting), rows, cosines, ratios)
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{key}={_value(value)}" for key, value in self.setting.items())
+
+
+@dataclass(frozen=True, eq=False)
+class Evidence:
+    """Everything the rules look at.
+
+    ``comparison`` is None when the dimensions differ. The store's distance and the
+    token counts travel inside the Comparison. ``candidate_settings`` are the
+    candidate's current settings from its fingerprint (e.g. ``{"max_tokens": 512}``),
+    as far as known.
+    """
+
+    comparison: Comparison | None
+    threshold: float
+    stored_dims: int
+    candidate_dims: int
+    selfcheck: tuple[Finding, ...] = ()
+    alternatives: tuple[Alternative, ...] = ()
+    candidate_settings: Setting = field(default_factory=dict)
+
+    @property
+    def distance(self) -> Distance | None:
+        return self.comparison.distance if self.comparison is not None else None
+
+    def mismatching(self) -> Ints:
+        """Rows below the threshold: the records alternatives should re-measure."""
+        if self.comparison is None:
+            return np.zeros(0, dtype=np.int64)
+        return np.flatnonzero(self.comparison.below(self.threshold)).astype(np.int64)
+
+
+Rule = Callable[[Evidence], Finding | None]
+
+
+def dimension_mismatch(e: Evidence) -> Finding | None:
+    if e.stored_dims == e.candidate_dims:
+        return None
+    return Finding(
+        "dimension_mismatch",
+        f"the store holds {e.stored_dims}-dimensional vectors; "
+        f"the candidate makes {e.candidate_dims}-dimensional ones",
+        f"re-index into a new collection of {e.candidate_dims} dimensions, or choose a "
+        f"candidate model that makes {e.stored_dims}-dimensional vectors",
+    )
+
+
+def different_space(e: Evidence) -> Finding | None:
+    c = e.comparison
+    if c is None or not c.cosine.median < DIFFERENT_SPACE_MEDIAN:
+        return None
+    if any(_explains(a, e) for a in e.alternatives):
+        return None
+    return Finding(
+        "different_space",
+        f"cosines are low across the board (median {c.cosine.median:.3f}, "
+        f"max {float(c.cosines.max()):.3f}): the candidate's vectors live in another space",
+        "re-index: the candidate is a different model (or lacks a projection layer), "
+        "and no setting maps one space onto the other",
+    )
+
+
+def truncation_mismatch(e: Evidence) -> Finding | None:
+    pattern = _truncation(e)
+    measured = _best_alternative(e, "max_tokens")
+    if pattern is None:
+        if e.comparison is None or measured is None or not _explains(measured, e):
+            return None
+        return _from_alternative(e, e.comparison, "truncation_mismatch", measured)
+    current = e.candidate_settings.get("max_tokens")
+    evidence = (
+        f"records up to {pattern.largest_match} tokens match (min cosine "
+        f"{pattern.short_min:.6f}); {pattern.failures} of the {pattern.longer} records with "
+        f"{pattern.first_failure} or more tokens do not (cosine {pattern.failing_min:.3f}-"
+        f"{pattern.failing_max:.3f})"
+    )
+    if isinstance(current, int) and current < pattern.first_failure:
+        return Finding(
+            "truncation_mismatch",
+            f"{evidence}; the candidate cuts its input at {current} tokens",
+            f"raise max_tokens on the candidate above {current}, to the limit the stored "
+            "vectors were made with",
+        )
+    setting = {"max_tokens": pattern.cut}
+    explains = pattern.rounded
+    if measured is not None and measured.setting == setting:
+        explains = _explains(measured, e)
+        evidence += f"; measured with {measured.label}: " + _fixed_phrase(measured, e)
+    if pattern.rounded:
+        suggestion = (
+            f"set max_tokens={pattern.cut} on the candidate, the limit the stored "
+            "vectors were made with"
+        )
+    else:
+        suggestion = (
+            f"set max_tokens on the candidate to the limit the stored vectors were made with, "
+            f"between {pattern.largest_match} and {pattern.first_failure - 1} tokens"
+        )
+    return Finding("truncation_mismatch", evidence, suggestion, setting, explains)
+
+
+def normalization_mismatch(e: Evidence) -> Finding | None:
+    c = e.comparison
+    if c is None or c.distance == "cosine":
+        return None  # cosine ranking ignores length
+    deviating = _norm_deviating_share(c)
+    if deviating < 0.5 or not c.cosine.median >= e.threshold:
+        return None  # lengths agree, or the directions disagree too: not the story
+    distance = {"dot": "dot product", "l2": "euclidean distance", "l1": "manhattan distance"}
+    evidence = (
+        f"directions agree (median cosine {c.cosine.median:.4f}) but lengths differ: median "
+        f"|candidate|/|stored| = {c.norm_ratio.median:.3f}, {deviating:.0%} of records off by "
+        f"more than {NORM_TOLERANCE:.0%}; the store ranks by {distance[c.distance]}, where "
+        "length counts"
+    )
+    no_failures = c.failures(e.threshold) == 0
+    if _unit(c.stored_norms):
+        return Finding(
+            "normalization_mismatch",
+            evidence + "; the stored vectors have unit length",
+            "set normalize=true on the candidate",
+            {"normalize": True},
+            no_failures,
+        )
+    if _unit(c.candidate_norms):
+        measured = _best_alternative(e, "normalize")
+        explains = (
+            no_failures
+            and measured is not None
+            and measured.setting == {"normalize": False}
+            and measured.norm_ratios is not None
+            and bool(np.all(np.abs(measured.norm_ratios - 1.0) <= NORM_TOLERANCE))
+        )
+        return Finding(
+            "normalization_mismatch",
+            evidence + "; the candidate's vectors have unit length, the stored ones do not",
+            "set normalize=false on the candidate",
+            {"normalize": False},
+            explains,
+        )
+    return Finding(
+        "normalization_mismatch",
+        evidence + "; neither side has unit length",
+        "re-index, or normalise both the stored and the candidate's vectors",
+    )
+
+
+def prefix_mismatch(e: Evidence) -> Finding | None:
+    return _alternative_rule(e, "prefix", "prefix_mismatch")
+
+
+def pooling_mismatch(e: Evidence) -> Finding | None:
+    return _alternative_rule(e, "pooling", "pooling_mismatch")
+
+
+def quantization_noise(e: Evidence) -> Finding | None:
+    c = e.comparison
+    if c is None:
+        return None
+    low, high = QUANTIZATION_MEDIAN
+    s = c.cosine
+    if not (low <= s.median < high and s.median - s.p5 <= QUANTIZATION_SPREAD):
+        return None
+    if _truncation(e) is not None or normalization_mismatch(e) is not None:
+        return None
+    if any(_explains(a, e) for a in e.alternatives):
+        return None
+    suggestion = (
+        "nothing to set: the bound decides whether this precision is close enough"
+        if s.median >= e.threshold
+        else "use a higher-precision model file (e.g. Q8_0 or F16), or re-index with this one"
+    )
+    return Finding(
+        "quantization_noise",
+        f"cosines cluster tightly below 1 (median {s.median:.4f}, p5 {s.p5:.4f}, min "
+        f"{s.min:.4f}) with no length or norm pattern, as lower-precision weights give",
+        suggestion,
+    )
+
+
+RULES: tuple[Rule, ...] = (
+    dimension_mismatch,
+    different_space,
+    truncation_mismatch,
+    normalization_mismatch,
+    prefix_mismatch,
+    pooling_mismatch,
+    quantization_noise,
+)
+
+
+def diagnose(e: Evidence, rules: tuple[Rule, ...] = RULES) -> tuple[Finding, ...]:
+    """Self-check findings first, then every rule that fires, in ``rules`` order."""
+    return e.selfcheck + tuple(f for rule in rules if (f := rule(e)) is not None)
+
+
+def settings_to_try(e: Evidence) -> tuple[Setting, ...]:
+    """Candidate settings worth re-measuring on ``e.mismatching()`` rows, not yet measured.
+
+    A truncation pattern's cut, to confirm it; otherwise, while records mismatch for no
+    length reason, the common prefix and pooling probes that differ from the candidate's
+    current settings (an empty prefix too, when the candidate uses one).
+    """
+    c = e.comparison
+    if c is None or c.failures(e.threshold) == 0:
+        return ()
+    measured = [a.setting for a in e.alternatives]
+    pattern = _truncation(e)
+    if pattern is not None:
+        wanted: list[Setting] = [{"max_tokens": pattern.cut}] if pattern.rounded else []
+    else:
+        wanted = [p for p in PROBES if not _is_current(p, e.candidate_settings)]
+        if e.candidate_settings.get("prefix"):
+            wanted.insert(0, {"prefix": ""})
+    return tuple(s for s in wanted if s not in measured)
+
+
+@dataclass(frozen=True)
+class _Truncation:
+    cut: int
+    rounded: bool  # cut is a common limit consistent with the data
+    largest_match: int
+    first_failure: int
+    failures: int
+    longer: int  # records with first_failure or more tokens
+    short_min: float
+    failing_min: float
+    failing_max: float
+
+
+def _truncation(e: Evidence) -> _Truncation | None:
+    """Records below some length all match and the failures sit among the longest ones.
+
+    The chance that k failures land among the m longest of n records when length plays
+    no part is C(m, k) / C(n, k); the pattern counts only when that is below 1e-3.
+    """
+    c = e.comparison
+    if c is None or c.token_counts is None:
+        return None
+    tokens = c.token_counts
+    below = c.below(e.threshold)
+    k = int(below.sum())
+    if k == 0 or k == c.n:
+        return None
+    first_failure = int(tokens[below].min())
+    short = tokens < first_failure
+    longer = c.n - int(short.sum())
+    if int(short.sum()) < _MIN_SHORT_RECORDS:
+        return None
+    if _log_comb(longer, k) - _log_comb(c.n, k) > math.log(_TRUNCATION_P):
+        return None
+    cut, rounded = _cut(c.cosines, tokens, short, first_failure, e.threshold)
+    failing = c.cosines[below]
+    return _Truncation(
+        cut=cut,
+        rounded=rounded,
+        largest_match=int(tokens[short].max()),
+        first_failure=first_failure,
+        failures=k,
+        longer=longer,
+        short_min=float(c.cosines[short].min()),
+        failing_min=float(failing.min()),
+        failing_max=float(failing.max()),
+    )
+
+
+def _cut(
+    cosines: Floats, tokens: Ints, short: npt.NDArray[np.bool_], first_failure: int, t: float
+) -> tuple[int, bool]:
+    """The truncation limit to suggest, rounded to a common value where the data allow.
+
+    Records just past the limit lose a few tokens and may still match, so the last
+    matching length can overshoot the limit. A "degraded" level (well below the
+    spread of the shortest records) finds where fidelity starts to fall; failing that,
+    the last matching length is used. A common value within 10% below that length and
+    before the next degraded or failing length is taken.
+    """
+    largest = int(tokens[short].max())
+    reference = cosines[short & (tokens <= np.median(tokens[short]))]
+    median = float(np.median(reference))
+    floor = max(t, median - 10.0 * (median - float(np.percentile(reference, 5))))
+    first_degraded = int(tokens[cosines < floor].min())
+    clean = tokens < first_degraded
+    windows = [(largest, first_failure - 1)]
+    if clean.any():
+        windows.insert(0, (int(tokens[clean].max()), first_degraded - 1))
+    for last, limit in windows:
+        options = [v for v in COMMON_MAX_TOKENS if 0.9 * last <= v <= limit]
+        if options:
+            return min(options, key=lambda v: abs(v - last)), True
+    return largest, False
+
+
+def _log_comb(n: int, k: int) -> float:
+    if k > n:
+        return -math.inf
+    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+
+def _norm_deviating_share(c: Comparison) -> float:
+    ratios = c.norm_ratios[np.isfinite(c.norm_ratios)]
+    if ratios.size == 0:
+        return 0.0
+    return float(np.mean(np.abs(ratios - 1.0) > NORM_TOLERANCE))
+
+
+def _unit(norms: Floats) -> bool:
+    finite = norms[np.isfinite(norms)]
+    return bool(finite.size) and bool(np.all(np.abs(finite - 1.0) <= 1e-3))
+
+
+def _covers_mismatches(a: Alternative, e: Evidence) -> bool:
+    return bool(np.isin(e.mismatching(), a.indices).all())
+
+
+def _explains(a: Alternative, e: Evidence) -> bool:
+    """The alternative was measured on every mismatching row and all its rows match."""
+    if a.cosines.size == 0 or e.mismatching().size == 0:
+        return False
+    return _covers_mismatches(a, e) and bool(np.all(a.cosines >= e.threshold))
+
+
+def _fixed(a: Alternative, e: Evidence) -> tuple[int, int]:
+    """How many mismatching rows the alternative brings above T, of how many."""
+    mismatching = e.mismatching()
+    on_mismatching = np.isin(a.indices, mismatching)
+    fixed = int(np.count_nonzero(a.cosines[on_mismatching] >= e.threshold))
+    return fixed, int(mismatching.size)
+
+
+def _fixed_phrase(a: Alternative, e: Evidence) -> str:
+    fixed, total = _fixed(a, e)
+    return f"{fixed} of {total} mismatching records reach cosine {e.threshold:g}"
+
+
+def _best_alternative(e: Evidence, key: str) -> Alternative | None:
+    """The measured alternative changing only ``key`` that fixes the most records."""
+    options = [a for a in e.alternatives if set(a.setting) == {key}]
+    if not options:
+        return None
+    return max(
+        options, key=lambda a: (_explains(a, e), _fixed(a, e)[0], float(np.median(a.cosines)))
+    )
+
+
+def _alternative_rule(e: Evidence, key: str, cause: Cause) -> Finding | None:
+    """A finding when changing ``key`` fixes at least half of the mismatching records."""
+    best = _best_alternative(e, key)
+    if best is None or e.comparison is None:
+        return None
+    fixed, total = _fixed(best, e)
+    if total == 0 or fixed * 2 < total:
+        return None
+    return _from_alternative(e, e.comparison, cause, best)
+
+
+def _from_alternative(e: Evidence, c: Comparison, cause: Cause, a: Alternative) -> Finding:
+    before = float(np.median(c.cosines[e.mismatching()]))
+    return Finding(
+        cause,
+        f"with {a.label} on the candidate, {_fixed_phrase(a, e)} "
+        f"(median cosine {before:.3f} -> {float(np.median(a.cosines)):.3f})",
+        f"set {a.label} on the candidate",
+        dict(a.setting),
+        _explains(a, e),
+    )
+
+
+def _is_current(setting: Setting, current: Setting) -> bool:
+    return all(current.get(key) == value for key, value in setting.items())
+
+
+def _value(value: SettingValue) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value)
+    return str(value)

@@ -1,0 +1,177 @@
+"""From measurements and findings to one verdict with an exit code.
+
+The order of the rules is the contract of design.md:
+1. any self-check finding: ``reject_candidate`` (4): the candidate itself is broken;
+2. ``dimension_mismatch`` or ``different_space``: ``reindex`` (1): no setting helps;
+3. a finding whose setting explains every mismatch: ``fix_config`` (3);
+4. the bound's upper share within the allowed share, overlap@k at least the minimum
+   (when measured) and no norm mismatch under a length-sensitive distance: ``approve`` (0);
+5. anything else: ``reindex`` (1).
+``error`` (2) belongs to the shell. The policy never approves when the bound exceeds
+the allowed share.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+from guard.core.diagnosis import SELF_CHECK_CAUSES, Finding
+from guard.core.stats import Bound
+from guard.errors import ConfigError
+
+VerdictName = Literal["approve", "reindex", "error", "fix_config", "reject_candidate"]
+EXIT_CODES: Mapping[VerdictName, int] = {
+    "approve": 0,
+    "reindex": 1,
+    "error": 2,
+    "fix_config": 3,
+    "reject_candidate": 4,
+}
+_NO_SETTING_HELPS = frozenset({"dimension_mismatch", "different_space"})
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """What counts as safe. Defaults suit a switch that must not change search results.
+
+    min_cosine      a record matches when its stored and candidate vectors agree this well
+    allowed_share   the largest share of records below min_cosine that still approves
+    confidence      of the bound on that share (split over the sampling rounds)
+    min_overlap     mean share of the stored top-k the candidate's top-k must find
+    overlap_k       k of that top-k
+    initial_sample  records in the first round; each further round doubles the sample
+    max_sample      records in the last round
+    """
+
+    min_cosine: float = 0.99
+    allowed_share: float = 0.01
+    confidence: float = 0.99
+    min_overlap: float = 0.9
+    overlap_k: int = 10
+    initial_sample: int = 100
+    max_sample: int = 2000
+
+    def __post_init__(self) -> None:
+        checks = {
+            "min_cosine": -1.0 <= self.min_cosine <= 1.0,
+            "allowed_share": 0.0 <= self.allowed_share < 1.0,
+            "confidence": 0.0 < self.confidence < 1.0,
+            "min_overlap": 0.0 <= self.min_overlap <= 1.0,
+            "overlap_k": self.overlap_k >= 1,
+            "initial_sample": self.initial_sample >= 1,
+            "max_sample": self.max_sample >= self.initial_sample,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            values = ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
+            raise ConfigError(f"threshold out of range: {values}")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> Thresholds:
+        """From a config table (``[watch.thresholds]``); unknown keys are an error."""
+        types = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(values) - set(types))
+        if unknown:
+            raise ConfigError(f"unknown thresholds: {', '.join(unknown)}")
+        for name, value in values.items():
+            wanted = (int,) if types[name] == "int" else (int, float)
+            if isinstance(value, bool) or not isinstance(value, wanted):
+                raise ConfigError(f"threshold {name} must be a number, got {value!r}")
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    name: VerdictName
+    exit_code: int
+    reasons: tuple[str, ...]
+
+    @classmethod
+    def of(cls, name: VerdictName, *reasons: str) -> Verdict:
+        return cls(name, EXIT_CODES[name], reasons)
+
+
+def decide(
+    bound: Bound | None,
+    findings: Sequence[Finding],
+    thresholds: Thresholds,
+    overlap: float | None = None,
+) -> Verdict:
+    """The verdict for one check; ``bound`` is None when no comparison was possible.
+
+    :raises ValueError: the bound was computed for other thresholds than these.
+    """
+    if bound is not None and (
+        bound.threshold,
+        bound.allowed_share,
+        bound.confidence,
+    ) != (thresholds.min_cosine, thresholds.allowed_share, thresholds.confidence):
+        raise ValueError("the bound was computed with other thresholds than the policy's")
+
+    broken = [f for f in findings if f.cause in SELF_CHECK_CAUSES]
+    if broken:
+        return Verdict.of("reject_candidate", *(f"{f.cause}: {f.evidence}" for f in broken))
+
+    hopeless = [f for f in findings if f.cause in _NO_SETTING_HELPS]
+    if hopeless:
+        return Verdict.of("reindex", *(f"{f.cause}: {f.evidence}" for f in hopeless))
+
+    fixes = [f for f in findings if f.setting is not None and f.explains_all]
+    if fixes:
+        return Verdict.of("fix_config", *(f"{f.cause}: {f.suggestion}" for f in fixes))
+
+    if bound is None:
+        return Verdict.of("reindex", "no comparison was possible")
+    blockers = []
+    if bound.share_below_threshold_upper > thresholds.allowed_share:
+        blockers.append(
+            f"{bound_sentence(bound)}, more than the allowed {_percent(thresholds.allowed_share)}"
+        )
+    if overlap is not None and overlap < thresholds.min_overlap:
+        blockers.append(
+            f"overlap@{thresholds.overlap_k} is {overlap:.3f}, below {thresholds.min_overlap:g}"
+        )
+    blockers += [
+        f"{f.cause}: {f.evidence}" for f in findings if f.cause == "normalization_mismatch"
+    ]
+    if blockers:
+        return Verdict.of("reindex", *blockers)
+    reasons = [bound_sentence(bound)]
+    if overlap is not None:
+        reasons.append(f"overlap@{thresholds.overlap_k} is {overlap:.3f}")
+    return Verdict.of("approve", *reasons)
+
+
+def bound_sentence(bound: Bound) -> str:
+    """The bound as a person reads it; the upper share is rounded up, never down."""
+    if bound.exact:
+        return (
+            f"all {bound.n} records with text were measured: "
+            f"{_percent_up(bound.share_below_threshold_upper)} of stored vectors fall below "
+            f"cosine {bound.threshold:g} against the candidate"
+        )
+    return (
+        f"at {_percent(bound.confidence)} confidence at most "
+        f"{_percent_up(bound.share_below_threshold_upper)} of stored vectors fall below "
+        f"cosine {bound.threshold:g} against the candidate"
+    )
+
+
+def _percent(share: float) -> str:
+    return f"{share * 100.0:g}%"
+
+
+def _percent_up(share: float) -> str:
+    """Two significant digits, rounded up: an upper bound must not shrink in print."""
+    value = share * 100.0
+    if value <= 0.0:
+        return "0%"
+    step = 10.0 ** (math.floor(math.log10(value)) - 1)
+    rounded = math.ceil(value / step - 1e-9) * step
+    return f"{rounded:.{max(0, 1 - math.floor(math.log10(rounded)))}f}%"
