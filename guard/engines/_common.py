@@ -1,0 +1,137 @@
+"""What every engine shares: parameter checks, batching, row normalisation, file hashes.
+
+Kept out of the Protocol module so that engines can share behaviour without the
+registry importing any of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
+
+import numpy as np
+
+from guard.engines import OPTION_NAMES, EngineOptions
+from guard.errors import ConfigError, EngineError
+from guard.records import Vectors
+from guard.uri import ParsedURI, parse
+
+
+def check_params(parsed: ParsedURI, extra: Sequence[str] = ()) -> None:
+    """Reject unknown query parameters, so a typo such as ``max_token=`` is not ignored."""
+    known = set(OPTION_NAMES) | set(extra)
+    unknown = sorted(set(parsed.params) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown engine option(s) {', '.join(unknown)} in {parsed.redacted}"
+            f" (known: {', '.join(sorted(known))})"
+        )
+
+
+def reject_options(parsed: ParsedURI, options: EngineOptions, *names: str, why: str) -> None:
+    """Fail early on options the engine cannot honour, instead of silently ignoring them."""
+    given = [name for name in names if getattr(options, name) is not None]
+    if given:
+        raise ConfigError(
+            f"option(s) {', '.join(given)} not supported here: {why} [{parsed.redacted}]"
+        )
+
+
+def local_path(parsed: ParsedURI) -> Path:
+    """The filesystem path in ``scheme:PATH`` (``scheme:///abs`` and ``~`` work too)."""
+    return Path(unquote(parsed.netloc + parsed.path)).expanduser()
+
+
+def with_params(parsed: ParsedURI, changes: dict[str, Any]) -> ParsedURI:
+    """The URI with some query parameters set (None removes one); used by ``with_options``."""
+    unknown = sorted(set(changes) - set(OPTION_NAMES))
+    if unknown:
+        raise ConfigError(f"with_options: unknown option(s) {', '.join(unknown)}")
+    params = dict(parsed.params)
+    for name, value in changes.items():
+        if value is None:
+            params.pop(name, None)
+        elif isinstance(value, bool):
+            params[name] = "true" if value else "false"
+        else:
+            params[name] = str(value)
+    parts = urlsplit(parsed.raw)
+    return parse(urlunsplit(parts._replace(query=urlencode(params))))
+
+
+def batches(texts: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(texts), size):
+        yield texts[start : start + size]
+
+
+def finish(rows: Any, *, expected: int, options: EngineOptions, engine: str) -> Vectors:
+    """Turn backend output into the Protocol's array: checked count and shape, float32,
+    C-contiguous, rows scaled to unit length when ``normalize`` is true (zero rows stay zero)."""
+    try:
+        array = np.asarray(rows, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise EngineError(
+            f"engine returned vectors that are not numbers: {exc}", engine=engine
+        ) from exc
+    if expected == 0 and array.size == 0:
+        return np.zeros((0, array.shape[1] if array.ndim == 2 else 0), dtype=np.float32)
+    if array.ndim != 2 or array.shape[0] != expected:
+        raise EngineError(
+            f"engine returned {array.shape[0] if array.ndim else 0} vectors of shape "
+            f"{array.shape[1:]} for {expected} texts",
+            engine=engine,
+        )
+    if options.normalize:
+        norms = np.linalg.norm(array, axis=1, keepdims=True)
+        array = (array / np.where(norms > 0, norms, 1.0)).astype(np.float32, copy=False)
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@dataclass(frozen=True)
+class _Stamp:
+    path: str
+    mtime_ns: int
+    size: int
+
+
+_HASHES: dict[_Stamp, str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, computed once per (path, mtime, size) in this process."""
+    stat = path.stat()
+    stamp = _Stamp(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if stamp not in _HASHES:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        _HASHES[stamp] = digest.hexdigest()
+    return _HASHES[stamp]
+
+
+_SKIPPED = {"README.md", ".gitattributes"}
+
+
+def tree_sha256(folder: Path) -> str:
+    """One sha256 over every file of a model folder (names and contents), so that any
+    change to weights, tokenizer or module config changes the identity."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = path.relative_to(folder).as_posix()
+        if path.name in _SKIPPED or any(part.startswith(".") for part in Path(relative).parts):
+            continue
+        digest.update(f"{relative}\0{file_sha256(path)}\n".encode())
+    return digest.hexdigest()

