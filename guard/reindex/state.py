@@ -1,0 +1,116 @@
+"""The state database: where re-index jobs, their batches and leases live.
+
+PostgreSQL, so that any number of workers on any number of machines can lease batches
+with ``FOR UPDATE SKIP LOCKED``. ``GUARD_STATE_DSN`` names it; without it the guard starts
+an embedded PostgreSQL in ``GUARD_HOME/state``. The schema comes from the numbered SQL
+files shipped as ``guard.migrations``, applied at connect time under an advisory lock.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from guard.errors import ReindexError
+from guard.logs import get_logger
+from guard.paths import guard_home
+from guard.pgserver import embedded_dsn
+from guard.uri import redact
+
+log = get_logger(__name__)
+
+# One fixed key so that concurrent start-ups (several workers at once) apply each file once.
+_MIGRATION_LOCK = 0x6775617264  # "guard"
+_FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_NO_TRANSACTION = "-- guard: no-transaction"
+_MIGRATED: set[str] = set()
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: str
+    name: str
+    sql: str
+
+    @property
+    def transactional(self) -> bool:
+        return not self.sql.lstrip().startswith(_NO_TRANSACTION)
+
+
+def state_dsn() -> str:
+    """``GUARD_STATE_DSN``, else the embedded PostgreSQL in the guard's data folder."""
+    return os.environ.get("GUARD_STATE_DSN") or embedded_dsn(guard_home() / "state")
+
+
+def migrations() -> list[Migration]:
+    """The shipped migration files in version order."""
+    found = []
+    for entry in resources.files("guard.migrations").iterdir():
+        match = _FILE_NAME.match(entry.name)
+        if match:
+            found.append(Migration(match[1], match[2], entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda migration: migration.version)
+    versions = [migration.version for migration in found]
+    if len(set(versions)) != len(versions):
+        raise ReindexError(f"two migration files share a version number: {versions}")
+    return found
+
+
+def apply_migrations(conn: Conn) -> list[str]:
+    """Apply the files not yet recorded, in order; return the versions applied.
+
+    Each file runs in one transaction together with its row in
+    ``guard_schema_migrations``, so a failed file leaves no trace and is retried next time.
+    """
+    applied_now: list[str] = []
+    conn.autocommit = True
+    conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+    try:
+        done = _applied_versions(conn)
+        for migration in migrations():
+            if migration.version in done:
+                continue
+            record = sql.SQL(
+                "INSERT INTO guard_schema_migrations (version, name) VALUES (%s, %s)"
+            )
+            if migration.transactional:
+                with conn.transaction():
+                    conn.execute(sql.SQL(migration.sql))
+                    conn.execute(record, (migration.version, migration.name))
+            else:
+                conn.execute(sql.SQL(migration.sql))
+                conn.execute(record, (migration.version, migration.name))
+            log.info("migration applied", version=migration.version, name=migration.name)
+            applied_now.append(migration.version)
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+    return applied_now
+
+
+def _applied_versions(conn: Conn) -> set[str]:
+    exists = conn.execute("SELECT to_regclass('guard_schema_migrations')").fetchone()
+    if not exists or exists[0] is None:
+        return set()
+    rows = conn.execute("SELECT version FROM guard_schema_migrations").fetchall()
+    return {str(row[0]) for row in rows}
+
+
+def connect(dsn: str | None = None) -> Conn:
+    """An autocommit connection to the state database, migrated once per process."""
+    dsn = dsn or state_dsn()
+    try:
+        conn = psycopg.connect(dsn, autocommit=True)
+    except psycopg.Error as exc:
+        raise ReindexError(f"cannot connect to the state database {redact(dsn)}: {exc}") from exc
+    if dsn not in _MIGRATED:
+        apply_migrations(conn)
+        _MIGRATED.add(dsn)
+    return conn

@@ -1,0 +1,1 @@
+"""State-database migrations, shipped as package data (see README.md here)."""
