@@ -46,6 +46,7 @@ DISTANCES: dict[models.Distance, Distance] = {
 QDRANT_DISTANCES = {ours: theirs for theirs, ours in DISTANCES.items()}
 
 MAX_DRAW_ROUNDS = 50
+DENSE_IDS = 0.1  # integer ids filling this share of their range are drawn directly
 
 _MAX_UINT = 2**64 - 1
 _UUIDS_AT = 2**64  # UUIDs sort after every integer id
@@ -282,11 +283,13 @@ class QdrantStore:
         so the draw is made here from a seeded generator instead:
         - integer ids that fill at least a tenth of their range: random ids fetched in
           batches; every point is equally likely;
-        - otherwise (UUIDs, sparse integers): seeded keyset probes, each taking the first
-          point at or after a random id. Reproducible, but a point that follows a wide gap
-          in id space is likelier than one in a dense run; UUID4 ids make that a small,
-          content-blind bias. One request per probe.
-        Collections of at most ``2 n`` points are read whole and drawn from exactly.
+        - otherwise (UUIDs, sparse integers): seeded keyset probes between the first and
+          the last id, each taking the first point at or after a random id. Reproducible,
+          but a point that follows a wide gap in id space is likelier than one in a dense
+          run: a small, content-blind bias for random (v4) UUIDs, a larger one for
+          time-ordered ids written in bursts. One request per probe.
+        Collections of at most ``2 n`` points are read whole and drawn from exactly. A
+        collection mixing both id kinds is drawn from the kind of its smallest id.
         """
         params, _ = self._vector_params()
         count = self._count()
@@ -299,13 +302,12 @@ class QdrantStore:
             return self._batch([everything[i] for i in sorted(picks)], params.size, False)
         with self._errors():
             first, _ = self.client.scroll(self.collection, limit=1, with_payload=False)
-        low = first[0].id
-        if not isinstance(low, int):
-            return self._batch(self._probe(rng, n, _UUIDS_AT, _UUID_SPACE), params.size, False)
-        high = self._last_int_id(low)
-        if count / (high - low + 1) >= 0.1:
-            return self._batch(self._draw_ids(rng, n, low, high, count), params.size, False)
-        return self._batch(self._probe(rng, n, low, high - low + 1), params.size, False)
+        low = _position(first[0].id)
+        high = self._last_position(low)
+        span = high - low + 1
+        if low < _UUIDS_AT and count / span >= DENSE_IDS:
+            return self._batch(self._draw_ids(rng, n, low, span, count), params.size, False)
+        return self._batch(self._probe(rng, n, low, span), params.size, False)
 
     def _first_at(self, position: int, *, full: bool = True) -> Any | None:
         """The first point at or after ``position`` in Qdrant's id order: integer ids are
@@ -321,23 +323,24 @@ class QdrantStore:
             )
         return points[0] if points else None
 
-    def _last_int_id(self, low: int) -> int:
-        """The largest integer id, by bisection on keyset probes (at most 64 requests)."""
-        lo, hi = low, _MAX_UINT
+    def _last_position(self, low: int) -> int:
+        """The last id of the same kind (integer or UUID) as the one at ``low``, found by
+        bisection on keyset probes: at most 64 requests for integers, 128 for UUIDs."""
+        is_int = low < _UUIDS_AT
+        lo, hi = low, _MAX_UINT if is_int else _UUIDS_AT + _UUID_SPACE - 1
         while lo < hi:
             mid = (lo + hi + 1) // 2
             found = self._first_at(mid, full=False)
-            if found is not None and isinstance(found.id, int):
-                lo = found.id
+            if found is not None and isinstance(found.id, int) == is_int:
+                lo = _position(found.id)
             else:
                 hi = mid - 1
         return lo
 
     def _draw_ids(
-        self, rng: np.random.Generator, n: int, low: int, high: int, count: int
+        self, rng: np.random.Generator, n: int, low: int, span: int, count: int
     ) -> list[Any]:
-        """Uniform random ids in ``[low, high]``, fetched in batches until ``n`` exist."""
-        span = high - low + 1
+        """Uniform random ids in ``[low, low + span)``, fetched in batches until ``n`` exist."""
         chosen: dict[int, Any] = {}
         tried: set[int] = set()
         for _ in range(MAX_DRAW_ROUNDS):
@@ -361,14 +364,13 @@ class QdrantStore:
         return list(chosen.values())
 
     def _probe(self, rng: np.random.Generator, n: int, base: int, span: int) -> list[Any]:
-        """Keyset probes at random positions in ``[base, base + span)``; a probe past the
-        last point wraps around to the first one."""
+        """Keyset probes at random positions in ``[base, base + span)``, the span of ids."""
         chosen: dict[RecordId, Any] = {}
         for _ in range(20 * n + 100):
             if len(chosen) >= n:
                 break
-            point = self._first_at(base + _uniform(rng, span)) or self._first_at(base)
-            if point is not None:
+            point = self._first_at(base + _uniform(rng, span))
+            if point is not None:  # None only when points were deleted meanwhile
                 chosen.setdefault(point.id, point)
         return list(chosen.values())
 
@@ -485,6 +487,11 @@ def _uniform(rng: np.random.Generator, span: int) -> int:
 
 def _uuid(value: int) -> str:
     return str(uuid.UUID(int=value))
+
+
+def _position(point_id: int | str | uuid.UUID) -> int:
+    """Where an id sits in Qdrant's order, as one integer (see ``_first_at``)."""
+    return point_id if isinstance(point_id, int) else _UUIDS_AT + uuid.UUID(str(point_id)).int
 
 
 def _normal_id(point_id: RecordId) -> RecordId:
