@@ -218,8 +218,8 @@ def truncation_mismatch(e: Evidence) -> Finding | None:
         )
     else:
         suggestion = (
-            f"set max_tokens on the candidate to the limit the stored vectors were made with, "
-            f"between {pattern.largest_match} and {pattern.first_failure - 1} tokens"
+            "set max_tokens on the candidate to the limit the stored vectors were made with: "
+            f"at most {pattern.first_failure - 1} tokens, near {pattern.largest_match}"
         )
     return Finding("truncation_mismatch", evidence, suggestion, setting, explains)
 
@@ -357,7 +357,7 @@ def _truncation(e: Evidence) -> _Truncation | None:
     """Records below some length all match and the failures sit among the longest ones.
 
     The chance that k failures land among the m longest of n records when length plays
-    no part is C(m, k) / C(n, k); the pattern counts only when that is below 1e-3.
+    no part is C(m, k) / C(n, k); the pattern needs k >= 2 and that chance below 1e-3.
     """
     c = e.comparison
     if c is None or c.token_counts is None:
@@ -365,14 +365,14 @@ def _truncation(e: Evidence) -> _Truncation | None:
     tokens = c.token_counts
     below = c.below(e.threshold)
     k = int(below.sum())
-    if k == 0 or k == c.n:
-        return None
+    if k < 2 or k == c.n:
+        return None  # one failing record is no pattern
     first_failure = int(tokens[below].min())
     short = tokens < first_failure
     longer = c.n - int(short.sum())
     if int(short.sum()) < _MIN_SHORT_RECORDS:
         return None
-    if _log_comb(longer, k) - _log_comb(c.n, k) > math.log(_TRUNCATION_P):
+    if _log_comb(longer, k) - _log_comb(c.n, k) >= math.log(_TRUNCATION_P):
         return None
     cut, rounded = _cut(c.cosines, tokens, short, first_failure, e.threshold)
     failing = c.cosines[below]
@@ -395,25 +395,27 @@ def _cut(
     """The truncation limit to suggest, rounded to a common value where the data allow.
 
     Records just past the limit lose a few tokens and may still match, so the last
-    matching length can overshoot the limit. A "degraded" level (well below the
-    spread of the shortest records) finds where fidelity starts to fall; failing that,
-    the last matching length is used. A common value within 10% below that length and
-    before the next degraded or failing length is taken.
+    matching length can overshoot the limit. Where fidelity visibly falls from some
+    length on (most longer records sit well below the spread of the shorter half),
+    the limit lies before that length; otherwise before the first failing one. A common
+    value within 10% below the last good length and before that boundary is taken;
+    without one, the last good length is suggested, unrounded.
     """
-    largest = int(tokens[short].max())
     reference = cosines[short & (tokens <= np.median(tokens[short]))]
     median = float(np.median(reference))
-    floor = max(t, median - 10.0 * (median - float(np.percentile(reference, 5))))
-    first_degraded = int(tokens[cosines < floor].min())
-    clean = tokens < first_degraded
-    windows = [(largest, first_failure - 1)]
-    if clean.any():
-        windows.insert(0, (int(tokens[clean].max()), first_degraded - 1))
-    for last, limit in windows:
-        options = [v for v in COMMON_MAX_TOKENS if 0.9 * last <= v <= limit]
-        if options:
-            return min(options, key=lambda v: abs(v - last)), True
-    return largest, False
+    spread = median - float(np.percentile(reference, 5))
+    degraded = cosines < max(t, median - 10.0 * spread)  # every failure included
+    first_degraded = int(tokens[degraded].min())
+    beyond = tokens >= first_degraded
+    if np.any(tokens < first_degraded) and np.mean(degraded[beyond]) >= 0.5:
+        boundary = first_degraded
+    else:
+        boundary = first_failure
+    last_good = int(tokens[tokens < boundary].max())
+    options = [v for v in COMMON_MAX_TOKENS if 0.9 * last_good <= v < boundary]
+    if options:
+        return min(options, key=lambda v: abs(v - last_good)), True
+    return last_good, False
 
 
 def _log_comb(n: int, k: int) -> float:

@@ -174,4 +174,5 @@ def _percent_up(share: float) -> str:
         return "0%"
     step = 10.0 ** (math.floor(math.log10(value)) - 1)
     rounded = math.ceil(value / step - 1e-9) * step
-    return f"{rounded:.{max(0, 1 - math.floor(math.log10(rounded)))}f}%"
+    text = f"{rounded:.{max(0, 1 - math.floor(math.log10(rounded)))}f}"
+    return (text.rstrip("0").rstrip(".") if "." in text else text) + "%"

@@ -83,8 +83,8 @@ def collisions(
     involved = len({i for pair in pairs for i in pair})
     return Finding(
         "collisions",
-        f"{len(pairs)} pairs of distinct texts got the same vector (cosine > "
-        f"{COLLISION_COSINE}), involving {involved} of {len(x)} records",
+        f"{involved} of {len(x)} records share their vector with a record of another text "
+        f"(cosine > {COLLISION_COSINE}, {len(pairs)} pairs)",
         "the candidate ignores its input, or part of it: check its pooling and tokenizer, "
         "and that the server embeds the text it is sent",
     )

@@ -100,6 +100,7 @@ def bound(
     """The bound after ``rounds`` of ``planned_rounds`` looks, ``failures`` of ``n`` below T."""
     if not 1 <= rounds <= planned_rounds:
         raise ValueError("rounds must lie between 1 and planned_rounds")
+    _check_share(allowed_share)
     lower, upper, exact = _bounds(failures, n, confidence, planned_rounds, population)
     return Bound(
         confidence=confidence,
@@ -145,13 +146,17 @@ def _bounds(
 
 
 def _decision(lower: float, upper: float, allowed_share: float) -> Decision:
-    if not 0.0 <= allowed_share < 1.0:
-        raise ValueError("allowed_share must lie in [0, 1)")
+    _check_share(allowed_share)
     if upper <= allowed_share:
         return "pass"
     if lower > allowed_share:
         return "fail"
     return "continue"
+
+
+def _check_share(allowed_share: float) -> None:
+    if not 0.0 <= allowed_share < 1.0:
+        raise ValueError("allowed_share must lie in [0, 1)")
 
 
 def _check_counts(failures: int, n: int) -> None:
