@@ -263,9 +263,41 @@ def test_prefix_that_brings_every_record_back_is_a_config_fix() -> None:
     assert (finding.setting, finding.explains_all) == ({"prefix": "query: "}, True)
     assert finding.suggestion == "set prefix='query: ' on the candidate"
     assert finding.evidence == (
-        f"with prefix='query: ' on the candidate, {N} of {N} mismatching records reach "
-        "cosine 0.99 (median cosine 0.930 -> 1.000)"
+        f"with prefix='query: ' on the candidate, {N} of {N} re-measured mismatching records "
+        "reach cosine 0.99 (median cosine 0.930 -> 1.000)"
     )
+
+
+@pytest.mark.parametrize(("remeasured", "verdict"), [(30, "fix_config"), (29, "reindex")])
+def test_a_sample_of_the_mismatching_records_is_enough_to_confirm_a_fix(
+    remeasured: int, verdict: str
+) -> None:
+    """The shell caps re-measurement; 30 clean rows (plus matching controls) confirm."""
+    stored = unit_rows()
+    candidate = toward(stored, np.where(np.arange(N) < 500, 0.93, 0.99999))
+    rows = np.concatenate([np.arange(remeasured), np.arange(500, 508)])
+    fixed = Alternative.measure({"prefix": "query: "}, rows, stored[rows], stored[rows])
+
+    outcome = check(stored, candidate, token_counts(), alternatives=(fixed,))
+
+    assert (outcome.verdict, outcome.causes) == (verdict, ("prefix_mismatch",))
+    assert outcome.findings[0].evidence.startswith(
+        f"with prefix='query: ' on the candidate, {remeasured} of {remeasured} re-measured"
+    )
+
+
+def test_a_fix_that_breaks_matching_controls_is_not_applied() -> None:
+    stored = unit_rows()
+    candidate = toward(stored, np.where(np.arange(N) < 500, 0.93, 0.99999))
+    rows = np.concatenate([np.arange(40), np.arange(500, 508)])
+    new = stored[rows].copy()
+    new[-8:] = toward(new[-8:], 0.9)
+    alternative = Alternative.measure({"pooling": "cls"}, rows, stored[rows], new)
+
+    outcome = check(stored, candidate, token_counts(), alternatives=(alternative,))
+
+    assert (outcome.verdict, outcome.causes) == ("reindex", ("pooling_mismatch",))
+    assert outcome.findings[0].explains_all is False
 
 
 def test_prefix_that_fixes_most_records_is_reported_but_not_applied() -> None:

@@ -56,6 +56,10 @@ COMMON_MAX_TOKENS = (128, 256, 384, 512, 1024, 2048, 4096, 8192)
 # failures must sit among the longest records with at most this chance under no pattern.
 _MIN_SHORT_RECORDS = 10
 _TRUNCATION_P = 1e-3
+# An alternative re-measured on this many mismatching records (or all of them) that
+# brings every one above T explains the mismatch: if it failed on a tenth of them,
+# 30 clean re-measurements would happen by chance less than 5% of the time.
+MIN_REMEASURED = 30
 # Settings whose change commonly explains a whole-sample mismatch, for the shell to try.
 PROBES: tuple[Setting, ...] = (
     {"prefix": "query: "},
@@ -94,7 +98,8 @@ class Alternative:
 
     ``indices`` are rows of the Comparison; ``cosines`` (and optionally
     ``norm_ratios``) are the stored vectors of those rows against the candidate's new
-    vectors. Extra matching rows may be included as controls: they must stay above T.
+    vectors. Re-measure every mismatching row or at least ``MIN_REMEASURED`` of them;
+    matching rows may be added as controls, and must then stay above T too.
     """
 
     setting: Setting
@@ -436,28 +441,24 @@ def _unit(norms: Floats) -> bool:
     return bool(finite.size) and bool(np.all(np.abs(finite - 1.0) <= 1e-3))
 
 
-def _covers_mismatches(a: Alternative, e: Evidence) -> bool:
-    return bool(np.isin(e.mismatching(), a.indices).all())
-
-
 def _explains(a: Alternative, e: Evidence) -> bool:
-    """The alternative was measured on every mismatching row and all its rows match."""
-    if a.cosines.size == 0 or e.mismatching().size == 0:
-        return False
-    return _covers_mismatches(a, e) and bool(np.all(a.cosines >= e.threshold))
+    """Every re-measured row matches, and they include every mismatching row or at
+    least ``MIN_REMEASURED`` of them."""
+    _, remeasured = _fixed(a, e)
+    enough = remeasured >= min(e.mismatching().size, MIN_REMEASURED)
+    return remeasured > 0 and enough and bool(np.all(a.cosines >= e.threshold))
 
 
 def _fixed(a: Alternative, e: Evidence) -> tuple[int, int]:
-    """How many mismatching rows the alternative brings above T, of how many."""
-    mismatching = e.mismatching()
-    on_mismatching = np.isin(a.indices, mismatching)
+    """Of the mismatching rows the alternative re-measured, how many now match, of how many."""
+    on_mismatching = np.isin(a.indices, e.mismatching())
     fixed = int(np.count_nonzero(a.cosines[on_mismatching] >= e.threshold))
-    return fixed, int(mismatching.size)
+    return fixed, int(np.count_nonzero(on_mismatching))
 
 
 def _fixed_phrase(a: Alternative, e: Evidence) -> str:
-    fixed, total = _fixed(a, e)
-    return f"{fixed} of {total} mismatching records reach cosine {e.threshold:g}"
+    fixed, remeasured = _fixed(a, e)
+    return f"{fixed} of {remeasured} re-measured mismatching records reach cosine {e.threshold:g}"
 
 
 def _best_alternative(e: Evidence, key: str) -> Alternative | None:
@@ -471,22 +472,25 @@ def _best_alternative(e: Evidence, key: str) -> Alternative | None:
 
 
 def _alternative_rule(e: Evidence, key: str, cause: Cause) -> Finding | None:
-    """A finding when changing ``key`` fixes at least half of the mismatching records."""
+    """A finding when changing ``key`` fixes at least half of the re-measured mismatches."""
     best = _best_alternative(e, key)
     if best is None or e.comparison is None:
         return None
-    fixed, total = _fixed(best, e)
-    if total == 0 or fixed * 2 < total:
+    fixed, remeasured = _fixed(best, e)
+    if remeasured == 0 or fixed * 2 < remeasured:
         return None
     return _from_alternative(e, e.comparison, cause, best)
 
 
 def _from_alternative(e: Evidence, c: Comparison, cause: Cause, a: Alternative) -> Finding:
-    before = float(np.median(c.cosines[e.mismatching()]))
+    """A finding from a measured alternative that re-measured some mismatching rows."""
+    on_mismatching = np.isin(a.indices, e.mismatching())
+    before = float(np.median(c.cosines[a.indices[on_mismatching]]))
+    after = float(np.median(a.cosines[on_mismatching]))
     return Finding(
         cause,
         f"with {a.label} on the candidate, {_fixed_phrase(a, e)} "
-        f"(median cosine {before:.3f} -> {float(np.median(a.cosines)):.3f})",
+        f"(median cosine {before:.3f} -> {after:.3f})",
         f"set {a.label} on the candidate",
         dict(a.setting),
         _explains(a, e),
