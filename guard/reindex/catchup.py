@@ -1,0 +1,161 @@
+"""``guard reindex catch-up``: bring the target level with the source after the job ran.
+
+The application kept writing to the source during the job. One merged pass over both
+stores in id order finds what changed, by id set and text hash: ids only in the source
+are embedded, ids only in the target are deleted, ids whose text hash or engine
+fingerprint differ are re-embedded. Records already embedded from the same text by the
+same fingerprint are left alone, so running it twice costs a scan and no embedding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from guard.engines import EmbeddingEngine, open_engine
+from guard.errors import ReindexError
+from guard.logs import get_logger
+from guard.records import RecordBatch, RecordId, as_vectors
+from guard.reindex.jobs import Job, load_job
+from guard.reindex.provenance import (
+    FINGERPRINT_KEY,
+    TEXT_HASH_KEY,
+    Row,
+    has_text,
+    merge,
+    rows,
+    text_hash,
+)
+from guard.reindex.state import Conn, connect
+from guard.reindex.worker import check_engine, embed_records
+from guard.stores import VectorStore, open_store
+
+log = get_logger(__name__)
+SCAN_PAGE = 1000
+
+
+@dataclass
+class CatchUp:
+    job_id: str
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "inserted": self.inserted,
+            "updated": self.updated,
+            "deleted": self.deleted,
+            "unchanged": self.unchanged,
+            "skipped": self.skipped,
+        }
+
+
+def catch_up(job_ref: str, *, dsn: str | None = None) -> CatchUp:
+    with connect(dsn) as conn:
+        job = load_job(conn, job_ref)
+        if job.state not in ("active", "rolled_back"):
+            raise ReindexError(
+                f"the job is {job.state}; catch-up runs before cutover (or after a rollback)",
+                job_id=job.short,
+            )
+        row = conn.execute(
+            "SELECT count(*) FROM guard_reindex_batches WHERE job_id = %s AND status <> 'done'",
+            (job.id,),
+        ).fetchone()
+        if row and row[0]:
+            raise ReindexError(
+                f"{row[0]} batches are not done; finish `guard reindex run` first",
+                job_id=job.short,
+            )
+        return _CatchUp(job, conn).run()
+
+
+class _CatchUp:
+    def __init__(self, job: Job, conn: Conn) -> None:
+        self.job = job
+        self.conn = conn
+        self.result = CatchUp(str(job.id))
+        self.pending: list[tuple[Row, bool]] = []  # (source row, already in the target)
+        self.deletes: list[RecordId] = []
+
+    def run(self) -> CatchUp:
+        source, target = open_store(self.job.source_uri), open_store(self.job.target_uri)
+        engine = open_engine(self.job.candidate_uri)
+        try:
+            check_engine(self.job, engine)
+            left = rows(source.scan(batch_size=SCAN_PAGE, with_payload=True))
+            right = rows(target.scan(batch_size=SCAN_PAGE, with_payload=True))
+            for src, tgt in merge(left, right):
+                self._compare(src, tgt)
+                if len(self.pending) >= self.job.batch_size:
+                    self._embed(engine, target)
+                if len(self.deletes) >= SCAN_PAGE:
+                    self._delete(target)
+            self._embed(engine, target)
+            self._delete(target)
+        finally:
+            engine.close()
+            target.close()
+            source.close()
+        log.info("catch-up done", job=self.job.short, **self.result.as_dict())
+        return self.result
+
+    def _compare(self, src: Row | None, tgt: Row | None) -> None:
+        if src is None:
+            assert tgt is not None
+            self.deletes.append(tgt.id)
+        elif not has_text(src.text):
+            if tgt is not None:  # its text was removed: the old vector no longer describes it
+                self.deletes.append(tgt.id)
+            self.pending.append((src, tgt is not None))
+        elif (
+            tgt is not None
+            and tgt.payload.get(TEXT_HASH_KEY) == text_hash(str(src.text))
+            and tgt.payload.get(FINGERPRINT_KEY) == self.job.fingerprint_hash
+        ):
+            self.result.unchanged += 1
+        else:
+            self.pending.append((src, tgt is not None))
+
+    def _embed(self, engine: EmbeddingEngine, target: VectorStore) -> None:
+        if not self.pending:
+            return
+        batch = RecordBatch(
+            tuple(row.id for row, _ in self.pending),
+            tuple(row.text for row, _ in self.pending),
+            as_vectors([[0.0]] * len(self.pending)),
+            tuple(dict(row.payload) for row, _ in self.pending),
+        )
+        existed = {row.id: present for row, present in self.pending}
+        records, skipped = embed_records(engine, batch, self.job.fingerprint_hash)
+        target.upsert(records)
+        for record_id in records.ids:
+            if existed[record_id]:
+                self.result.updated += 1
+            else:
+                self.result.inserted += 1
+        self.result.skipped += len(skipped)
+        with self.conn.transaction(), self.conn.cursor() as cursor:
+            cursor.execute(
+                "DELETE FROM guard_reindex_skipped WHERE job_id = %s AND record_id = ANY(%s)",
+                (self.job.id, [Jsonb(i) for i in records.ids]),
+            )
+            cursor.executemany(
+                "INSERT INTO guard_reindex_skipped (job_id, record_id, reason, detail)"
+                " VALUES (%s, %s, %s, %s) ON CONFLICT (job_id, record_id)"
+                " DO UPDATE SET reason = excluded.reason, detail = excluded.detail",
+                [(self.job.id, Jsonb(rid), reason, detail) for rid, reason, detail in skipped],
+            )
+        self.pending.clear()
+
+    def _delete(self, target: VectorStore) -> None:
+        if self.deletes:
+            target.delete(self.deletes)
+            self.result.deleted += len(self.deletes)
+            self.deletes.clear()

@@ -1,0 +1,250 @@
+"""``guard reindex ...``: each command parses, calls one library function and renders.
+
+Mounted by guard.cli with ``app.add_typer(reindex_app, name="reindex")``; GuardErrors
+become one line and an exit code there. ``verify`` exits 1 when the target is not yet
+complete and right.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+
+reindex_app = typer.Typer(
+    no_args_is_help=True,
+    help="Plan, run, verify and switch re-index jobs (batched, resumable, atomic cutover).",
+)
+out = Console()
+
+JobId = Annotated[str, typer.Argument(help="Job id (or its first 8+ hex digits).")]
+
+
+class Format(StrEnum):
+    text = "text"
+    json = "json"
+
+
+FormatOption = Annotated[Format, typer.Option("--format", help="Output format.")]
+
+
+def _json(data: dict[str, Any]) -> None:
+    out.print_json(json.dumps(data, default=str))
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    if seconds == float("inf"):
+        return "never (rate 0)"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+@reindex_app.command()
+def plan(
+    store: Annotated[str | None, typer.Option(help="Source store URI.")] = None,
+    candidate: Annotated[str | None, typer.Option(help="Candidate engine URI.")] = None,
+    from_report: Annotated[
+        Path | None, typer.Option(help="A `guard check --format json` report.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Records per leased batch.")] = 1000,
+    window: Annotated[
+        str | None, typer.Option(help="Allowed hours HH:MM-HH:MM (worker's local time).")
+    ] = None,
+    max_rate: Annotated[
+        float | None, typer.Option(help="At most this many records per second per worker.")
+    ] = None,
+    max_attempts: Annotated[int, typer.Option(help="Attempts per batch before failing.")] = 5,
+    output_format: FormatOption = Format.text,
+) -> None:
+    """Record a job, cut the source into batches and create the empty target."""
+    from guard.reindex.jobs import plan_job
+
+    result = plan_job(
+        store=store,
+        candidate=candidate,
+        report=from_report,
+        batch_size=batch_size,
+        window=window,
+        max_rate=max_rate,
+        max_attempts=max_attempts,
+    )
+    if output_format is Format.json:
+        _json(result.as_dict())
+        return
+    out.print(f"job {result.job_id}", highlight=False)
+    out.print(f"target     {result.target}", highlight=False)
+    out.print(f"records    {result.records} in {result.batches} batches", highlight=False)
+    out.print(
+        f"estimate   {_duration(result.estimated_seconds)} at {result.measured_rate:.1f} texts/s"
+        + (f" (limited to {result.max_rate:g}/s)" if result.max_rate else ""),
+        highlight=False,
+    )
+    if result.window:
+        out.print(f"window     {result.window}", highlight=False)
+    for note in result.notes:
+        out.print(f"note: {note}", highlight=False)
+    out.print(f"next: guard reindex run {result.job_id}", highlight=False)
+
+
+@reindex_app.command()
+def run(
+    job_id: JobId,
+    lease_seconds: Annotated[
+        float, typer.Option(help="Lease length; a dead worker's batches return after it.")
+    ] = 60.0,
+    output_format: FormatOption = Format.text,
+) -> None:
+    """Work on the job until it is done, paused or outside its window; safe to kill."""
+    from guard.reindex.worker import run_worker
+
+    result = run_worker(job_id, lease_seconds=lease_seconds)
+    if output_format is Format.json:
+        _json(result.as_dict())
+    else:
+        out.print(
+            f"{result.stopped}: {result.batches_done} batches, {result.written} written, "
+            f"{result.skipped} skipped, {result.failed_batches} failed batches",
+            highlight=False,
+        )
+    if result.stopped == "failed":
+        raise typer.Exit(1)
+
+
+@reindex_app.command()
+def status(job_id: JobId, output_format: FormatOption = Format.text) -> None:
+    """Progress, rate, ETA and failures by reason."""
+    from guard.reindex.jobs import job_status
+
+    result = job_status(job_id)
+    if output_format is Format.json:
+        _json(result.as_dict())
+        return
+    total = max(result.records, 1)
+    out.print(f"job {result.job_id}  {result.state}{' (paused)' if result.paused else ''}")
+    out.print(f"{result.source} -> {result.target}", highlight=False)
+    out.print(ProgressBar(total=total, completed=min(result.done, total), width=40))
+    rate = f"{result.rate:.1f} records/s" if result.rate else "no rate yet"
+    out.print(
+        f"{result.done}/{result.records} records ({result.written} written, "
+        f"{result.skipped} skipped), {rate}, ETA {_duration(result.eta_seconds)}",
+        highlight=False,
+    )
+    out.print("batches: " + ", ".join(f"{n} {s}" for s, n in sorted(result.batches.items())))
+    if result.skipped_by_reason:
+        table = Table("skipped: reason", "records")
+        for reason, count in result.skipped_by_reason.items():
+            table.add_row(reason, str(count))
+        out.print(table)
+    for failed in result.failed_batches:
+        out.print(
+            f"failed batch {failed['batch']} after {failed['attempts']} attempts: "
+            f"{failed['error']}",
+            highlight=False,
+        )
+
+
+@reindex_app.command()
+def pause(job_id: JobId) -> None:
+    """Stop workers before their next chunk; `resume` lets them go on."""
+    from guard.reindex.jobs import set_paused
+
+    out.print(f"paused {set_paused(job_id, True)}")
+
+
+@reindex_app.command()
+def resume(job_id: JobId) -> None:
+    """Let workers go on (failed batches get a fresh set of attempts); start `run` again."""
+    from guard.reindex.jobs import set_paused
+
+    out.print(f"resumed {set_paused(job_id, False)}")
+
+
+@reindex_app.command()
+def verify(
+    job_id: JobId,
+    sample: Annotated[int, typer.Option(help="Target vectors re-embedded and compared.")] = 64,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    accept_skipped: Annotated[
+        bool, typer.Option(help="Records without text may be absent from the target.")
+    ] = False,
+    output_format: FormatOption = Format.text,
+) -> None:
+    """Exit 0 only when the target holds exactly the source ids with the right texts and
+    vectors; else 1 with the reasons."""
+    from guard.reindex.verify import verify_job
+
+    result = verify_job(job_id, sample=sample, seed=seed, accept_skipped=accept_skipped)
+    if output_format is Format.json:
+        _json(result.as_dict())
+    else:
+        verdict = "ok" if result.ok else "NOT OK"
+        out.print(
+            f"{verdict}: {result.target_records} target records for {result.source_records} "
+            f"source records, {result.sampled} vectors re-embedded"
+            + (f" (min cosine {result.min_cosine:.6f})" if result.min_cosine is not None else ""),
+            highlight=False,
+        )
+        for reason in result.reasons:
+            out.print(f"- {reason}", highlight=False)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@reindex_app.command("catch-up")
+def catch_up(job_id: JobId, output_format: FormatOption = Format.text) -> None:
+    """Apply source inserts, updates and deletes made since the job started."""
+    from guard.reindex.catchup import catch_up as run_catch_up
+
+    result = run_catch_up(job_id)
+    if output_format is Format.json:
+        _json(result.as_dict())
+        return
+    out.print(
+        f"inserted {result.inserted}, updated {result.updated}, deleted {result.deleted}, "
+        f"unchanged {result.unchanged}, skipped {result.skipped}",
+        highlight=False,
+    )
+
+
+@reindex_app.command()
+def cutover(
+    job_id: JobId,
+    alias: Annotated[
+        str | None,
+        typer.Option(help="Qdrant: the alias the application queries (when the source "
+                     "URI names a real collection)."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Switch without verifying first.")] = False,
+) -> None:
+    """Switch readers to the target atomically (verifies first)."""
+    from guard.reindex.switch import cutover as run_cutover
+
+    result = run_cutover(job_id, alias=alias, force=force)
+    out.print(f"cut over: {result.live} (kept until cleanup: {result.kept})", highlight=False)
+
+
+@reindex_app.command()
+def rollback(job_id: JobId) -> None:
+    """Switch readers back to the original data."""
+    from guard.reindex.switch import rollback as run_rollback
+
+    result = run_rollback(job_id)
+    out.print(f"rolled back: {result.live} (kept until cleanup: {result.kept})", highlight=False)
+
+
+@reindex_app.command()
+def cleanup(job_id: JobId) -> None:
+    """Drop what is not live: the old data after cutover, else the target."""
+    from guard.reindex.switch import cleanup as run_cleanup
+
+    result = run_cleanup(job_id)
+    out.print(f"dropped {result.kept}; live: {result.live}", highlight=False)

@@ -1,0 +1,459 @@
+"""Re-index jobs: planning one (job row, keyset batches, empty target), reading its
+status, pausing and resuming it.
+
+A job stores the source URI as given so that workers on other machines can reconnect;
+it is never printed or logged unredacted. Passwords belong in the environment
+(``PGPASSWORD``, ``api_key_env=``) rather than in the URI.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from guard.engines import EmbeddingEngine, open_engine
+from guard.errors import ConfigError, GuardError, ReindexError
+from guard.logs import get_logger
+from guard.records import RecordId
+from guard.reindex.provenance import Window, fingerprint_hash, has_text, target_uri
+from guard.reindex.state import Conn, connect
+from guard.reindex.targets import create_target
+from guard.stores import VectorStore, open_store
+from guard.uri import redact
+
+log = get_logger(__name__)
+
+RATE_SAMPLE = 32  # texts embedded at plan time to measure the engine's rate
+DEFAULT_MAX_ATTEMPTS = 5
+
+_JOB_COLUMNS = (
+    "id, created_at, source_uri, target_uri, candidate_uri, fingerprint_hash, dims, distance,"
+    " total_records, batch_size, max_attempts, window_start, window_end, max_rate,"
+    " measured_rate, paused, state, cutover, started_at, finished_at"
+)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job row. ``source_uri``, ``target_uri`` and ``candidate_uri`` may hold secrets:
+    print only their ``redact``ed forms."""
+
+    id: uuid.UUID
+    created_at: datetime
+    source_uri: str
+    target_uri: str
+    candidate_uri: str
+    fingerprint_hash: str
+    dims: int
+    distance: str
+    total_records: int
+    batch_size: int
+    max_attempts: int
+    window: Window | None
+    max_rate: float | None
+    measured_rate: float | None
+    paused: bool
+    state: str
+    cutover: dict[str, Any] | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def short(self) -> str:
+        return self.id.hex[:8]
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> Job:
+        (job_id, created, source, target, candidate, fp_hash, dims, distance, total, size,
+         attempts, w_start, w_end, max_rate, measured, paused, state, cutover, started,
+         finished) = row  # fmt: skip
+        return cls(
+            job_id, created, source, target, candidate, fp_hash, dims, distance, total, size,
+            attempts, Window(w_start, w_end) if w_start is not None else None, max_rate,
+            measured, paused, state, cutover, started, finished,
+        )  # fmt: skip
+
+
+def load_job(conn: Conn, job_ref: str) -> Job:
+    """The job whose id is ``job_ref`` or starts with it (at least 8 hex digits)."""
+    ref = job_ref.strip().lower().replace("-", "")
+    if len(ref) < 8 or any(c not in "0123456789abcdef" for c in ref):
+        raise ConfigError(f"job id must be at least 8 hex digits, not {job_ref!r}")
+    found = conn.execute(
+        f"SELECT {_JOB_COLUMNS} FROM guard_reindex_jobs"  # noqa: S608 - constant columns
+        " WHERE replace(id::text, '-', '') LIKE %s ORDER BY created_at LIMIT 2",
+        (ref + "%",),
+    ).fetchall()
+    if not found:
+        raise ReindexError(f"no re-index job {job_ref!r} in the state database")
+    if len(found) > 1:
+        raise ReindexError(f"job id {job_ref!r} is ambiguous; give more digits")
+    return Job.from_row(found[0])
+
+
+# --- plan --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    job_id: str
+    source: str  # redacted
+    target: str  # redacted
+    records: int
+    batches: int
+    dims: int
+    distance: str
+    measured_rate: float  # texts per second, measured at plan time
+    estimated_seconds: float
+    window: str | None
+    max_rate: float | None
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "target": self.target,
+            "source": self.source,
+            "records": self.records,
+            "batches": self.batches,
+            "dims": self.dims,
+            "distance": self.distance,
+            "measured_rate": round(self.measured_rate, 2),
+            "estimated_seconds": round(self.estimated_seconds, 1),
+            "window": self.window,
+            "max_rate": self.max_rate,
+            "notes": self.notes,
+        }
+
+
+def read_report(path: Path) -> tuple[str | None, dict[str, Any] | None, str | None]:
+    """(store URI, candidate fingerprint, verdict) from a ``guard check`` JSON report."""
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the check report {path}: {exc}") from exc
+    if not isinstance(report, dict):
+        raise ConfigError(f"{path} is not a guard check JSON report")
+    store = report.get("store")
+    uri = store.get("uri") if isinstance(store, dict) else None
+    candidate = report.get("candidate")
+    verdict = report.get("verdict")
+    return (
+        uri if isinstance(uri, str) else None,
+        candidate if isinstance(candidate, dict) else None,
+        verdict if isinstance(verdict, str) else None,
+    )
+
+
+def plan_job(
+    *,
+    store: str | None,
+    candidate: str | None,
+    report: Path | None = None,
+    batch_size: int = 1000,
+    window: str | None = None,
+    max_rate: float | None = None,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    dsn: str | None = None,
+) -> Plan:
+    """Record a job, cut the source ids into keyset batches and create the empty target.
+
+    The source is only read. Flags win over the report; a report's candidate fingerprint
+    must match the candidate given, so a job never embeds with an engine nobody checked.
+    """
+    notes: list[str] = []
+    report_fingerprint: dict[str, Any] | None = None
+    if report is not None:
+        report_store, report_fingerprint, verdict = read_report(report)
+        store = store or report_store
+        if verdict and verdict != "reindex":
+            notes.append(f"the report's verdict is {verdict!r}, not 'reindex'")
+        if report_store and "***" in report_store and store == report_store:
+            raise ConfigError(
+                "the report holds the store URI without its password; pass --store, or give "
+                "the password through the environment (PGPASSWORD)"
+            )
+    if not store:
+        raise ConfigError("give the store with --store or --from-report")
+    if not candidate:
+        raise ConfigError("give the candidate engine URI with --candidate")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, not {batch_size}")
+    if max_rate is not None and max_rate <= 0:
+        raise ConfigError(f"--max-rate must be positive, not {max_rate}")
+    if max_attempts < 1:
+        raise ConfigError(f"--max-attempts must be at least 1, not {max_attempts}")
+    parsed_window = Window.parse(window) if window else None
+
+    job_id = uuid.uuid4()
+    target = target_uri(store, job_id)
+    source_store = open_store(store)
+    engine = open_engine(candidate)
+    try:
+        info = source_store.describe()
+        if info.count == 0:
+            raise ReindexError(f"the source store is empty: {redact(store)}")
+        fingerprint = engine.fingerprint()
+        if report_fingerprint is not None and fingerprint_hash(
+            report_fingerprint
+        ) != fingerprint_hash(fingerprint):
+            raise ConfigError(
+                "the candidate's fingerprint differs from the one in the report; "
+                "check this candidate first"
+            )
+        dims, rate = _measure(engine, source_store)
+        with connect(dsn) as conn:
+            batches = _insert_job(
+                conn, job_id, store, target, candidate, fingerprint, dims, info.distance,
+                batch_size, max_attempts, parsed_window, max_rate, rate,
+                _cut(source_store, batch_size),
+            )  # fmt: skip
+            try:
+                create_target(store, target, dims, info)
+            except GuardError:
+                conn.execute("DELETE FROM guard_reindex_jobs WHERE id = %s", (job_id,))
+                raise
+            total = conn.execute(
+                "SELECT total_records FROM guard_reindex_jobs WHERE id = %s", (job_id,)
+            ).fetchone()
+    finally:
+        engine.close()
+        source_store.close()
+    records = int(total[0]) if total else 0
+    effective = min(rate, max_rate) if max_rate else rate
+    plan = Plan(
+        job_id=str(job_id),
+        source=redact(store),
+        target=redact(target),
+        records=records,
+        batches=batches,
+        dims=dims,
+        distance=info.distance,
+        measured_rate=rate,
+        estimated_seconds=records / effective if effective > 0 else float("inf"),
+        window=str(parsed_window) if parsed_window else None,
+        max_rate=max_rate,
+        notes=notes,
+    )
+    log.info("re-index planned", job=plan.job_id, target=plan.target, records=records)
+    return plan
+
+
+def _measure(engine: EmbeddingEngine, store: VectorStore) -> tuple[int, float]:
+    """(candidate dims, texts per second) on a few stored texts, after one warm-up call."""
+    texts = [t for t in store.sample(RATE_SAMPLE, seed=0).texts if t is not None and has_text(t)]
+    if not texts:
+        raise ReindexError("no stored record has text to embed; nothing to re-index")
+    dims = int(engine.embed(texts[:1]).shape[1])
+    started = time.perf_counter()
+    engine.embed(texts)
+    elapsed = time.perf_counter() - started
+    return dims, len(texts) / elapsed if elapsed > 0 else float("inf")
+
+
+def _cut(store: VectorStore, batch_size: int) -> Iterator[tuple[RecordId | None, int]]:
+    """(after_id, planned records) of each batch: one pass over the ids, a cut every
+    ``batch_size`` ids. The last batch is open-ended, so records inserted above the
+    highest id during the job are still covered."""
+    after: RecordId | None = None
+    count = 0
+    for page in store.scan(batch_size=min(batch_size, 1000)):
+        for record_id in page.ids:
+            count += 1
+            if count == batch_size:
+                yield after, count
+                after, count = record_id, 0
+    if count:
+        yield after, count
+
+
+def _insert_job(
+    conn: Conn,
+    job_id: uuid.UUID,
+    source: str,
+    target: str,
+    candidate: str,
+    fingerprint: dict[str, Any],
+    dims: int,
+    distance: str,
+    batch_size: int,
+    max_attempts: int,
+    window: Window | None,
+    max_rate: float | None,
+    rate: float,
+    cuts: Iterator[tuple[RecordId | None, int]],
+) -> int:
+    """The job row and its batches in one transaction; returns the number of batches."""
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO guard_reindex_jobs (id, source_uri, target_uri, candidate_uri,"
+            " fingerprint, fingerprint_hash, dims, distance, total_records, batch_size,"
+            " max_attempts, window_start, window_end, max_rate, measured_rate)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 0, %s, %s, %s, %s, %s, %s)",
+            (
+                job_id, source, target, candidate, Jsonb(fingerprint),
+                fingerprint_hash(fingerprint), dims, distance, batch_size, max_attempts,
+                window.start if window else None, window.end if window else None,
+                max_rate, rate,
+            ),
+        )  # fmt: skip
+        bounds: list[tuple[RecordId | None, int]] = list(cuts)
+        rows = []
+        for seq, (after, planned) in enumerate(bounds):
+            last = bounds[seq + 1][0] if seq + 1 < len(bounds) else None
+            rows.append((job_id, seq, _json(after), _json(last), planned))
+        with conn.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO guard_reindex_batches (job_id, seq, after_id, last_id,"
+                " planned_records) VALUES (%s, %s, %s, %s, %s)",
+                rows,
+            )
+        conn.execute(
+            "UPDATE guard_reindex_jobs SET total_records = %s WHERE id = %s",
+            (sum(planned for _, planned in bounds), job_id),
+        )
+    return len(bounds)
+
+
+def _json(record_id: RecordId | None) -> Jsonb | None:
+    return None if record_id is None else Jsonb(record_id)
+
+
+# --- status, pause, resume ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Status:
+    job_id: str
+    state: str
+    paused: bool
+    source: str
+    target: str
+    records: int
+    batches: dict[str, int]  # by status
+    written: int
+    skipped: int
+    rate: float | None  # records per second since the first batch was done
+    eta_seconds: float | None
+    skipped_by_reason: dict[str, int]
+    failed_batches: list[dict[str, Any]]
+    window: str | None
+    max_rate: float | None
+
+    @property
+    def done(self) -> int:
+        return self.written + self.skipped
+
+    @property
+    def complete(self) -> bool:
+        total = sum(self.batches.values())
+        return total > 0 and self.batches.get("done", 0) == total
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "state": self.state,
+            "paused": self.paused,
+            "source": self.source,
+            "target": self.target,
+            "records": self.records,
+            "written": self.written,
+            "skipped": self.skipped,
+            "batches": self.batches,
+            "complete": self.complete,
+            "rate": None if self.rate is None else round(self.rate, 2),
+            "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds, 1),
+            "skipped_by_reason": self.skipped_by_reason,
+            "failed_batches": self.failed_batches,
+            "window": self.window,
+            "max_rate": self.max_rate,
+        }
+
+
+def job_status(job_ref: str, *, dsn: str | None = None) -> Status:
+    with connect(dsn) as conn:
+        job = load_job(conn, job_ref)
+        by_status: dict[str, int] = dict(
+            conn.execute(
+                "SELECT status, count(*) FROM guard_reindex_batches WHERE job_id = %s"
+                " GROUP BY status",
+                (job.id,),
+            ).fetchall()
+        )
+        written, skipped, planned_left, last_done = conn.execute(
+            "SELECT coalesce(sum(written), 0), coalesce(sum(skipped), 0),"
+            " coalesce(sum(planned_records) FILTER (WHERE status <> 'done'), 0),"
+            " max(done_at)"
+            " FROM guard_reindex_batches WHERE job_id = %s",
+            (job.id,),
+        ).fetchone() or (0, 0, 0, None)
+        reasons: dict[str, int] = dict(
+            conn.execute(
+                "SELECT reason, count(*) FROM guard_reindex_skipped WHERE job_id = %s"
+                " GROUP BY reason ORDER BY reason",
+                (job.id,),
+            ).fetchall()
+        )
+        failed = [
+            {"batch": seq, "attempts": attempts, "error": error}
+            for seq, attempts, error in conn.execute(
+                "SELECT seq, attempts, last_error FROM guard_reindex_batches"
+                " WHERE job_id = %s AND status = 'failed' ORDER BY seq",
+                (job.id,),
+            ).fetchall()
+        ]
+    done = int(written) + int(skipped)
+    rate: float | None = None
+    if job.started_at is not None and last_done is not None and done:
+        span = (last_done - job.started_at).total_seconds()
+        rate = done / span if span > 0 else None
+    eta: float | None = None
+    if not planned_left:
+        eta = 0.0
+    elif rate:
+        eta = int(planned_left) / rate
+    return Status(
+        job_id=str(job.id),
+        state=job.state,
+        paused=job.paused,
+        source=redact(job.source_uri),
+        target=redact(job.target_uri),
+        records=job.total_records,
+        batches={str(k): int(v) for k, v in by_status.items()},
+        written=int(written),
+        skipped=int(skipped),
+        rate=rate,
+        eta_seconds=eta,
+        skipped_by_reason={str(k): int(v) for k, v in reasons.items()},
+        failed_batches=failed,
+        window=str(job.window) if job.window else None,
+        max_rate=job.max_rate,
+    )
+
+
+def set_paused(job_ref: str, paused: bool, *, dsn: str | None = None) -> str:
+    """Pause or resume; running workers see it before their next chunk. Resuming also
+    gives failed batches a fresh set of attempts."""
+    with connect(dsn) as conn, conn.transaction():
+        job = load_job(conn, job_ref)
+        if job.state != "active":
+            raise ReindexError(
+                f"the job is {job.state}; only an active job pauses", job_id=job.short
+            )
+        conn.execute("UPDATE guard_reindex_jobs SET paused = %s WHERE id = %s", (paused, job.id))
+        if not paused:
+            conn.execute(
+                "UPDATE guard_reindex_batches SET status = 'pending', attempts = 0,"
+                " next_attempt_at = now() WHERE job_id = %s AND status = 'failed'",
+                (job.id,),
+            )
+    log.info("re-index paused" if paused else "re-index resumed", job=str(job.id))
+    return str(job.id)

@@ -1,0 +1,138 @@
+"""Pure helpers of the re-index: provenance hashes, id order, target names, time windows.
+
+Each target record carries the sha256 of its text and of the engine fingerprint, so a
+rerun or a catch-up skips exactly the records embedded from the same text by the same
+engine settings; keying on the text alone would miss a model change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import time
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from guard.errors import ConfigError
+from guard.records import RecordBatch, RecordId
+
+TEXT_HASH_KEY = "guard_text_sha256"
+FINGERPRINT_KEY = "guard_fingerprint_sha256"
+PROVENANCE_KEYS = (TEXT_HASH_KEY, FINGERPRINT_KEY)
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def fingerprint_hash(fingerprint: Mapping[str, Any]) -> str:
+    """sha256 of the fingerprint as canonical JSON (sorted keys), stable across runs."""
+    canonical = json.dumps(fingerprint, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def has_text(text: str | None) -> bool:
+    return bool(text and text.strip())
+
+
+def id_key(record_id: RecordId) -> tuple[int, int | str]:
+    """The order ``VectorStore.scan`` walks ids in: integers first, then strings.
+
+    Canonical lower-case UUID strings compare like their 128-bit values, which is
+    Qdrant's order; pgvector text ids compare by code point, which matches the adapter's
+    ``ORDER BY`` under the C collation.
+    """
+    return (0, record_id) if isinstance(record_id, int) else (1, str(record_id))
+
+
+def in_range(record_id: RecordId, last_id: RecordId | None) -> bool:
+    """Whether an id falls at or before a batch's inclusive upper bound."""
+    return last_id is None or id_key(record_id) <= id_key(last_id)
+
+
+def short_id(job_id: uuid.UUID | str) -> str:
+    return uuid.UUID(str(job_id)).hex[:8]
+
+
+def target_uri(source_uri: str, job_id: uuid.UUID) -> str:
+    """The source URI with the collection or table renamed ``<name>__<jobid8>``; every
+    other part (credentials, text_field, vector, schema, ...) kept as given."""
+    parts = urlsplit(source_uri)
+    params = parse_qsl(parts.query, keep_blank_values=True)
+    suffix = f"__{short_id(job_id)}"
+    scheme = parts.scheme.lower()
+    if scheme in ("qdrant+http", "qdrant+https"):
+        name = parts.path.strip("/")
+        if not name:
+            raise ConfigError("the source URI names no Qdrant collection")
+        return urlunsplit(parts._replace(path=f"/{name}{suffix}"))
+    key = "collection" if scheme == "qdrant+local" else "table"
+    if not any(k == key for k, _ in params):
+        raise ConfigError(f"the source URI has no {key}= parameter")
+    renamed = [(k, v + suffix if k == key else v) for k, v in params]
+    return urlunsplit(parts._replace(query=urlencode(renamed, safe="/:@")))
+
+
+@dataclass(frozen=True)
+class Window:
+    """Hours of the day when workers may run, in the worker's local time; may wrap
+    midnight (22:00-06:00)."""
+
+    start: time
+    end: time
+
+    @classmethod
+    def parse(cls, text: str) -> Window:
+        try:
+            first, second = text.split("-")
+            start, end = time.fromisoformat(first.strip()), time.fromisoformat(second.strip())
+        except ValueError:
+            raise ConfigError(f"window must be HH:MM-HH:MM, not {text!r}") from None
+        if start == end:
+            raise ConfigError(f"window {text!r} is empty; leave it out to run at any time")
+        return cls(start, end)
+
+    def contains(self, moment: time) -> bool:
+        if self.start < self.end:
+            return self.start <= moment < self.end
+        return moment >= self.start or moment < self.end
+
+    def __str__(self) -> str:
+        return f"{self.start:%H:%M}-{self.end:%H:%M}"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One record read from a store, flattened out of a ``RecordBatch``."""
+
+    id: RecordId
+    text: str | None
+    payload: Mapping[str, Any]
+
+
+def rows(batches: Iterator[RecordBatch]) -> Iterator[Row]:
+    for batch in batches:
+        payloads = batch.payloads or ({},) * len(batch)
+        for record_id, text, payload in zip(batch.ids, batch.texts, payloads, strict=True):
+            yield Row(record_id, text, payload)
+
+
+def merge(
+    source: Iterator[Row], target: Iterator[Row]
+) -> Iterator[tuple[Row | None, Row | None]]:
+    """Walk two ascending id streams together: (source, target) pairs where a missing
+    side is None. Memory stays at one row per side, whatever the collection size."""
+    left, right = next(source, None), next(target, None)
+    while left is not None or right is not None:
+        if right is None or (left is not None and id_key(left.id) < id_key(right.id)):
+            yield left, None
+            left = next(source, None)
+        elif left is None or id_key(right.id) < id_key(left.id):
+            yield None, right
+            right = next(target, None)
+        else:
+            yield left, right
+            left, right = next(source, None), next(target, None)

@@ -1,0 +1,278 @@
+"""What a re-index does to each kind of store beyond the ``VectorStore`` Protocol: create a
+target shaped like the source, switch readers over in one atomic step, switch back, and
+drop the side that is no longer live.
+
+Qdrant: the target is a new collection with the source's vector names, distance, HNSW
+settings and payload indexes; readers switch through an alias in one
+``update_collection_aliases`` call. pgvector: the target is a shadow table made with
+``CREATE TABLE ... (LIKE source INCLUDING ALL)`` (every column, default, constraint and
+index, the HNSW or IVFFlat index included, so it is built on the new vectors), plus two
+provenance columns; the switch renames both tables in one transaction under
+``lock_timeout``. Views and foreign keys that name the source keep pointing at the old
+table after the rename (PostgreSQL binds them by oid): recreate them after cutover.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from guard.errors import ReindexError, StoreError
+from guard.pgserver import embedded_dsn
+from guard.records import StoreInfo
+from guard.reindex.provenance import PROVENANCE_KEYS
+from guard.stores import VectorStore, open_store
+from guard.uri import parse, redact
+
+LOCK_TIMEOUT = "5s"
+
+
+def is_qdrant(uri: str) -> bool:
+    return parse(uri).scheme.startswith("qdrant")
+
+
+def _qdrant(store: VectorStore) -> Any:
+    """The adapter's qdrant-client (shared per local folder, so no second lock)."""
+    from adapters.qdrant import QdrantStore
+
+    if not isinstance(store, QdrantStore):
+        raise ReindexError(f"not a Qdrant store: {store.uri}")
+    return store.client
+
+
+def create_target(source_uri: str, target_uri: str, dims: int, info: StoreInfo) -> None:
+    """An empty target shaped like the source, with the candidate's dimensions."""
+    source, target = open_store(source_uri), open_store(target_uri)
+    try:
+        if is_qdrant(source_uri):
+            _create_qdrant(source, target, dims)
+        else:
+            _create_pg(source_uri, target_uri, dims, info)
+    finally:
+        target.close()
+        source.close()
+
+
+def _create_qdrant(source: VectorStore, target: VectorStore, dims: int) -> None:
+    from qdrant_client import models
+
+    client = _qdrant(source)
+    name, new = getattr(source, "collection"), getattr(target, "collection")  # noqa: B009
+    try:
+        if client.collection_exists(new):
+            raise ReindexError(f"the target collection {new!r} already exists")
+        config = client.get_collection(name)
+        vectors = config.config.params.vectors
+        if isinstance(vectors, models.VectorParams):
+            vectors_config: Any = vectors.model_copy(update={"size": dims})
+        else:
+            vectors_config = {
+                key: value.model_copy(update={"size": dims}) for key, value in vectors.items()
+            }
+        hnsw = config.config.hnsw_config
+        client.create_collection(
+            new,
+            vectors_config=vectors_config,
+            hnsw_config=models.HnswConfigDiff(**hnsw.model_dump()) if hnsw else None,
+            on_disk_payload=config.config.params.on_disk_payload,
+        )
+        for field, schema in (config.payload_schema or {}).items():
+            client.create_payload_index(new, field, field_schema=schema.data_type)
+    except (ValueError, RuntimeError) as exc:
+        raise StoreError(f"cannot create the target collection: {exc}", uri=target.uri) from exc
+
+
+def pg_dsn(uri: str) -> str:
+    """A libpq DSN for a ``postgresql:`` or ``pgserver:`` URI (the guard's options removed)."""
+    from adapters.pgvector import GUARD_PARAMS
+
+    parsed = parse(uri)
+    if parsed.scheme == "pgserver":
+        return embedded_dsn(parsed.netloc + parsed.path)
+    return parsed.without_params(*GUARD_PARAMS)
+
+
+def _pg_connect(uri: str) -> psycopg.Connection[tuple[Any, ...]]:
+    try:
+        return psycopg.connect(pg_dsn(uri), autocommit=True, connect_timeout=5)
+    except psycopg.Error as exc:
+        raise StoreError(f"PostgreSQL: {redact(str(exc))}", uri=redact(uri)) from exc
+
+
+def _pg_names(uri: str, info: StoreInfo) -> tuple[str, str]:
+    params = parse(uri).params
+    return str(info.details.get("schema") or params.get("schema") or "public"), params["table"]
+
+
+def _create_pg(source_uri: str, target_uri: str, dims: int, info: StoreInfo) -> None:
+    schema, table = _pg_names(source_uri, info)
+    _, shadow = _pg_names(target_uri, info)
+    vector_type = str(info.details.get("vector_type") or "vector")
+    src, dst = sql.Identifier(schema, table), sql.Identifier(schema, shadow)
+    with _pg_connect(source_uri) as conn:
+        try:
+            with conn.transaction():
+                conn.execute(
+                    sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(dst, src)
+                )
+                if dims != info.dims and info.vector_field:
+                    conn.execute(
+                        sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {}({})").format(
+                            dst,
+                            sql.Identifier(info.vector_field),
+                            sql.SQL(vector_type),
+                            sql.Literal(dims),
+                        )
+                    )
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} {}").format(
+                        dst,
+                        sql.SQL(", ").join(
+                            sql.SQL("ADD COLUMN {} text").format(sql.Identifier(key))
+                            for key in PROVENANCE_KEYS
+                        ),
+                    )
+                )
+        except psycopg.Error as exc:
+            raise StoreError(
+                f"cannot create the shadow table {shadow!r}: {redact(str(exc))}",
+                uri=redact(target_uri),
+            ) from exc
+
+
+# --- switching ---------------------------------------------------------------------------
+
+
+def qdrant_switch(store_uri: str, alias: str, to: str) -> str | None:
+    """Point ``alias`` at collection ``to`` in one atomic call; returns the collection it
+    pointed at before (None when it did not exist)."""
+    from qdrant_client import models
+
+    store = open_store(store_uri)
+    try:
+        client = _qdrant(store)
+        try:
+            before = {a.alias_name: a.collection_name for a in client.get_aliases().aliases}
+            operations: list[Any] = []
+            if alias in before:
+                operations.append(
+                    models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias))
+                )
+            operations.append(
+                models.CreateAliasOperation(
+                    create_alias=models.CreateAlias(collection_name=to, alias_name=alias)
+                )
+            )
+            client.update_collection_aliases(change_aliases_operations=operations)
+        except (ValueError, RuntimeError) as exc:
+            raise StoreError(f"cannot switch alias {alias!r}: {exc}", uri=store.uri) from exc
+        return before.get(alias)
+    finally:
+        store.close()
+
+
+def qdrant_alias_target(store_uri: str, name: str) -> str | None:
+    """The collection ``name`` points at when it is an alias, else None."""
+    store = open_store(store_uri)
+    try:
+        aliases = _qdrant(store).get_aliases().aliases
+        return next((a.collection_name for a in aliases if a.alias_name == name), None)
+    finally:
+        store.close()
+
+
+def qdrant_drop(store_uri: str, collection: str) -> None:
+    store = open_store(store_uri)
+    try:
+        _qdrant(store).delete_collection(collection)
+    finally:
+        store.close()
+
+
+def pg_rename(uri: str, schema: str, renames: list[tuple[str, str]]) -> None:
+    """Rename tables in one transaction: readers see the old names or the new ones, never
+    a missing table. ``lock_timeout`` makes a busy table fail fast instead of queueing
+    every reader behind the rename."""
+    with _pg_connect(uri) as conn:
+        try:
+            with conn.transaction():
+                conn.execute(
+                    sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT))
+                )
+                for old, new in renames:
+                    conn.execute(
+                        sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+                            sql.Identifier(schema, old), sql.Identifier(new)
+                        )
+                    )
+                _advance_identities(conn, schema, renames)
+        except psycopg.errors.LockNotAvailable as exc:
+            raise ReindexError(
+                f"the table is busy (lock not granted within {LOCK_TIMEOUT}); try again"
+            ) from exc
+        except psycopg.Error as exc:
+            raise StoreError(f"rename failed: {redact(str(exc))}", uri=redact(uri)) from exc
+
+
+def _advance_identities(
+    conn: psycopg.Connection[tuple[Any, ...]], schema: str, renames: list[tuple[str, str]]
+) -> None:
+    """Identity columns copied by LIKE got their own sequences starting at 1: move each
+    past the highest id so inserts after the switch cannot collide."""
+    for _, new in renames:
+        columns = conn.execute(
+            "SELECT a.attname, pg_get_serial_sequence(quote_ident(%s) || '.' || quote_ident(%s),"
+            " a.attname) FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped",
+            (schema, new, schema, new),
+        ).fetchall()
+        for column, sequence in columns:
+            if sequence is None:
+                continue
+            conn.execute(
+                sql.SQL(
+                    "SELECT setval(%s::regclass, greatest((SELECT max({}) FROM {}), "
+                    "(SELECT last_value FROM {}), 1))"
+                ).format(
+                    sql.Identifier(column),
+                    sql.Identifier(schema, new),
+                    sql.SQL(sequence),  # pg_get_serial_sequence quotes it already
+                ),
+                (sequence,),
+            )
+
+
+def pg_drop(uri: str, schema: str, table: str, keep_sequences_for: str | None) -> None:
+    """Drop a table; sequences it owns that the live table still uses (serial columns
+    copied by LIKE share them) are handed to the live table first."""
+    with _pg_connect(uri) as conn:
+        try:
+            with conn.transaction():
+                if keep_sequences_for:
+                    owned = conn.execute(
+                        "SELECT s.oid::regclass::text, a.attname FROM pg_depend d"
+                        " JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'"
+                        " JOIN pg_attribute a"
+                        " ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid"
+                        " WHERE d.refobjid = %s::regclass AND d.deptype = 'a'",
+                        (f"{_quote(schema)}.{_quote(table)}",),
+                    ).fetchall()
+                    for sequence, column in owned:
+                        conn.execute(
+                            sql.SQL("ALTER SEQUENCE {} OWNED BY {}").format(
+                                sql.SQL(sequence),  # regclass::text is quoted already
+                                sql.Identifier(schema, keep_sequences_for, column),
+                            )
+                        )
+                conn.execute(
+                    sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, table))
+                )
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot drop {table!r}: {redact(str(exc))}", uri=redact(uri)) from exc
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'

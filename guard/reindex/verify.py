@@ -1,0 +1,222 @@
+"""``guard reindex verify``: prove the target complete and right before anyone switches.
+
+Three checks: every batch done; the target holds exactly the source ids, each with the
+sha256 of the source's current text and the job's engine fingerprint (one merged pass
+over both stores in id order, so memory does not grow with the collection); and a random
+sample of target vectors equals fresh embeddings of their texts by the candidate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from guard.engines import open_engine
+from guard.records import RecordId
+from guard.reindex.jobs import Job, load_job
+from guard.reindex.provenance import (
+    FINGERPRINT_KEY,
+    TEXT_HASH_KEY,
+    Row,
+    has_text,
+    id_key,
+    merge,
+    rows,
+    text_hash,
+)
+from guard.reindex.state import Conn, connect
+from guard.reindex.switch import locations
+from guard.reindex.worker import check_engine
+from guard.stores import open_store
+
+SCAN_PAGE = 1000
+# Stored vectors may be normalised by the store (Qdrant does for cosine) or pass through
+# float16; the same text through the same engine still agrees to about 1e-7.
+MIN_COSINE = 0.9999
+MAX_NORM_DIFF = 1e-3
+EXAMPLES = 5
+
+
+@dataclass
+class Verification:
+    job_id: str
+    source_records: int = 0
+    target_records: int = 0
+    missing: list[RecordId] = field(default_factory=list)
+    extra: list[RecordId] = field(default_factory=list)
+    text_mismatch: list[RecordId] = field(default_factory=list)
+    fingerprint_mismatch: list[RecordId] = field(default_factory=list)
+    duplicates: list[RecordId] = field(default_factory=list)
+    skipped: int = 0
+    sampled: int = 0
+    vector_mismatch: list[RecordId] = field(default_factory=list)
+    min_cosine: float | None = None
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.reasons
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "ok": self.ok,
+            "source_records": self.source_records,
+            "target_records": self.target_records,
+            "skipped": self.skipped,
+            "sampled": self.sampled,
+            "min_cosine": self.min_cosine,
+            "reasons": self.reasons,
+            "examples": {
+                name: [str(i) for i in ids[:EXAMPLES]]
+                for name, ids in (
+                    ("missing", self.missing),
+                    ("extra", self.extra),
+                    ("text_mismatch", self.text_mismatch),
+                    ("fingerprint_mismatch", self.fingerprint_mismatch),
+                    ("duplicates", self.duplicates),
+                    ("vector_mismatch", self.vector_mismatch),
+                )
+                if ids
+            },
+        }
+
+
+def _ordered(stream: Iterator[Row], duplicates: list[RecordId]) -> Iterator[Row]:
+    """Pass rows through, recording ids that repeat or go backwards (a broken scan)."""
+    previous: Row | None = None
+    for row in stream:
+        if previous is not None and id_key(row.id) <= id_key(previous.id):
+            duplicates.append(row.id)
+            continue
+        previous = row
+        yield row
+
+
+def verify_job(
+    job_ref: str,
+    *,
+    sample: int = 64,
+    seed: int = 0,
+    accept_skipped: bool = False,
+    dsn: str | None = None,
+) -> Verification:
+    with connect(dsn) as conn:
+        job = load_job(conn, job_ref)
+        result = Verification(str(job.id))
+        _check_batches(conn, job, result)
+        skipped_ids = {
+            _key(row[0])
+            for row in conn.execute(
+                "SELECT record_id FROM guard_reindex_skipped WHERE job_id = %s", (job.id,)
+            )
+        }
+    source_uri, target_uri = locations(job)
+    _check_ids_and_hashes(job, source_uri, target_uri, skipped_ids, result, accept_skipped)
+    _check_vectors(job, target_uri, sample, seed, result)
+    return result
+
+
+def _key(record_id: Any) -> tuple[int, int | str]:
+    return id_key(record_id if isinstance(record_id, int) else str(record_id))
+
+
+def _check_batches(conn: Conn, job: Job, result: Verification) -> None:
+    counts: dict[str, int] = dict(
+        conn.execute(
+            "SELECT status, count(*) FROM guard_reindex_batches WHERE job_id = %s GROUP BY status",
+            (job.id,),
+        ).fetchall()
+    )
+    open_ = {str(k): int(v) for k, v in counts.items() if k != "done"}
+    if open_:
+        detail = ", ".join(f"{n} {status}" for status, n in sorted(open_.items()))
+        result.reasons.append(f"batches not done: {detail}")
+
+
+def _check_ids_and_hashes(
+    job: Job,
+    source_uri: str,
+    target_uri: str,
+    skipped_ids: set[tuple[int, int | str]],
+    result: Verification,
+    accept_skipped: bool,
+) -> None:
+    source, target = open_store(source_uri), open_store(target_uri)
+    try:
+        left = _ordered(rows(source.scan(batch_size=SCAN_PAGE)), result.duplicates)
+        right = _ordered(
+            rows(target.scan(batch_size=SCAN_PAGE, with_payload=True)), result.duplicates
+        )
+        for src, tgt in merge(left, right):
+            result.source_records += src is not None
+            result.target_records += tgt is not None
+            if tgt is None:
+                assert src is not None
+                if not has_text(src.text) and id_key(src.id) in skipped_ids:
+                    result.skipped += 1
+                else:
+                    result.missing.append(src.id)
+            elif src is None:
+                result.extra.append(tgt.id)
+            else:
+                if not has_text(src.text) or tgt.payload.get(TEXT_HASH_KEY) != text_hash(
+                    str(src.text)
+                ):
+                    result.text_mismatch.append(src.id)
+                if tgt.payload.get(FINGERPRINT_KEY) != job.fingerprint_hash:
+                    result.fingerprint_mismatch.append(src.id)
+    finally:
+        target.close()
+        source.close()
+    for ids, what in (
+        (result.missing, "source records missing from the target"),
+        (result.extra, "target records not in the source (run catch-up)"),
+        (result.text_mismatch, "records whose source text changed (run catch-up)"),
+        (result.fingerprint_mismatch, "records embedded with another engine fingerprint"),
+        (result.duplicates, "ids repeated or out of order in a scan"),
+    ):
+        if ids:
+            result.reasons.append(f"{len(ids)} {what}, e.g. {', '.join(map(str, ids[:EXAMPLES]))}")
+    if result.skipped and not accept_skipped:
+        result.reasons.append(
+            f"{result.skipped} source records have no text and are not in the target "
+            "(see status; accept them with --accept-skipped)"
+        )
+
+
+def _check_vectors(
+    job: Job, target_uri: str, sample: int, seed: int, result: Verification
+) -> None:
+    if sample <= 0 or result.target_records == 0:
+        return
+    target = open_store(target_uri)
+    engine = open_engine(job.candidate_uri)
+    try:
+        check_engine(job, engine)
+        drawn = target.sample(sample, seed=seed)
+        keep = [i for i, text in enumerate(drawn.texts) if has_text(text)]
+        drawn = drawn.take(keep)
+        fresh = engine.embed([str(text) for text in drawn.texts])
+    finally:
+        engine.close()
+        target.close()
+    stored = drawn.vectors
+    norms = np.linalg.norm(stored, axis=1) * np.linalg.norm(fresh, axis=1)
+    cosines = np.einsum("ij,ij->i", stored, fresh) / np.where(norms > 0, norms, 1.0)
+    same_norm = np.ones(len(cosines), dtype=bool)
+    if job.distance != "cosine":  # only cosine lets a store rescale what it keeps
+        ratio = np.linalg.norm(stored, axis=1) / np.maximum(np.linalg.norm(fresh, axis=1), 1e-12)
+        same_norm = np.abs(ratio - 1.0) <= MAX_NORM_DIFF
+    bad = (cosines < MIN_COSINE) | ~same_norm
+    result.sampled = len(drawn)
+    result.min_cosine = float(cosines.min()) if len(cosines) else None
+    result.vector_mismatch = [drawn.ids[i] for i in np.flatnonzero(bad)]
+    if result.vector_mismatch:
+        result.reasons.append(
+            f"{len(result.vector_mismatch)} of {result.sampled} sampled target vectors differ "
+            f"from fresh candidate embeddings (min cosine {result.min_cosine:.6f})"
+        )

@@ -1,0 +1,569 @@
+"""``guard reindex run``: lease batches and re-embed them, reading, embedding and writing
+at the same time.
+
+Three stages joined by small bounded queues, so memory is a few chunks whatever the
+collection size, and the engine (which releases the GIL in llama.cpp, or waits on a
+server) never waits for the stores:
+
+    reader (leases batches, scans the source) -> embedder -> writer (upserts, marks done)
+
+A batch is marked done only after its last chunk is written, and every write is an
+idempotent upsert by id, so a worker can be killed at any moment: its leases expire and
+another worker (or the same one restarted) redoes those batches from their start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import FrameType
+from typing import Any
+
+import numpy as np
+from psycopg.types.json import Jsonb
+
+from guard.engines import EmbeddingEngine, open_engine
+from guard.errors import EngineError, GuardError, ReindexError
+from guard.logs import get_logger
+from guard.records import RecordBatch, RecordId, as_vectors
+from guard.reindex.jobs import Job, load_job
+from guard.reindex.provenance import (
+    FINGERPRINT_KEY,
+    TEXT_HASH_KEY,
+    fingerprint_hash,
+    has_text,
+    in_range,
+    text_hash,
+)
+from guard.reindex.state import Conn, connect
+from guard.stores import VectorStore, open_store
+
+log = get_logger(__name__)
+
+CHUNK = 256  # records per pipeline item: large enough to amortise store round trips
+QUEUE_DEPTH = 2  # chunks waiting between two stages
+MAX_BACKOFF_S = 300
+_END = object()
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One leased batch; ``token`` tells this lease from a later lease of the same batch."""
+
+    token: int
+    seq: int
+    after: RecordId | None
+    last: RecordId | None
+
+
+@dataclass
+class _Item:
+    lease: Lease
+    batch: RecordBatch | None = None  # None on the marker that closes a batch
+    skipped: list[tuple[RecordId, str, str]] = field(default_factory=list)
+
+    @property
+    def final(self) -> bool:
+        return self.batch is None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    job_id: str
+    worker: str
+    batches_done: int
+    written: int
+    skipped: int
+    stopped: str  # done, paused, window, interrupted, failed
+    failed_batches: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "worker": self.worker,
+            "batches_done": self.batches_done,
+            "written": self.written,
+            "skipped": self.skipped,
+            "stopped": self.stopped,
+            "failed_batches": self.failed_batches,
+        }
+
+
+class Ledger:
+    """The batch bookkeeping of one worker, on one state-database connection (one per
+    thread: psycopg connections serialise their users)."""
+
+    def __init__(self, conn: Conn, job: Job, worker: str, lease_seconds: float) -> None:
+        self.conn = conn
+        self.job = job
+        self.worker = worker
+        self.lease_seconds = lease_seconds
+
+    def lease(self) -> tuple[int, RecordId | None, RecordId | None] | None:
+        """Take the next pending batch, or one whose lease expired; expired leases count
+        as attempts, so a batch that keeps killing its worker ends up failed."""
+        with self.conn.transaction():
+            self.conn.execute(
+                "UPDATE guard_reindex_batches SET status = 'failed', attempts = attempts + 1,"
+                " last_error = 'lease of ' || lease_owner || ' expired; attempts exhausted',"
+                " lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE job_id = %s AND status = 'leased' AND lease_expires_at < now()"
+                " AND attempts + 1 >= %s",
+                (self.job.id, self.job.max_attempts),
+            )
+            row = self.conn.execute(
+                "WITH next AS (SELECT seq FROM guard_reindex_batches"
+                "  WHERE job_id = %(job)s AND ((status = 'pending' AND next_attempt_at <= now())"
+                "   OR (status = 'leased' AND lease_expires_at < now()))"
+                "  ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED)"
+                " UPDATE guard_reindex_batches b SET"
+                "  attempts = b.attempts + (b.status = 'leased')::int,"
+                "  last_error = CASE WHEN b.status = 'leased'"
+                "   THEN 'lease of ' || b.lease_owner || ' expired' ELSE b.last_error END,"
+                "  status = 'leased', lease_owner = %(me)s,"
+                "  lease_expires_at = now() + make_interval(secs => %(secs)s)"
+                " FROM next WHERE b.job_id = %(job)s AND b.seq = next.seq"
+                " RETURNING b.seq, b.after_id, b.last_id",
+                {"job": self.job.id, "me": self.worker, "secs": self.lease_seconds},
+            ).fetchone()
+        return None if row is None else (int(row[0]), row[1], row[2])
+
+    def renew(self) -> int:
+        cursor = self.conn.execute(
+            "UPDATE guard_reindex_batches"
+            " SET lease_expires_at = now() + make_interval(secs => %s)"
+            " WHERE job_id = %s AND lease_owner = %s AND status = 'leased'",
+            (self.lease_seconds, self.job.id, self.worker),
+        )
+        return cursor.rowcount
+
+    def done(self, seq: int, written: int, skipped: int) -> bool:
+        """Mark a batch done (``lease_owner`` stays, saying who did it); False when the
+        lease was lost and another worker redoes the batch."""
+        cursor = self.conn.execute(
+            "UPDATE guard_reindex_batches SET status = 'done', written = %s, skipped = %s,"
+            " done_at = now(), lease_expires_at = NULL"
+            " WHERE job_id = %s AND seq = %s AND lease_owner = %s AND status = 'leased'",
+            (written, skipped, self.job.id, seq, self.worker),
+        )
+        return cursor.rowcount == 1
+
+    def fail(self, seq: int, error: str) -> None:
+        """Count a failed attempt: retry later with exponential backoff, or give up."""
+        self.conn.execute(
+            "UPDATE guard_reindex_batches SET attempts = attempts + 1, last_error = %s,"
+            " status = CASE WHEN attempts + 1 >= %s THEN 'failed' ELSE 'pending' END,"
+            " next_attempt_at = now() + make_interval(secs => least(%s, 2 ^ attempts)),"
+            " lease_owner = NULL, lease_expires_at = NULL"
+            " WHERE job_id = %s AND seq = %s AND lease_owner = %s AND status = 'leased'",
+            (error[:2000], self.job.max_attempts, MAX_BACKOFF_S, self.job.id, seq, self.worker),
+        )
+
+    def release_all(self) -> None:
+        """Give back every lease still held, so a restart need not wait for expiry."""
+        self.conn.execute(
+            "UPDATE guard_reindex_batches SET status = 'pending', lease_owner = NULL,"
+            " lease_expires_at = NULL"
+            " WHERE job_id = %s AND lease_owner = %s AND status = 'leased'",
+            (self.job.id, self.worker),
+        )
+
+    def skip(self, records: Sequence[tuple[RecordId, str, str]]) -> None:
+        if not records:
+            return
+        with self.conn.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO guard_reindex_skipped (job_id, record_id, reason, detail)"
+                " VALUES (%s, %s, %s, %s) ON CONFLICT (job_id, record_id)"
+                " DO UPDATE SET reason = excluded.reason, detail = excluded.detail,"
+                " recorded_at = now()",
+                [(self.job.id, Jsonb(rid), reason, detail) for rid, reason, detail in records],
+            )
+
+    def control(self) -> tuple[bool, str]:
+        """(paused, state) as they are now: the operator may change them at any moment."""
+        row = self.conn.execute(
+            "SELECT paused, state FROM guard_reindex_jobs WHERE id = %s", (self.job.id,)
+        ).fetchone()
+        if row is None:
+            raise ReindexError("the job was deleted while running", job_id=self.job.short)
+        return bool(row[0]), str(row[1])
+
+    def open_batches(self) -> tuple[int, int]:
+        """(batches not yet done or failed, batches failed)."""
+        row = self.conn.execute(
+            "SELECT count(*) FILTER (WHERE status IN ('pending', 'leased')),"
+            " count(*) FILTER (WHERE status = 'failed')"
+            " FROM guard_reindex_batches WHERE job_id = %s",
+            (self.job.id,),
+        ).fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
+class Pacer:
+    """Keeps one worker at or under ``rate`` records per second (None: no limit)."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.rate = rate
+        self.next_at = time.monotonic()
+
+    def wait(self, records: int, stop: threading.Event) -> None:
+        if not self.rate:
+            return
+        now = time.monotonic()
+        if self.next_at > now:
+            stop.wait(self.next_at - now)
+        self.next_at = max(self.next_at, now) + records / self.rate
+
+
+def embed_records(
+    engine: EmbeddingEngine, batch: RecordBatch, fp_hash: str
+) -> tuple[RecordBatch, list[tuple[RecordId, str, str]]]:
+    """The target records of a source chunk, and the records skipped with their reason.
+
+    A text the engine refuses is isolated by embedding the chunk's texts one by one; only
+    when every text fails is it the engine's fault, and the whole batch is retried.
+    """
+    skipped: list[tuple[RecordId, str, str]] = []
+    keep = [i for i, text in enumerate(batch.texts) if has_text(text)]
+    kept = set(keep)
+    skipped += [(batch.ids[i], "no_text", "") for i in range(len(batch)) if i not in kept]
+    texts = [str(batch.texts[i]) for i in keep]
+    vectors: list[Any] = []
+    try:
+        vectors = list(engine.embed(texts)) if texts else []
+    except EngineError as exc:
+        if len(texts) <= 1:
+            raise
+        vectors = []
+        for text in texts:
+            try:
+                vectors.append(engine.embed([text])[0])
+            except EngineError as single:
+                vectors.append(single)
+        if all(isinstance(v, EngineError) for v in vectors):
+            raise exc from None
+    payloads = batch.payloads or ({},) * len(batch)
+    out_ids, out_texts, out_vectors, out_payloads = [], [], [], []
+    for index, vector in zip(keep, vectors, strict=True):
+        if isinstance(vector, EngineError):
+            skipped.append((batch.ids[index], "embed_failed", str(vector)[:500]))
+            continue
+        if not np.all(np.isfinite(vector)):
+            skipped.append((batch.ids[index], "invalid_vector", "NaN or infinite values"))
+            continue
+        text = str(batch.texts[index])
+        out_ids.append(batch.ids[index])
+        out_texts.append(text)
+        out_vectors.append(vector)
+        out_payloads.append(
+            {**payloads[index], TEXT_HASH_KEY: text_hash(text), FINGERPRINT_KEY: fp_hash}
+        )
+    dims = batch.vectors.shape[1] if not out_vectors else len(out_vectors[0])
+    records = RecordBatch(
+        tuple(out_ids),
+        tuple(out_texts),
+        as_vectors(out_vectors) if out_vectors else np.zeros((0, dims), dtype=np.float32),
+        tuple(out_payloads),
+    )
+    return records, skipped
+
+
+def check_engine(job: Job, engine: EmbeddingEngine) -> None:
+    """Refuse to embed with an engine whose fingerprint differs from the planned one."""
+    if fingerprint_hash(engine.fingerprint()) != job.fingerprint_hash:
+        raise ReindexError(
+            "the candidate engine's fingerprint differs from the one planned "
+            "(model file or settings changed); plan a new job",
+            job_id=job.short,
+        )
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def run_worker(
+    job_ref: str,
+    *,
+    lease_seconds: float = 60.0,
+    dsn: str | None = None,
+    stop: threading.Event | None = None,
+) -> RunResult:
+    """Work on a job until it is done, paused, outside its window, or stopped.
+
+    SIGTERM and SIGINT (when called from the main thread) stop it cleanly: in-flight
+    batches are given back. SIGKILL loses nothing either: the leases just expire.
+    """
+    if lease_seconds < 1:
+        raise ReindexError(f"lease must be at least 1 second, not {lease_seconds}")
+    stop = stop or threading.Event()
+    with connect(dsn) as conn:
+        job = load_job(conn, job_ref)
+    if job.state != "active":
+        raise ReindexError(f"the job is {job.state}; nothing to run", job_id=job.short)
+    worker = _Worker(job, default_worker_id(), lease_seconds, dsn, stop)
+    with _signals_stop(stop):
+        return worker.run()
+
+
+@contextlib.contextmanager
+def _signals_stop(stop: threading.Event) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class _Worker:
+    def __init__(
+        self, job: Job, worker: str, lease_seconds: float, dsn: str | None, stop: threading.Event
+    ) -> None:
+        self.job = job
+        self.worker = worker
+        self.lease_seconds = lease_seconds
+        self.dsn = dsn
+        self.stop = stop
+        self.dead: set[int] = set()  # lease tokens whose batch failed: drop their chunks
+        self.tokens = itertools.count()
+        self.stopped = "done"
+        self.errors: list[BaseException] = []
+        self.batches_done = self.written = self.skipped = 0
+        self.to_embed: queue.Queue[Any] = queue.Queue(QUEUE_DEPTH)
+        self.to_write: queue.Queue[Any] = queue.Queue(QUEUE_DEPTH)
+
+    def _ledger(self) -> Ledger:
+        return Ledger(connect(self.dsn), self.job, self.worker, self.lease_seconds)
+
+    def run(self) -> RunResult:
+        source = open_store(self.job.source_uri)
+        target = open_store(self.job.target_uri)
+        engine = open_engine(self.job.candidate_uri)
+        main = self._ledger()
+        try:
+            check_engine(self.job, engine)
+            main.conn.execute(
+                "UPDATE guard_reindex_jobs SET started_at = coalesce(started_at, now())"
+                " WHERE id = %s",
+                (self.job.id,),
+            )
+            log.info("worker started", job=self.job.short, worker=self.worker)
+            threads = [
+                threading.Thread(target=self._guarded, args=(self._read, source), daemon=True),
+                threading.Thread(target=self._guarded, args=(self._write, target), daemon=True),
+                threading.Thread(target=self._guarded, args=(self._heartbeat, None), daemon=True),
+            ]
+            for thread in threads:
+                thread.start()
+            self._guarded(self._embed, engine)
+            for thread in threads[:2]:
+                thread.join()
+            self.stop.set()  # ends the heartbeat
+            threads[2].join()
+            if self.errors:
+                error = self.errors[0]
+                if isinstance(error, GuardError):
+                    raise error
+                raise ReindexError(
+                    f"worker failed: {type(error).__name__}: {error}", job_id=self.job.short
+                ) from error
+            remaining, failed = main.open_batches()
+            if self.stopped == "done" and failed:
+                self.stopped = "failed"
+            if remaining == 0 and failed == 0:
+                main.conn.execute(
+                    "UPDATE guard_reindex_jobs SET finished_at = coalesce(finished_at, now())"
+                    " WHERE id = %s",
+                    (self.job.id,),
+                )
+        finally:
+            with contextlib.suppress(Exception):
+                main.release_all()
+            main.conn.close()
+            engine.close()
+            target.close()
+            source.close()
+        log.info("worker stopped", job=self.job.short, reason=self.stopped)
+        return RunResult(
+            str(self.job.id), self.worker, self.batches_done, self.written, self.skipped,
+            self.stopped, failed,
+        )  # fmt: skip
+
+    def _guarded(self, stage: Any, resource: Any) -> None:
+        """Run a stage; an unexpected error stops the whole worker (leases are released)."""
+        try:
+            stage(resource)
+        except BaseException as exc:
+            self.errors.append(exc)
+            self.stopped = "failed"
+            self.stop.set()
+
+    def _put(self, target: queue.Queue[Any], item: Any) -> None:
+        while True:
+            try:
+                target.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                if self.errors:
+                    return
+
+    def _get(self, source: queue.Queue[Any]) -> Any:
+        while True:
+            try:
+                return source.get(timeout=0.2)
+            except queue.Empty:
+                if self.errors:
+                    return _END
+
+    def _failed(self, ledger: Ledger, lease: Lease, error: GuardError) -> None:
+        """Drop the batch's chunks still in the pipeline and count a failed attempt."""
+        self.dead.add(lease.token)
+        ledger.fail(lease.seq, str(error))
+        log.warning("batch failed", job=self.job.short, batch=lease.seq, error=str(error))
+
+    # -- the stages -----------------------------------------------------------------------
+
+    def _read(self, source: VectorStore) -> None:
+        ledger = self._ledger()
+        try:
+            while not self.stop.is_set():
+                halt = self._halt_reason(ledger)
+                if halt:
+                    self.stopped = halt
+                    break
+                leased = ledger.lease()
+                if leased is None:
+                    remaining, _ = ledger.open_batches()
+                    if remaining == 0:
+                        break
+                    self.stop.wait(min(1.0, self.lease_seconds / 4))
+                    continue
+                lease = Lease(next(self.tokens), *leased)
+                log.info("batch leased", job=self.job.short, batch=lease.seq)
+                try:
+                    finished = self._read_batch(ledger, source, lease)
+                except GuardError as exc:
+                    self._failed(ledger, lease, exc)
+                    continue
+                if not finished:
+                    break
+        finally:
+            self._put(self.to_embed, _END)
+            ledger.conn.close()
+
+    def _halt_reason(self, ledger: Ledger) -> str | None:
+        paused, state = ledger.control()
+        if state != "active":
+            return state
+        if paused:
+            return "paused"
+        if self.job.window and not self.job.window.contains(datetime.now().time()):
+            return "window"
+        return None
+
+    def _read_batch(self, ledger: Ledger, source: VectorStore, lease: Lease) -> bool:
+        """Stream one batch into the pipeline; False when the worker must stop first."""
+        size = min(self.job.batch_size, CHUNK)
+        for page in source.scan(batch_size=size, after=lease.after, with_payload=True):
+            keep = [i for i, rid in enumerate(page.ids) if in_range(rid, lease.last)]
+            if keep:
+                self._put(self.to_embed, _Item(lease, page.take(keep)))
+            if len(keep) < len(page):
+                break
+            if self.stop.is_set():
+                return False
+            halt = self._halt_reason(ledger)
+            if halt in ("paused", "cut_over", "rolled_back", "cleaned"):
+                self.stopped = halt
+                return False
+        self._put(self.to_embed, _Item(lease))
+        return True
+
+    def _embed(self, engine: EmbeddingEngine) -> None:
+        ledger = self._ledger()
+        pacer = Pacer(self.job.max_rate)
+        try:
+            while True:
+                item = self._get(self.to_embed)
+                if item is _END:
+                    break
+                if item.lease.token in self.dead:
+                    continue
+                if item.final:
+                    self._put(self.to_write, item)
+                    continue
+                pacer.wait(len(item.batch), self.stop)
+                try:
+                    records, skipped = embed_records(engine, item.batch, self.job.fingerprint_hash)
+                except GuardError as exc:
+                    self._failed(ledger, item.lease, exc)
+                    continue
+                self._put(self.to_write, _Item(item.lease, records, skipped))
+        finally:
+            self._put(self.to_write, _END)
+            ledger.conn.close()
+
+    def _write(self, target: VectorStore) -> None:
+        ledger = self._ledger()
+        counts: dict[int, list[int]] = {}
+        try:
+            while True:
+                item = self._get(self.to_write)
+                if item is _END:
+                    break
+                token = item.lease.token
+                if token in self.dead:
+                    counts.pop(token, None)
+                    continue
+                written, skipped = counts.setdefault(token, [0, 0])
+                if item.final:
+                    del counts[token]
+                    if ledger.done(item.lease.seq, written, skipped):
+                        self.batches_done += 1
+                        self.written += written
+                        self.skipped += skipped
+                        log.info(
+                            "batch done", job=self.job.short, batch=item.lease.seq,
+                            written=written, skipped=skipped,
+                        )  # fmt: skip
+                    else:
+                        log.warning("lease lost; batch left to another worker",
+                                    job=self.job.short, batch=item.lease.seq)  # fmt: skip
+                    continue
+                try:
+                    target.upsert(item.batch)
+                    ledger.skip(item.skipped)
+                except GuardError as exc:
+                    counts.pop(token, None)
+                    self._failed(ledger, item.lease, exc)
+                    continue
+                counts[token] = [written + len(item.batch), skipped + len(item.skipped)]
+        finally:
+            ledger.conn.close()
+
+    def _heartbeat(self, _unused: None) -> None:
+        ledger = self._ledger()
+        try:
+            while not self.stop.wait(self.lease_seconds / 3):
+                ledger.renew()
+        finally:
+            ledger.conn.close()
