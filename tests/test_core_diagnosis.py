@@ -195,6 +195,35 @@ def test_truncation_by_the_candidate_itself_says_raise_the_limit() -> None:
     )
 
 
+def test_raising_the_candidates_limit_is_tried_and_can_be_confirmed() -> None:
+    """Stored at 512 tokens, candidate at 256: the shell tries 384, 512, 1024."""
+    stored = unit_rows()
+    tokens = np.arange(N) % 700 + 1
+    candidate = truncated(stored, tokens)
+    evidence = Evidence(
+        compare(stored, candidate, tokens, "cosine"),
+        T,
+        D,
+        D,
+        candidate_settings={"max_tokens": 256},
+    )
+    rows = evidence.mismatching()
+    works = Alternative.measure({"max_tokens": 512}, rows, stored[rows], stored[rows])
+
+    tried = settings_to_try(evidence)
+    outcome = check(
+        stored,
+        candidate,
+        tokens,
+        alternatives=(works,),
+        candidate_settings={"max_tokens": 256},
+    )
+
+    assert tried == ({"max_tokens": 384}, {"max_tokens": 512}, {"max_tokens": 1024})
+    assert (outcome.verdict, outcome.causes) == ("fix_config", ("truncation_mismatch",))
+    assert outcome.findings[0].setting == {"max_tokens": 512}
+
+
 def test_scaled_vectors_under_dot_product_need_normalize() -> None:
     stored = unit_rows()
 

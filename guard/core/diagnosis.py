@@ -21,7 +21,6 @@ import numpy as np
 import numpy.typing as npt
 
 from guard.core.compare import Comparison, Floats, Ints, rowwise_cosine
-from guard.records import Distance
 
 Cause = Literal[
     "truncation_mismatch",
@@ -149,10 +148,6 @@ class Evidence:
     alternatives: tuple[Alternative, ...] = ()
     candidate_settings: Setting = field(default_factory=dict)
 
-    @property
-    def distance(self) -> Distance | None:
-        return self.comparison.distance if self.comparison is not None else None
-
     def mismatching(self) -> Ints:
         """Rows below the threshold: the records alternatives should re-measure."""
         if self.comparison is None:
@@ -191,12 +186,14 @@ def different_space(e: Evidence) -> Finding | None:
 
 
 def truncation_mismatch(e: Evidence) -> Finding | None:
+    c = e.comparison
     pattern = _truncation(e)
     measured = _best_alternative(e, "max_tokens")
-    if pattern is None:
-        if e.comparison is None or measured is None or not _explains(measured, e):
+    if pattern is None or _cuts_shorter(e, pattern):
+        if c is not None and measured is not None and _explains(measured, e):
+            return _from_alternative(e, c, "truncation_mismatch", measured)  # it worked
+        if pattern is None:
             return None
-        return _from_alternative(e, e.comparison, "truncation_mismatch", measured)
     current = e.candidate_settings.get("max_tokens")
     evidence = (
         f"records up to {pattern.largest_match} tokens match (min cosine "
@@ -204,7 +201,7 @@ def truncation_mismatch(e: Evidence) -> Finding | None:
         f"{pattern.first_failure} or more tokens do not (cosine {pattern.failing_min:.3f}-"
         f"{pattern.failing_max:.3f})"
     )
-    if isinstance(current, int) and current < pattern.first_failure:
+    if _cuts_shorter(e, pattern):
         return Finding(
             "truncation_mismatch",
             f"{evidence}; the candidate cuts its input at {current} tokens",
@@ -327,17 +324,25 @@ def diagnose(e: Evidence, rules: tuple[Rule, ...] = RULES) -> tuple[Finding, ...
 def settings_to_try(e: Evidence) -> tuple[Setting, ...]:
     """Candidate settings worth re-measuring on ``e.mismatching()`` rows, not yet measured.
 
-    A truncation pattern's cut, to confirm it; otherwise, while records mismatch for no
-    length reason, the common prefix and pooling probes that differ from the candidate's
-    current settings (an empty prefix too, when the candidate uses one).
+    A truncation pattern's cut, to confirm it, or, when the candidate itself cuts
+    shorter, the next common limits above its own; otherwise, while records mismatch for
+    no length reason, the common prefix and pooling probes that differ from the
+    candidate's current settings (an empty prefix too, when the candidate uses one).
     """
     c = e.comparison
     if c is None or c.failures(e.threshold) == 0:
         return ()
     measured = [a.setting for a in e.alternatives]
     pattern = _truncation(e)
-    if pattern is not None:
-        wanted: list[Setting] = [{"max_tokens": pattern.cut}] if pattern.rounded else []
+    wanted: list[Setting]
+    if pattern is not None and _cuts_shorter(e, pattern):
+        current = int(e.candidate_settings["max_tokens"])
+        limits = [v for v in COMMON_MAX_TOKENS if v > current]
+        below = [v for v in limits if v < pattern.longest][:3]
+        above = [v for v in limits if v >= pattern.longest][:1]  # no truncation at all
+        wanted = [{"max_tokens": v} for v in below + above]
+    elif pattern is not None:
+        wanted = [{"max_tokens": pattern.cut}] if pattern.rounded else []
     else:
         wanted = [p for p in PROBES if not _is_current(p, e.candidate_settings)]
         if e.candidate_settings.get("prefix"):
@@ -353,6 +358,7 @@ class _Truncation:
     first_failure: int
     failures: int
     longer: int  # records with first_failure or more tokens
+    longest: int
     short_min: float
     failing_min: float
     failing_max: float
@@ -388,10 +394,17 @@ def _truncation(e: Evidence) -> _Truncation | None:
         first_failure=first_failure,
         failures=k,
         longer=longer,
+        longest=int(tokens.max()),
         short_min=float(c.cosines[short].min()),
         failing_min=float(failing.min()),
         failing_max=float(failing.max()),
     )
+
+
+def _cuts_shorter(e: Evidence, pattern: _Truncation) -> bool:
+    """The candidate's own limit is where the failures start: the stored side kept more."""
+    current = e.candidate_settings.get("max_tokens")
+    return isinstance(current, int) and current < pattern.first_failure
 
 
 def _cut(
