@@ -72,12 +72,12 @@ class Thresholds:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Thresholds:
         """From a config table (``[watch.thresholds]``); unknown keys are an error."""
-        types = {f.name: f.type for f in fields(cls)}
-        unknown = sorted(set(values) - set(types))
+        defaults = cls()
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
         if unknown:
             raise ConfigError(f"unknown thresholds: {', '.join(unknown)}")
         for name, value in values.items():
-            wanted = (int,) if types[name] == "int" else (int, float)
+            wanted = (int,) if isinstance(getattr(defaults, name), int) else (int, float)
             if isinstance(value, bool) or not isinstance(value, wanted):
                 raise ConfigError(f"threshold {name} must be a number, got {value!r}")
         return cls(**values)
