@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from guard.engines import EngineOptions
 from guard.engines._common import (
     check_params,
@@ -41,6 +43,8 @@ class Model2VecEngine:
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         model = self._load()
+        if not texts:
+            return np.zeros((0, model.dim), dtype=np.float32)
         kwargs: dict[str, Any] = {"batch_size": self.options.batch_size}
         if self.options.max_tokens:
             kwargs["max_length"] = self.options.max_tokens
@@ -49,12 +53,7 @@ class Model2VecEngine:
             use_multiprocessing=False,
             **kwargs,
         )
-        return finish(
-            rows.reshape(len(texts), -1) if len(texts) else rows.reshape(0, model.dim),
-            expected=len(texts),
-            options=self.options,
-            engine=self.uri,
-        )
+        return finish(rows, expected=len(texts), options=self.options, engine=self.uri)
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens the static model averages (no special tokens), before truncation."""

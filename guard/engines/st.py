@@ -122,7 +122,9 @@ class _Loaded:
     def __init__(self, model: Any, path: Path | None) -> None:
         self.model = model
         self.path = path
-        self.dims = int(model.get_sentence_embedding_dimension())
+        # sentence-transformers 6 renamed get_sentence_embedding_dimension.
+        dimension = getattr(model, "get_embedding_dimension", None)
+        self.dims = int((dimension or model.get_sentence_embedding_dimension)())
         self.native_limit = int(model.max_seq_length)
         pooling = _pooling_module(model)
         self.pooling = str(pooling.pooling_mode) if pooling is not None else None
