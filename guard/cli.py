@@ -5,6 +5,7 @@ Every GuardError becomes one line on stderr and its exit code here, and nowhere 
 
 from __future__ import annotations
 
+import io
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -68,6 +69,87 @@ def build_demo(
     built = models.build_demo_models(out or models.default_models_dir(), llama_cpp_src)
     for name, path in built.items():
         stdout.print(f"{name}\t{path}")
+
+
+class ReportFormat(StrEnum):
+    text = "text"
+    json = "json"
+    markdown = "markdown"
+    html = "html"
+
+
+@app.command()
+def check(
+    store: Annotated[str, typer.Option(help="Store URI, e.g. qdrant+local:PATH?collection=C.")],
+    candidate: Annotated[str, typer.Option(help="Engine URI of the candidate.")],
+    baseline: Annotated[
+        str | None, typer.Option(help="Engine URI of the engine that wrote the store.")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="guard.toml with [thresholds].")] = None,
+    sample: Annotated[int | None, typer.Option(help="Most records to re-embed.")] = None,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    output_format: Annotated[ReportFormat, typer.Option("--format")] = ReportFormat.text,
+    output: Annotated[Path | None, typer.Option(help="Write the report to this file.")] = None,
+    min_cosine: Annotated[float | None, typer.Option(help="Per-record cosine to match.")] = None,
+    allowed_share: Annotated[
+        float | None, typer.Option(help="Largest share below min-cosine that approves.")
+    ] = None,
+    confidence: Annotated[float | None, typer.Option(help="Confidence of the bound.")] = None,
+    min_overlap: Annotated[float | None, typer.Option(help="Least mean overlap@k.")] = None,
+    overlap_k: Annotated[int | None, typer.Option(help="k of overlap@k.")] = None,
+    initial_sample: Annotated[int | None, typer.Option(help="Records in round one.")] = None,
+) -> None:
+    """Is switching to CANDIDATE safe without re-indexing STORE? Exit code = verdict."""
+    from guard import report as reports
+    from guard.check import run_check
+    from guard.config import load_config, thresholds_from
+    from guard.engines import open_engine
+    from guard.stores import open_store
+
+    overrides = {
+        "min_cosine": min_cosine,
+        "allowed_share": allowed_share,
+        "confidence": confidence,
+        "min_overlap": min_overlap,
+        "overlap_k": overlap_k,
+        "initial_sample": initial_sample,
+        "max_sample": sample,
+    }
+    thresholds = thresholds_from(
+        {key: value for key, value in overrides.items() if value is not None},
+        base=thresholds_from(load_config(config).thresholds),
+    )
+    target = open_store(store)
+    engine = open_engine(candidate)
+    reference = open_engine(baseline) if baseline else None
+    try:
+        result = run_check(target, engine, thresholds=thresholds, seed=seed, baseline=reference)
+    finally:
+        target.close()
+        engine.close()
+        if reference is not None:
+            reference.close()
+    if output_format is ReportFormat.text:
+        if output is None:
+            reports.to_text(result, stdout)
+        else:
+            file_console = Console(file=io.StringIO(), width=100, color_system=None)
+            reports.to_text(result, file_console)
+            output.write_text(file_console.file.getvalue(), encoding="utf-8")  # type: ignore[attr-defined]
+    else:
+        render = {
+            ReportFormat.json: reports.to_json,
+            ReportFormat.markdown: reports.to_markdown,
+            ReportFormat.html: reports.to_html,
+        }[output_format]
+        rendered = render(result)
+        if output is None:
+            print(rendered)
+        else:
+            output.write_text(rendered + "\n", encoding="utf-8")
+    if output is not None:
+        stderr.print(f"{result.verdict}: report written to {output}")
+    raise typer.Exit(result.exit_code)
 
 
 @app.command()

@@ -1,0 +1,289 @@
+"""`guard check`: the imperative shell around the comparison core.
+
+It reads the store, drives the engines, and hands plain arrays to guard.core: sample,
+re-embed in rounds until the bound decides, self-check the candidate, measure retrieval
+agreement through the store's own index, re-measure mismatches with the settings the
+diagnosis asks for, and let the policy decide.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from guard.core.compare import Comparison, compare, overlap_at_k
+from guard.core.diagnosis import Alternative, Evidence, Finding, diagnose, settings_to_try
+from guard.core.policy import Thresholds, decide
+from guard.core.selfcheck import selfcheck
+from guard.core.stats import Bound, bound, plan_rounds
+from guard.engines import EmbeddingEngine
+from guard.errors import StoreError
+from guard.logs import get_logger
+from guard.records import RecordBatch, StoreInfo, Vectors
+from guard.report import CheckReport, build_report
+from guard.stores import VectorStore
+
+log = get_logger(__name__)
+
+# Texts embedded a second time to test determinism, and one at a time to test batching.
+RERUN_TEXTS = 16
+SINGLE_TEXTS = 8
+# Sampled records whose top-k is compared through the store's index.
+OVERLAP_QUERIES = 50
+# Mismatching records re-measured per alternative setting, plus matching ones as controls.
+ALTERNATIVE_RECORDS = 32
+ALTERNATIVE_CONTROLS = 8
+
+
+@dataclass
+class _Timer:
+    """Wall time per phase, for the report's `timing`."""
+
+    phases: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - start
+
+    def totals(self) -> dict[str, float]:
+        return {**self.phases, "total": time.perf_counter() - self.started}
+
+
+@dataclass(frozen=True)
+class _Measured:
+    """The rounds' outcome: the comparison and bound of everything embedded so far."""
+
+    records: RecordBatch
+    vectors: Vectors
+    comparison: Comparison
+    bound: Bound
+
+
+def run_check(
+    store: VectorStore,
+    candidate: EmbeddingEngine,
+    *,
+    thresholds: Thresholds,
+    seed: int,
+    baseline: EmbeddingEngine | None = None,
+) -> CheckReport:
+    """Check ``candidate`` against the vectors in ``store``; the report holds the verdict."""
+    timer = _Timer()
+    with timer.phase("describe"):
+        info = store.describe()
+    if info.count == 0:
+        raise StoreError("the store is empty: there is nothing to compare", uri=store.uri)
+    with timer.phase("sample"):
+        drawn = store.sample(thresholds.max_sample, seed=seed)
+    usable = drawn.with_text()
+    if len(usable) == 0:
+        raise StoreError(
+            f"none of the {len(drawn)} sampled records has text in {info.text_field!r} "
+            "(set text_field= on the store URI)",
+            uri=store.uri,
+        )
+    census = len(drawn) == info.count
+    info = _with_sampled_without_text(info, len(drawn) - len(usable))
+    log.info("check.sampled", store=store.uri, drawn=len(drawn), with_text=len(usable))
+
+    rounds = plan_rounds(
+        thresholds.initial_sample, thresholds.max_sample, len(usable) if census else None
+    )
+    rounds = tuple(min(size, len(usable)) for size in rounds)
+    with timer.phase("embed"):
+        first = candidate.embed(_texts(usable, 0, rounds[0]))
+    if first.shape[1] != info.dims:
+        findings = diagnose(Evidence(None, thresholds.min_cosine, info.dims, first.shape[1]))
+        verdict = decide(None, findings, thresholds)
+        return build_report(
+            verdict=verdict,
+            store=info,
+            candidate=candidate.fingerprint(),
+            baseline=baseline.fingerprint() if baseline else None,
+            thresholds=thresholds,
+            comparison=None,
+            bound=None,
+            findings=findings,
+            seed=seed,
+            overlap=None,
+            timing=timer.totals(),
+        )
+
+    with timer.phase("embed"):
+        measured = _measure_in_rounds(usable, first, rounds, candidate, info, thresholds, census)
+    with timer.phase("selfcheck"):
+        broken = _selfcheck(measured, candidate)
+    with timer.phase("search"):
+        overlap = _overlap(store, measured, thresholds.overlap_k)
+    with timer.phase("diagnosis"):
+        evidence = Evidence(
+            measured.comparison,
+            thresholds.min_cosine,
+            info.dims,
+            measured.vectors.shape[1],
+            selfcheck=broken,
+            candidate_settings=_current_settings(candidate),
+        )
+        findings = diagnose(_with_alternatives(evidence, measured, candidate))
+    baseline_fingerprint = None
+    if baseline is not None:
+        with timer.phase("baseline"):
+            baseline_fingerprint = _baseline_agreement(baseline, measured, info)
+    verdict = decide(measured.bound, findings, thresholds, overlap)
+    log.info("check.verdict", verdict=verdict.name, store=store.uri, candidate=candidate.uri)
+    return build_report(
+        verdict=verdict,
+        store=info,
+        candidate=candidate.fingerprint(),
+        baseline=baseline_fingerprint,
+        thresholds=thresholds,
+        comparison=measured.comparison,
+        bound=measured.bound,
+        findings=findings,
+        seed=seed,
+        overlap=overlap,
+        timing=timer.totals(),
+    )
+
+
+def _texts(records: RecordBatch, start: int, stop: int) -> list[str]:
+    return [text or "" for text in records.texts[start:stop]]
+
+
+def _with_sampled_without_text(info: StoreInfo, missing: int) -> StoreInfo:
+    """The report's sample section counts the sampled records that had no text."""
+    return replace(info, records_without_text=missing)
+
+
+def _measure_in_rounds(
+    usable: RecordBatch,
+    first: Vectors,
+    rounds: Sequence[int],
+    candidate: EmbeddingEngine,
+    info: StoreInfo,
+    thresholds: Thresholds,
+    census: bool,
+) -> _Measured:
+    """Embed round after round until the bound decides or the sample is spent."""
+    vectors = first
+    tokens = np.asarray(candidate.count_tokens(_texts(usable, 0, rounds[0])), dtype=np.int64)
+    for number, size in enumerate(rounds, start=1):
+        if size > len(vectors):
+            more = _texts(usable, len(vectors), size)
+            vectors = np.concatenate([vectors, candidate.embed(more)])
+            tokens = np.concatenate([tokens, np.asarray(candidate.count_tokens(more), np.int64)])
+        comparison = compare(usable.vectors[:size], vectors, tokens, info.distance)
+        current = bound(
+            comparison.failures(thresholds.min_cosine),
+            size,
+            threshold=thresholds.min_cosine,
+            allowed_share=thresholds.allowed_share,
+            confidence=thresholds.confidence,
+            rounds=number,
+            planned_rounds=len(rounds),
+            population=len(usable) if census else None,
+        )
+        log.debug(
+            "check.round",
+            round=number,
+            n=size,
+            failures=current.failures,
+            upper=current.share_below_threshold_upper,
+            decision=current.decision,
+        )
+        if current.decision != "continue":
+            break
+    return _Measured(usable.take(range(len(vectors))), vectors, comparison, current)
+
+
+def _selfcheck(measured: _Measured, candidate: EmbeddingEngine) -> tuple[Finding, ...]:
+    """The candidate's own soundness: re-run a few texts, and embed a few one at a time.
+
+    The first texts were embedded in batches during the rounds, so they are both the
+    first run and the batched run.
+    """
+    texts = _texts(measured.records, 0, len(measured.records))
+    rerun = candidate.embed(texts[:RERUN_TEXTS])
+    singles = np.concatenate([candidate.embed([text]) for text in texts[:SINGLE_TEXTS]])
+    return selfcheck(
+        measured.vectors,
+        texts,
+        stored=measured.records.vectors,
+        rerun=(measured.vectors[:RERUN_TEXTS], rerun),
+        batching=(singles, measured.vectors[:SINGLE_TEXTS]),
+    )
+
+
+def _overlap(store: VectorStore, measured: _Measured, k: int) -> float:
+    """Top-k through the store's index with the stored vector, then the candidate's."""
+    queries = min(OVERLAP_QUERIES, len(measured.records))
+    stored_topk = store.search(measured.records.vectors[:queries], k)
+    candidate_topk = store.search(measured.vectors[:queries], k)
+    return overlap_at_k(stored_topk, candidate_topk, k)
+
+
+def _current_settings(candidate: EmbeddingEngine) -> dict[str, Any]:
+    settings = candidate.options.vector_settings()
+    return {key: value for key, value in settings.items() if value not in (None, "")}
+
+
+def _with_alternatives(
+    evidence: Evidence, measured: _Measured, candidate: EmbeddingEngine
+) -> Evidence:
+    """Re-measure the mismatching records with each setting the diagnosis wants tried."""
+    wanted = settings_to_try(evidence)
+    if not wanted:
+        return evidence
+    mismatching = evidence.mismatching()[:ALTERNATIVE_RECORDS]
+    matching = np.setdiff1d(np.arange(len(measured.records)), evidence.mismatching())
+    rows = np.concatenate([mismatching, matching[:ALTERNATIVE_CONTROLS]])
+    texts = [measured.records.texts[i] or "" for i in rows]
+    stored = measured.records.vectors[rows]
+    alternatives = []
+    for setting in wanted:
+        engine = candidate.with_options(**setting)
+        try:
+            vectors = engine.embed(texts)
+        finally:
+            engine.close()
+        if vectors.shape[1] == stored.shape[1]:
+            alternatives.append(Alternative.measure(setting, rows, stored, vectors))
+    return Evidence(
+        evidence.comparison,
+        evidence.threshold,
+        evidence.stored_dims,
+        evidence.candidate_dims,
+        selfcheck=evidence.selfcheck,
+        alternatives=tuple(alternatives),
+        candidate_settings=evidence.candidate_settings,
+    )
+
+
+def _baseline_agreement(
+    baseline: EmbeddingEngine, measured: _Measured, info: StoreInfo
+) -> dict[str, Any]:
+    """The baseline's fingerprint, plus how well it reproduces the stored vectors: a
+    baseline that does not is not the engine that wrote the store."""
+    n = min(len(measured.records), 200)
+    vectors = baseline.embed(_texts(measured.records, 0, n))
+    fingerprint = dict(baseline.fingerprint())
+    if vectors.shape[1] != info.dims:
+        fingerprint["agreement_with_stored"] = None
+        return fingerprint
+    agreement = compare(measured.records.vectors[:n], vectors, None, info.distance).cosine
+    fingerprint["agreement_with_stored"] = {
+        "records": n,
+        "cosine_min": round(agreement.min, 6),
+        "cosine_median": round(agreement.median, 6),
+    }
+    return fingerprint
