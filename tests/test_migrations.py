@@ -56,7 +56,7 @@ def test_first_run_applies_every_file_and_records_it(fresh_dsn: str) -> None:
 def test_second_run_applies_nothing(fresh_dsn: str) -> None:
     with psycopg.connect(fresh_dsn) as conn:
         apply_migrations(conn)
-        assert [] == apply_migrations(conn)
+        assert apply_migrations(conn) == []
         assert len(migrations()) == conn.execute(
             "SELECT count(*) FROM guard_schema_migrations"
         ).fetchone()[0]  # type: ignore[index]
@@ -81,4 +81,4 @@ def test_concurrent_start_ups_apply_each_file_once(fresh_dsn: str) -> None:
 def test_connect_migrates_the_state_database(fresh_dsn: str) -> None:
     with connect(fresh_dsn) as conn:
         row = conn.execute("SELECT count(*) FROM guard_reindex_jobs").fetchone()
-    assert (0,) == row
+    assert row == (0,)

@@ -224,11 +224,14 @@ def cutover(
                      "URI names a real collection)."),
     ] = None,
     force: Annotated[bool, typer.Option(help="Switch without verifying first.")] = False,
+    accept_skipped: Annotated[
+        bool, typer.Option(help="Records without text may be absent from the target.")
+    ] = False,
 ) -> None:
     """Switch readers to the target atomically (verifies first)."""
     from guard.reindex.switch import cutover as run_cutover
 
-    result = run_cutover(job_id, alias=alias, force=force)
+    result = run_cutover(job_id, alias=alias, force=force, accept_skipped=accept_skipped)
     out.print(f"cut over: {result.live} (kept until cleanup: {result.kept})", highlight=False)
 
 

@@ -70,7 +70,12 @@ def locations(job: Job) -> tuple[str, str]:
 
 
 def cutover(
-    job_ref: str, *, alias: str | None = None, force: bool = False, dsn: str | None = None
+    job_ref: str,
+    *,
+    alias: str | None = None,
+    force: bool = False,
+    accept_skipped: bool = False,
+    dsn: str | None = None,
 ) -> Switched:
     """Switch readers to the target. Unless ``force``, verify first (batches done, ids and
     text hashes equal, sampled vectors right) and refuse on any finding."""
@@ -81,7 +86,7 @@ def cutover(
     if job.state not in ("active", "rolled_back"):
         raise ReindexError(f"the job is {job.state}; nothing to cut over", job_id=job.short)
     if not force:
-        check = verify_job(str(job.id), sample=32, dsn=dsn)
+        check = verify_job(str(job.id), sample=32, accept_skipped=accept_skipped, dsn=dsn)
         if not check.ok:
             raise ReindexError(
                 "verify failed, not switching: " + "; ".join(check.reasons), job_id=job.short

@@ -1,0 +1,375 @@
+"""Re-index jobs end to end: real stores (qdrant-local, pgvector), the real llama.cpp
+engine (the demo F16 GGUF as the candidate), a real state database."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from fixtures_stores import unit_vectors
+from psycopg.conninfo import make_conninfo
+
+from guard.engines import open_engine
+from guard.records import RecordBatch
+from guard.reindex.catchup import catch_up
+from guard.reindex.jobs import job_status, plan_job, set_paused
+from guard.reindex.state import connect
+from guard.reindex.switch import cleanup, cutover, rollback
+from guard.reindex.verify import verify_job
+from guard.reindex.worker import Ledger, run_worker
+from guard.stores import open_store
+
+RECORDS = 96
+BATCH = 12
+NO_TEXT = (7, 50)  # ids stored without text: skipped with a reason, never dropped silently
+OLD_DIMS = 16  # the "old model" the source was embedded with
+
+# `guard` with the reindex sub-app mounted (a no-op once guard.cli mounts it itself).
+_GUARD = (
+    "from guard import cli\n"
+    "from guard.reindex.cli import reindex_app\n"
+    "if not any(g.name == 'reindex' for g in cli.app.registered_groups):\n"
+    "    cli.app.add_typer(reindex_app, name='reindex')\n"
+    "cli.main()\n"
+)
+
+
+def guard_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-c", _GUARD, "reindex", *args]
+
+
+@pytest.fixture
+def state_dsn(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A state database of the test's own, also seen by `guard` subprocesses."""
+    name = f"state_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    dsn = make_conninfo(pg_dsn, dbname=name)
+    monkeypatch.setenv("GUARD_STATE_DSN", dsn)
+    yield dsn
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def candidate(gguf_f16: Path) -> str:
+    return f"llamacpp:{gguf_f16}"
+
+
+@pytest.fixture(scope="session")
+def texts(corpus: list[str]) -> list[str]:
+    return [f"{i}: {text[:100]}" for i, text in enumerate(corpus[:RECORDS])]
+
+
+def _text_of(i: int, texts: list[str]) -> str | None:
+    return None if i in NO_TEXT else texts[i]
+
+
+@pytest.fixture
+def source(new_store_uri: Callable[..., str], texts: list[str]) -> str:
+    """A source of RECORDS records embedded by an 'old model' (OLD_DIMS dims)."""
+    uri = new_store_uri()
+    store = open_store(uri)
+    store.create(dims=OLD_DIMS, distance="cosine")
+    ids = tuple(range(RECORDS))
+    store.upsert(
+        RecordBatch(
+            ids,
+            tuple(_text_of(i, texts) for i in ids),
+            unit_vectors(RECORDS, OLD_DIMS, seed=1),
+            tuple({"source": f"doc-{i // 10}"} for i in ids),
+        )
+    )
+    store.close()
+    return uri
+
+
+def snapshot(uri: str) -> dict[Any, tuple[str | None, bytes, str]]:
+    """Every record of a store: text, vector bytes and payload, by id."""
+    store = open_store(uri)
+    try:
+        found: dict[Any, tuple[str | None, bytes, str]] = {}
+        for batch in store.scan(batch_size=50, with_payload=True):
+            for i, record_id in enumerate(batch.ids):
+                payload = json.dumps(batch.payloads[i], sort_keys=True, default=str)
+                found[record_id] = (batch.texts[i], batch.vectors[i].tobytes(), payload)
+        return found
+    finally:
+        store.close()
+
+
+def target_of(job_id: str) -> str:
+    from guard.reindex.jobs import load_job
+
+    with connect() as conn:
+        return load_job(conn, job_id).target_uri
+
+
+def plan(source: str, candidate: str, **options: Any) -> str:
+    return plan_job(store=source, candidate=candidate, batch_size=BATCH, **options).job_id
+
+
+def _assert_complete_and_right(job_id: str) -> None:
+    result = verify_job(job_id, sample=1000, accept_skipped=True)
+    assert result.reasons == []
+    assert (RECORDS, RECORDS - len(NO_TEXT)) == (result.source_records, result.target_records)
+    assert (len(NO_TEXT), RECORDS - len(NO_TEXT)) == (result.skipped, result.sampled)
+    assert (result.missing, result.extra, result.duplicates) == ([], [], [])
+
+
+def test_killed_workers_resume_and_verify_proves_the_target(
+    state_dsn: str, source: str, candidate: str
+) -> None:
+    """SIGKILL `guard reindex run` at random moments; resumed runs finish the job and
+    verify proves exactly the source ids, each vector the candidate's embedding of its
+    text, and the source untouched."""
+    before = snapshot(source)
+    planned = subprocess.run(
+        guard_cmd(
+            "plan", "--store", source, "--candidate", candidate, "--batch-size", str(BATCH),
+            "--max-rate", "40", "--format", "json",
+        ),
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    plan_out = json.loads(planned.stdout)
+    job_id = plan_out["job_id"]
+    assert plan_out["target"].endswith(uuid.UUID(job_id).hex[:8])
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    kills = 0
+    for _ in range(3):
+        worker = subprocess.Popen(
+            guard_cmd("run", job_id, "--lease-seconds", "2"),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(rng.uniform(0.5, 3.0))
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGKILL)
+            kills += 1
+        worker.wait()
+    assert kills >= 1, f"no worker was killed (seed {seed})"
+    final = subprocess.run(
+        guard_cmd("run", job_id, "--lease-seconds", "2", "--format", "json"),
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert final.returncode == 0, final.stderr
+    assert json.loads(final.stdout)["stopped"] == "done"
+    verified = subprocess.run(
+        guard_cmd("verify", job_id, "--sample", "1000", "--accept-skipped"),
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    _assert_complete_and_right(job_id)
+    assert before == snapshot(source)
+
+
+def test_two_workers_process_disjoint_batches(
+    state_dsn: str, source: str, candidate: str, store_kind: str
+) -> None:
+    """Two worker processes on one job split the batches between them and finish it
+    together."""
+    if store_kind == "qdrant-local":
+        pytest.skip("qdrant-client's local mode allows one process per folder")
+    job_id = plan(source, candidate, max_rate=30)
+    workers = [
+        subprocess.Popen(
+            guard_cmd("run", job_id, "--format", "json"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = [json.loads(w.communicate()[0]) for w in workers]
+    batches = RECORDS // BATCH
+    assert batches == sum(r["batches_done"] for r in results)
+    assert all(r["batches_done"] > 0 for r in results), results
+    with connect(state_dsn) as conn:
+        owners = conn.execute(
+            "SELECT lease_owner, count(*) FROM guard_reindex_batches"
+            " WHERE job_id = %s AND status = 'done' GROUP BY lease_owner",
+            (uuid.UUID(job_id),),
+        ).fetchall()
+    assert {(r["worker"], r["batches_done"]) for r in results} == set(owners)
+    _assert_complete_and_right(job_id)
+
+
+def _top1(uri: str, vectors: Any) -> list[Any]:
+    store = open_store(uri)
+    try:
+        return [ids[0] for ids in store.search(vectors, 1)]
+    finally:
+        store.close()
+
+
+def _dims(uri: str) -> int:
+    store = open_store(uri)
+    try:
+        return store.describe().dims
+    finally:
+        store.close()
+
+
+def test_cutover_then_rollback_serves_the_original_data(
+    state_dsn: str, source: str, candidate: str, texts: list[str], store_kind: str
+) -> None:
+    """After cutover the name the application queries answers from the new vectors;
+    after rollback from the original ones; cleanup then drops only the target."""
+    job_id = plan(source, candidate)
+    assert run_worker(job_id).stopped == "done"
+    if store_kind == "pgvector":
+        live = source
+        switched = cutover(job_id, accept_skipped=True)
+    else:
+        live = source.replace("collection=", "collection=live_")  # the alias the app queries
+        switched = cutover(job_id, alias=live.split("collection=")[1], accept_skipped=True)
+    assert switched.state == "cut_over"
+    probe = [3, 40, 77]
+    engine = open_engine(candidate)
+    fresh = engine.embed([texts[i] for i in probe])
+    engine.close()
+    assert _dims(live) == 384
+    assert probe == _top1(live, fresh)
+
+    rollback(job_id)
+    original = unit_vectors(RECORDS, OLD_DIMS, seed=1)[probe]
+    assert _dims(live) == OLD_DIMS
+    assert probe == _top1(live, original)
+
+    cleaned = cleanup(job_id)
+    target = open_store(target_of(job_id))
+    with pytest.raises(Exception, match=r"not found|does not exist"):
+        target.describe()
+    target.close()
+    assert _dims(live) == OLD_DIMS
+    assert cleaned.kept.endswith(uuid.UUID(job_id).hex[:8])
+
+
+def test_catch_up_applies_inserts_updates_and_deletes(
+    state_dsn: str, source: str, candidate: str, texts: list[str]
+) -> None:
+    """Source changes after the job started are all in the target after catch-up, and a
+    second catch-up embeds nothing."""
+    job_id = plan(source, candidate)
+    run_worker(job_id)
+    store = open_store(source)
+    new_ids = (RECORDS, RECORDS + 1, RECORDS + 2)
+    store.upsert(
+        RecordBatch(
+            (*new_ids, 1, 2),
+            ("a new paragraph", "another one", "a third", "changed text one", "changed two"),
+            unit_vectors(5, OLD_DIMS, seed=9),
+            tuple({"source": "new"} for _ in range(5)),
+        )
+    )
+    store.delete([3, 4])
+    store.close()
+
+    first = catch_up(job_id)
+    assert (first.inserted, first.updated, first.deleted) == (3, 2, 2)
+    result = verify_job(job_id, sample=1000, accept_skipped=True)
+    assert result.reasons == []
+    assert RECORDS + 3 - 2 - len(NO_TEXT) == result.target_records
+
+    second = catch_up(job_id)
+    assert (second.inserted, second.updated, second.deleted) == (0, 0, 0)
+    assert result.target_records == second.unchanged
+
+
+def test_pause_stops_workers_and_status_reports_skips(
+    state_dsn: str, source: str, candidate: str
+) -> None:
+    """A paused job runs nothing; once resumed it completes, records without text are
+    counted by reason, and verify refuses them unless accepted."""
+    job_id = plan(source, candidate)
+    set_paused(job_id, True)
+    assert (lambda r: (r.stopped, r.batches_done))(run_worker(job_id)) == ("paused", 0)
+    set_paused(job_id, False)
+    assert run_worker(job_id).stopped == "done"
+
+    status = job_status(job_id)
+    assert status.complete
+    assert {"no_text": len(NO_TEXT)} == status.skipped_by_reason
+    assert (RECORDS - len(NO_TEXT), len(NO_TEXT)) == (status.written, status.skipped)
+    strict = subprocess.run(guard_cmd("verify", job_id, "--sample", "8"), capture_output=True)
+    assert strict.returncode == 1
+
+
+def test_failing_batches_are_retried_then_marked_failed(
+    state_dsn: str, source: str, candidate: str
+) -> None:
+    """A target that cannot be written makes every batch fail; after max_attempts each is
+    failed with its error, and the worker says so."""
+    job_id = plan(source, candidate, max_attempts=2)
+    target = open_store(target_of(job_id))
+    target.drop()
+    target.close()
+
+    result = run_worker(job_id)
+    status = job_status(job_id)
+    assert (result.stopped, result.failed_batches) == ("failed", RECORDS // BATCH)
+    assert status.batches == {"failed": RECORDS // BATCH}
+    assert all(f["attempts"] == 2 and f["error"] for f in status.failed_batches)
+
+
+def _bare_job(conn: psycopg.Connection[Any], batches: int) -> uuid.UUID:
+    job_id = uuid.uuid4()
+    conn.execute(
+        "INSERT INTO guard_reindex_jobs (id, source_uri, target_uri, candidate_uri, fingerprint,"
+        " fingerprint_hash, dims, distance, total_records, batch_size, max_attempts)"
+        " VALUES (%s, 's', 't', 'c', '{}', 'h', 4, 'cosine', %s, 1, 3)",
+        (job_id, batches),
+    )
+    for seq in range(batches):
+        conn.execute(
+            "INSERT INTO guard_reindex_batches (job_id, seq, planned_records) VALUES (%s, %s, 1)",
+            (job_id, seq),
+        )
+    return job_id
+
+
+def test_an_expired_lease_goes_to_another_worker(state_dsn: str) -> None:
+    """A dead worker's lease expires and another worker takes the batch, counting the
+    attempt; a live lease is never taken twice."""
+    from guard.reindex.jobs import load_job
+
+    with connect(state_dsn) as conn:
+        job = load_job(conn, _bare_job(conn, 2).hex)
+        dead = Ledger(conn, job, "dead-worker", lease_seconds=1)
+        alive = Ledger(conn, job, "live-worker", lease_seconds=30)
+        assert dead.lease()[0] == 0  # type: ignore[index]
+        assert alive.lease()[0] == 1  # type: ignore[index]
+        assert alive.lease() is None
+        time.sleep(1.2)
+        assert alive.lease()[0] == 0  # type: ignore[index]
+        attempts, error, owner = conn.execute(
+            "SELECT attempts, last_error, lease_owner FROM guard_reindex_batches"
+            " WHERE job_id = %s AND seq = 0",
+            (job.id,),
+        ).fetchone()  # type: ignore[misc]
+    assert (attempts, owner) == (1, "live-worker")
+    assert "dead-worker" in error
+
+
+def test_unsafe_fingerprint_change_is_refused(
+    state_dsn: str, source: str, candidate: str, gguf_f16: Path
+) -> None:
+    """A worker whose engine settings differ from the planned ones refuses to embed."""
+    job_id = plan(source, candidate)
+    with connect(state_dsn) as conn:
+        conn.execute(
+            "UPDATE guard_reindex_jobs SET candidate_uri = %s WHERE id = %s",
+            (f"llamacpp:{gguf_f16}?normalize=true", uuid.UUID(job_id)),
+        )
+    with pytest.raises(Exception, match="fingerprint differs"):
+        run_worker(job_id)
