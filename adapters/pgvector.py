@@ -367,7 +367,7 @@ class PgVectorStore:
         if not ids:
             raise self._fail("store is empty")
         ids.sort()
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(seed % 2**64)  # numpy wants seeds >= 0
         picks = sorted(rng.choice(len(ids), size=min(n, len(ids)), replace=False))
         return self._fetch_raw([ids[i] for i in picks])
 

@@ -11,6 +11,7 @@ Every driver error leaves through ``QdrantStore._errors`` as a ``StoreError``.
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import threading
@@ -73,6 +74,16 @@ def _release_local(path: Path) -> None:
         else:
             del _local_clients[path]
             client.close()
+
+
+@atexit.register
+def _close_local_clients() -> None:
+    """Close folders left open by stores nobody closed, while the interpreter still works
+    (qdrant-client's own finaliser fails at shutdown)."""
+    with _local_lock:
+        for client, _ in _local_clients.values():
+            client.close()
+        _local_clients.clear()
 
 
 def _short_connect(request: httpx.Request) -> None:
@@ -295,7 +306,7 @@ class QdrantStore:
         count = self._count()
         if count == 0:
             raise StoreError("store is empty", uri=self.uri)
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(seed % 2**64)  # numpy wants seeds >= 0
         if count <= 2 * n:
             everything = [p for batch in self._pages(None) for p in batch]
             picks = rng.choice(len(everything), size=min(n, count), replace=False)

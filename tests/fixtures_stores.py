@@ -4,6 +4,9 @@
   folder under /tmp: its unix socket path must stay under ~100 characters);
 - ``pg_conn`` / ``pg_schema``: a raw connection and a schema of the test's own, dropped
   with everything in it afterwards (for tables written by hand);
+- ``qdrant_dir``: a folder for qdrant-client's local mode, in memory (/dev/shm) where
+  there is one: local mode commits every point to SQLite on its own, and on a busy disk
+  those fsyncs make a 300-point upsert take seconds;
 - ``store_kind``: every store the contract runs on: qdrant-local and pgvector, plus
   qdrant-url when ``QDRANT_URL`` is set (e.g. ``http://localhost:6333``);
 - ``new_store_uri``: a factory of URIs naming fresh stores of the test's kind (not
@@ -38,6 +41,7 @@ __all__ = [
     "pg_conn",
     "pg_dsn",
     "pg_schema",
+    "qdrant_dir",
     "qdrant_url_uri",
     "store_kind",
     "unit_vectors",
@@ -107,6 +111,17 @@ def pg_schema(pg_conn: psycopg.Connection[Any]) -> Iterator[str]:
     pg_conn.execute(f'DROP SCHEMA "{name}" CASCADE')
 
 
+@pytest.fixture
+def qdrant_dir(tmp_path: Path) -> Iterator[Path]:
+    memory = Path("/dev/shm")
+    if not memory.is_dir():
+        yield tmp_path
+        return
+    folder = Path(tempfile.mkdtemp(prefix="vmg-q-", dir=memory))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def qdrant_url_uri(collection: str, **params: str) -> str:
     """A ``qdrant+http(s)`` URI on the server at ``QDRANT_URL`` (key from QDRANT_API_KEY)."""
     server = urlsplit(os.environ["QDRANT_URL"])
@@ -124,7 +139,7 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def new_store_uri(
-    store_kind: str, request: pytest.FixtureRequest, tmp_path: Path
+    store_kind: str, request: pytest.FixtureRequest, qdrant_dir: Path
 ) -> Iterator[Callable[..., str]]:
     """``new_store_uri(**options)``: the URI of a fresh store of this test's kind, with a
     unique name; whatever it names is dropped after the test."""
@@ -134,7 +149,7 @@ def new_store_uri(
         name = f"t_{uuid.uuid4().hex[:12]}"
         if store_kind == "qdrant-local":
             query = urlencode({"collection": name, **params})
-            uri = f"qdrant+local:{tmp_path / 'qdrant'}?{query}"
+            uri = f"qdrant+local:{qdrant_dir}?{query}"
         elif store_kind == "qdrant-url":
             uri = qdrant_url_uri(name, **params)
         else:

@@ -89,6 +89,18 @@ def test_sample_returns_the_stored_vectors_and_texts(
     assert list(drawn.texts) == [batch.texts[i] for i in rows]
 
 
+def test_a_small_sample_of_a_larger_store_reads_part_of_it_reproducibly(
+    store: VectorStore,
+) -> None:
+    """Few records from many: pgvector samples a share of the pages, Qdrant draws ids."""
+    store.create(dims=8, distance="cosine")
+    store.upsert(make_batch(2000, 8, seed=5))
+    draws = [store.sample(5, seed=seed).ids for seed in (1, 1, 2, 3)]
+    assert draws[0] == draws[1]
+    assert len({frozenset(ids) for ids in draws}) == 3
+    assert all(len(set(ids)) == 5 for ids in draws)
+
+
 def test_sample_larger_than_the_store_returns_every_record(
     filled: tuple[VectorStore, RecordBatch],
 ) -> None:

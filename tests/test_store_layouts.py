@@ -280,7 +280,7 @@ def qdrant_vectors(count: int, name_index: int) -> list[list[float]]:
 
 
 @pytest.fixture(params=QDRANT_KINDS)
-def qdrant_writer(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Writer]:
+def qdrant_writer(request: pytest.FixtureRequest, qdrant_dir: Path) -> Iterator[Writer]:
     """``write(payloads, vector_names, options)``: a collection written with a raw client,
     as a framework would (``qdrant_vectors`` gives the vectors of each name); returns its
     URI. The local client is closed before the store under test opens the folder (local
@@ -291,7 +291,7 @@ def qdrant_writer(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Wr
     def write(payloads: list[dict[str, Any]], names: tuple[str, ...], options: Options) -> str:
         name = f"t_{uuid.uuid4().hex[:12]}"
         if local:
-            client = QdrantClient(path=str(tmp_path / "q"))
+            client = QdrantClient(path=str(qdrant_dir))
         else:
             client = QdrantClient(
                 url=os.environ["QDRANT_URL"], api_key=os.environ.get("QDRANT_API_KEY")
@@ -310,7 +310,7 @@ def qdrant_writer(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Wr
         client.upsert(name, points)
         client.close()
         if local:
-            uri = f"qdrant+local:{tmp_path / 'q'}?{urlencode({'collection': name, **options})}"
+            uri = f"qdrant+local:{qdrant_dir}?{urlencode({'collection': name, **options})}"
         else:
             uri = qdrant_url_uri(name, **options)
         made.append(uri)

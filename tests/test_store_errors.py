@@ -1,0 +1,233 @@
+"""Every store failure comes out as one line naming the store, with no secret in it."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from fixtures_stores import STORE_KINDS, make_batch
+from qdrant_client import QdrantClient, models
+
+from guard.errors import ConfigError, GuardError, StoreError
+from guard.records import RecordBatch
+from guard.stores import open_store
+
+PASSWORD = "S3cret-pw-123"
+ENV_PASSWORD = "Env-S3cret-456"
+API_KEY = "qdrant-key-789"
+QDRANT_KINDS = [kind for kind in STORE_KINDS if kind.startswith("qdrant")]
+
+
+def assert_clean(error: GuardError, *secrets: str) -> None:
+    """One line, and no secret anywhere in it."""
+    message = str(error)
+    assert message and "\n" not in message
+    for secret in (PASSWORD, ENV_PASSWORD, API_KEY, *secrets):
+        assert secret not in message
+
+
+def with_option(uri: str, key: str, value: str) -> str:
+    return f"{uri}{'&' if '?' in uri else '?'}{key}={value}"
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@pytest.fixture
+def filled_uri(new_store_uri: Callable[..., str]) -> str:
+    """The URI of a store of the test's kind holding a few records."""
+    uri = new_store_uri()
+    store = open_store(uri)
+    store.create(dims=4, distance="cosine")
+    store.upsert(make_batch(5, 4))
+    store.close()
+    return uri
+
+
+def test_unknown_scheme_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as caught:
+        open_store(f"milvus://admin:{PASSWORD}@localhost:19530/docs")
+    assert "milvus" in str(caught.value)
+    assert_clean(caught.value)
+
+
+def test_opening_a_store_connects_to_nothing() -> None:
+    port = closed_port()
+    start = time.monotonic()
+    open_store(f"postgresql://guard@127.0.0.1:{port}/db?table=t")
+    open_store(f"qdrant+http://127.0.0.1:{port}/docs")
+    assert time.monotonic() - start < 0.5
+
+
+def test_missing_collection_or_table_is_a_store_error(new_store_uri: Callable[..., str]) -> None:
+    uri = new_store_uri()
+    with pytest.raises(StoreError, match="not found") as caught:
+        open_store(uri).describe()
+    assert caught.value.uri == open_store(uri).uri
+    assert_clean(caught.value)
+
+
+def test_a_missing_text_field_or_column_is_named(filled_uri: str) -> None:
+    option = "text_field" if filled_uri.startswith("qdrant") else "text_column"
+    with pytest.raises(StoreError, match="'nope' not found") as caught:
+        open_store(with_option(filled_uri, option, "nope")).describe()
+    assert_clean(caught.value)
+
+
+def test_a_missing_vector_is_named(filled_uri: str) -> None:
+    option = "vector" if filled_uri.startswith("qdrant") else "vector_column"
+    with pytest.raises(StoreError, match="'nope'") as caught:
+        open_store(with_option(filled_uri, option, "nope")).sample(2, seed=0)
+    assert_clean(caught.value)
+
+
+def test_empty_store_describes_as_count_zero_and_refuses_to_sample(
+    new_store_uri: Callable[..., str],
+) -> None:
+    """The choice: describe works (a fresh re-index target is empty), sample raises."""
+    store = open_store(new_store_uri())
+    store.create(dims=4, distance="cosine")
+    assert store.describe().count == 0
+    with pytest.raises(StoreError, match="store is empty") as caught:
+        store.sample(10, seed=0)
+    assert_clean(caught.value)
+    store.close()
+
+
+def test_writing_vectors_of_the_wrong_size_is_a_store_error(filled_uri: str) -> None:
+    store = open_store(filled_uri)
+    with pytest.raises(StoreError) as caught:
+        store.upsert(make_batch(2, 6, start=100))
+    assert_clean(caught.value)
+    store.close()
+
+
+# --- pgvector ------------------------------------------------------------------------------
+
+
+def test_pgvector_refuses_a_column_that_is_not_a_vector(
+    pg_dsn: str, pg_conn: psycopg.Connection[Any], pg_schema: str
+) -> None:
+    pg_conn.execute("CREATE TABLE items (id int PRIMARY KEY, text text, emb vector(4))")
+    uri = f"{pg_dsn}&schema={pg_schema}&table=items&vector_column=text"
+    with pytest.raises(StoreError, match="'text' is not a vector") as caught:
+        open_store(uri).describe()
+    assert_clean(caught.value)
+
+
+def test_pgvector_wants_vector_column_when_there_are_several(
+    pg_dsn: str, pg_conn: psycopg.Connection[Any], pg_schema: str
+) -> None:
+    pg_conn.execute("CREATE TABLE items (id int PRIMARY KEY, text text, a vector(4), b vector(4))")
+    with pytest.raises(StoreError, match="vector_column=") as caught:
+        open_store(f"{pg_dsn}&schema={pg_schema}&table=items").describe()
+    assert_clean(caught.value)
+
+
+def test_pgvector_unreachable_server_fails_fast_without_the_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PGPASSWORD", ENV_PASSWORD)
+    store = open_store(f"postgresql://guard:{PASSWORD}@127.0.0.1:{closed_port()}/db?table=t")
+    start = time.monotonic()
+    with pytest.raises(StoreError, match="PostgreSQL") as caught:
+        store.describe()
+    assert time.monotonic() - start < 5
+    assert "guard:***@" in str(caught.value)
+    assert_clean(caught.value)
+
+
+def test_pgvector_without_a_table_option_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="table=") as caught:
+        open_store(f"postgresql://guard:{PASSWORD}@db.example/vectors")
+    assert_clean(caught.value)
+
+
+# --- Qdrant --------------------------------------------------------------------------------
+
+
+def test_qdrant_unreachable_server_is_a_store_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VMG_TEST_KEY", API_KEY)
+    store = open_store(f"qdrant+http://127.0.0.1:{closed_port()}/docs?api_key_env=VMG_TEST_KEY")
+    with pytest.raises(StoreError, match="unreachable") as caught:
+        store.describe()
+    assert_clean(caught.value)
+
+
+class RefusingQdrant(BaseHTTPRequestHandler):
+    """Answers every request the way Qdrant answers a bad API key."""
+
+    status = 403
+
+    def do_GET(self) -> None:
+        body = json.dumps({"status": {"error": "Invalid API key or JWT"}, "time": 0.0}).encode()
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_PUT = do_GET
+
+    def log_message(self, format: str, *args: object) -> None:  # quiet test output
+        return
+
+
+@pytest.fixture(params=[401, 403])
+def refusing_qdrant(request: pytest.FixtureRequest) -> Iterator[int]:
+    """A stand-in for a Qdrant server with API keys on: no Qdrant server binary can be
+    installed here, so a tiny local HTTP server gives the same 401/403 JSON answer."""
+    handler = type("Handler", (RefusingQdrant,), {"status": request.param})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def test_qdrant_wrong_api_key_says_which_variable_without_the_key(
+    refusing_qdrant: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VMG_TEST_KEY", API_KEY)
+    store = open_store(f"qdrant+http://127.0.0.1:{refusing_qdrant}/docs?api_key_env=VMG_TEST_KEY")
+    with pytest.raises(StoreError, match=r"refused the API key .*\$VMG_TEST_KEY") as caught:
+        store.describe()
+    assert_clean(caught.value)
+
+
+@pytest.mark.parametrize("store_kind", QDRANT_KINDS)
+def test_qdrant_refuses_ids_that_are_neither_integers_nor_uuids(
+    new_store_uri: Callable[..., str],
+) -> None:
+    store = open_store(new_store_uri())
+    store.create(dims=4, distance="cosine")
+    batch = make_batch(1, 4)
+    with pytest.raises(StoreError) as caught:
+        store.upsert(RecordBatch(("not-a-uuid",), batch.texts, batch.vectors))
+    assert_clean(caught.value)
+    store.close()
+
+
+def test_qdrant_wants_vector_when_there_are_several_named_vectors(qdrant_dir: Path) -> None:
+    client = QdrantClient(path=str(qdrant_dir))
+    params = models.VectorParams(size=4, distance=models.Distance.COSINE)
+    client.create_collection("docs", vectors_config={"a": params, "b": params})
+    client.close()
+    store = open_store(f"qdrant+local:{qdrant_dir}?collection=docs")
+    with pytest.raises(StoreError, match=r"pick one with vector= \(has: a, b\)") as caught:
+        store.describe()
+    assert_clean(caught.value)
+    store.close()
