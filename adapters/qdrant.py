@@ -18,6 +18,7 @@ import threading
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ DISTANCES: dict[models.Distance, Distance] = {
 QDRANT_DISTANCES = {ours: theirs for theirs, ours in DISTANCES.items()}
 
 MAX_DRAW_ROUNDS = 50
+PROBE_THREADS = 16
 DENSE_IDS = 0.1  # integer ids filling this share of their range are drawn directly
 
 _MAX_UINT = 2**64 - 1
@@ -169,12 +171,12 @@ class QdrantStore:
         if exc.status_code in (401, 403):
             where = f"${self._key_env}" if self._key_env else "api_key_env="
             return f"Qdrant refused the API key (HTTP {exc.status_code}); check {where}"
-        if exc.status_code == 404:
-            return f"collection {self.collection!r} not found"
         try:
             detail = str(exc.structured()["status"]["error"])
         except (ValueError, KeyError, TypeError):
-            detail = exc.reason_phrase
+            return f"HTTP {exc.status_code} from a server that does not answer like Qdrant"
+        if exc.status_code == 404:
+            return f"collection {self.collection!r} not found"
         return f"Qdrant answered HTTP {exc.status_code}: {self._one_line(detail)}"
 
     def _one_line(self, error: object) -> str:
@@ -201,7 +203,7 @@ class QdrantStore:
             wanted = (
                 f"no vector named {self._vector_name!r}"
                 if self._vector_name
-                else ("several named vectors; pick one with vector=")
+                else "several named vectors; pick one with vector="
             )
             raise StoreError(f"{wanted} (has: {', '.join(sorted(named))})", uri=self.uri)
         return named[self._vector_name], self._vector_name
@@ -298,7 +300,8 @@ class QdrantStore:
           the last id, each taking the first point at or after a random id. Reproducible,
           but a point that follows a wide gap in id space is likelier than one in a dense
           run: a small, content-blind bias for random (v4) UUIDs, a larger one for
-          time-ordered ids written in bursts. One request per probe.
+          time-ordered ids written in bursts. One request per probe, 16 at a time on a
+          server (Qdrant has no batched keyset read).
         Collections of at most ``2 n`` points are read whole and drawn from exactly. A
         collection mixing both id kinds is drawn from the kind of its smallest id.
         """
@@ -375,14 +378,21 @@ class QdrantStore:
         return list(chosen.values())
 
     def _probe(self, rng: np.random.Generator, n: int, base: int, span: int) -> list[Any]:
-        """Keyset probes at random positions in ``[base, base + span)``, the span of ids."""
+        """Keyset probes at random positions in ``[base, base + span)``, the span of ids.
+
+        Positions are drawn in rounds before any request, and answers are taken in that
+        order, so running a round's requests in parallel (servers) keeps the draw seeded.
+        """
         chosen: dict[RecordId, Any] = {}
-        for _ in range(20 * n + 100):
-            if len(chosen) >= n:
-                break
-            point = self._first_at(base + _uniform(rng, span))
-            if point is not None:  # None only when points were deleted meanwhile
-                chosen.setdefault(point.id, point)
+        workers = 1 if self._local_path is not None else PROBE_THREADS
+        with ThreadPoolExecutor(workers) as pool:
+            for _ in range(MAX_DRAW_ROUNDS):
+                if len(chosen) >= n:
+                    break
+                positions = [base + _uniform(rng, span) for _ in range(n - len(chosen) + 8)]
+                for point in pool.map(self._first_at, positions):
+                    if point is not None and len(chosen) < n:  # None: deleted meanwhile
+                        chosen.setdefault(point.id, point)
         return list(chosen.values())
 
     def _pages(self, after: RecordId | None, size: int = 256) -> Iterator[list[Any]]:

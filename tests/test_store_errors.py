@@ -166,18 +166,18 @@ def test_qdrant_unreachable_server_is_a_store_error(monkeypatch: pytest.MonkeyPa
     assert_clean(caught.value)
 
 
-class RefusingQdrant(BaseHTTPRequestHandler):
-    """Answers every request the way Qdrant answers a bad API key."""
+class CannedAnswer(BaseHTTPRequestHandler):
+    """Answers every request with one status and body."""
 
-    status = 403
+    status = 200
+    body = b""
 
     def do_GET(self) -> None:
-        body = json.dumps({"status": {"error": "Invalid API key or JWT"}, "time": 0.0}).encode()
         self.send_response(self.status)
         self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(len(self.body)))
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(self.body)
 
     do_POST = do_PUT = do_GET
 
@@ -185,26 +185,57 @@ class RefusingQdrant(BaseHTTPRequestHandler):
         return
 
 
-@pytest.fixture(params=[401, 403])
-def refusing_qdrant(request: pytest.FixtureRequest) -> Iterator[int]:
-    """A stand-in for a Qdrant server with API keys on: no Qdrant server binary can be
-    installed here, so a tiny local HTTP server gives the same 401/403 JSON answer."""
-    handler = type("Handler", (RefusingQdrant,), {"status": request.param})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+@pytest.fixture
+def http_stand_in() -> Iterator[Callable[[int, bytes], int]]:
+    """``serve(status, body)``: a local HTTP server giving that answer; returns its port.
+
+    A stand-in for a Qdrant server: no Qdrant server binary can be installed here, so
+    these tests replay the answers Qdrant gives (JSON ``{"status": {"error": ...}}``)."""
+    servers: list[ThreadingHTTPServer] = []
+
+    def serve(status: int, body: bytes) -> int:
+        handler = type("Handler", (CannedAnswer,), {"status": status, "body": body})
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        servers.append(server)
+        return server.server_address[1]
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()
 
 
+def qdrant_error(message: str) -> bytes:
+    return json.dumps({"status": {"error": message}, "time": 0.0}).encode()
+
+
+@pytest.mark.parametrize("status", [401, 403])
 def test_qdrant_wrong_api_key_says_which_variable_without_the_key(
-    refusing_qdrant: int, monkeypatch: pytest.MonkeyPatch
+    status: int, http_stand_in: Callable[[int, bytes], int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("VMG_TEST_KEY", API_KEY)
-    store = open_store(f"qdrant+http://127.0.0.1:{refusing_qdrant}/docs?api_key_env=VMG_TEST_KEY")
-    with pytest.raises(StoreError, match=r"refused the API key .*\$VMG_TEST_KEY") as caught:
+    port = http_stand_in(status, qdrant_error("Invalid API key or JWT"))
+    store = open_store(f"qdrant+http://127.0.0.1:{port}/docs?api_key_env=VMG_TEST_KEY")
+    expected = rf"refused the API key \(HTTP {status}\); check \$VMG_TEST_KEY"
+    with pytest.raises(StoreError, match=expected) as caught:
         store.describe()
+    assert_clean(caught.value)
+
+
+def test_qdrant_missing_collection_on_a_server(http_stand_in: Callable[[int, bytes], int]) -> None:
+    port = http_stand_in(404, qdrant_error("Not found: Collection `docs` doesn't exist!"))
+    with pytest.raises(StoreError, match="collection 'docs' not found") as caught:
+        open_store(f"qdrant+http://127.0.0.1:{port}/docs").describe()
+    assert_clean(caught.value)
+
+
+def test_a_server_that_is_not_qdrant_is_named_as_such(
+    http_stand_in: Callable[[int, bytes], int],
+) -> None:
+    port = http_stand_in(404, b"<html>Not Found</html>")
+    with pytest.raises(StoreError, match="does not answer like Qdrant") as caught:
+        open_store(f"qdrant+http://127.0.0.1:{port}/docs").describe()
     assert_clean(caught.value)
 
 
