@@ -167,12 +167,14 @@ def test_qdrant_unreachable_server_is_a_store_error(monkeypatch: pytest.MonkeyPa
 
 
 class CannedAnswer(BaseHTTPRequestHandler):
-    """Answers every request with one status and body."""
+    """Answers every request with one status and body; keeps the API keys it was sent."""
 
     status = 200
     body = b""
+    keys_seen: list[str | None]
 
     def do_GET(self) -> None:
+        self.keys_seen.append(self.headers.get("api-key"))
         self.send_response(self.status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(self.body)))
@@ -194,7 +196,8 @@ def http_stand_in() -> Iterator[Callable[[int, bytes], int]]:
     servers: list[ThreadingHTTPServer] = []
 
     def serve(status: int, body: bytes) -> int:
-        handler = type("Handler", (CannedAnswer,), {"status": status, "body": body})
+        answer = {"status": status, "body": body, "keys_seen": KEYS_SEEN}
+        handler = type("Handler", (CannedAnswer,), answer)
         server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         servers.append(server)
@@ -204,6 +207,9 @@ def http_stand_in() -> Iterator[Callable[[int, bytes], int]]:
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+KEYS_SEEN: list[str | None] = []
 
 
 def qdrant_error(message: str) -> bytes:
@@ -221,6 +227,7 @@ def test_qdrant_wrong_api_key_says_which_variable_without_the_key(
     with pytest.raises(StoreError, match=expected) as caught:
         store.describe()
     assert_clean(caught.value)
+    assert KEYS_SEEN[-1] == API_KEY  # api_key_env= names where the key comes from
 
 
 def test_qdrant_missing_collection_on_a_server(http_stand_in: Callable[[int, bytes], int]) -> None:
