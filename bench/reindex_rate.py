@@ -1,0 +1,177 @@
+"""Re-index throughput and memory: the pipelined worker against the engine alone and
+against a naive loop, on the same texts, on each store.
+
+    python bench/reindex_rate.py [--rate-records 2000] [--naive-records 300]
+                                 [--rss-records 10000 100000] [--stores qdrant-local pgvector]
+
+Prints, per store:
+- pipeline / engine: end-to-end re-index rate (``guard reindex run``, in-process) over
+  the candidate engine's own rate embedding the same texts (target >= 0.95);
+- pipeline / naive: over a loop that reads one record, embeds it and writes it;
+- peak RSS of a worker process re-indexing N records, for each N (target: flat).
+
+Each measurement opens a fresh engine, so model loading counts on both sides. The state
+database is an embedded PostgreSQL in a temporary folder. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from guard.corpus import demo_corpus
+from guard.engines import open_engine
+from guard.models import default_models_dir
+from guard.pgserver import embedded_dsn
+from guard.records import RecordBatch
+from guard.reindex.jobs import plan_job
+from guard.stores import open_store
+
+OLD_DIMS = 16
+WRITE_PAGE = 2000
+
+
+def texts_for(n: int) -> list[str]:
+    """``n`` distinct texts cycling over the demo corpus (first 200 characters)."""
+    corpus = [text[:200] for text in demo_corpus()]
+    return [f"{i}. {corpus[i % len(corpus)]}" for i in range(n)]
+
+
+def candidate_uri() -> str:
+    """The demo F16 GGUF from the models cache (the tests' cache as a fallback)."""
+    folders = (Path(default_models_dir()), Path(__file__).resolve().parents[1] / ".cache/models")
+    found = sorted(p for folder in folders for p in folder.glob("*.F16.*.gguf"))
+    if not found:
+        sys.exit("no demo F16 GGUF; run `guard models build-demo` first")
+    return f"llamacpp:{found[0]}"
+
+
+def make_source(kind: str, folder: Path, pg: str, n: int) -> str:
+    name = f"bench_{n}_{os.getpid()}_{time.monotonic_ns() % 10**6}"
+    if kind == "qdrant-local":
+        uri = f"qdrant+local:{folder / 'qdrant'}?collection={name}"
+    else:
+        uri = f"{pg}{'&' if '?' in pg else '?'}table={name}"
+    store = open_store(uri)
+    store.create(dims=OLD_DIMS, distance="cosine")
+    texts = texts_for(n)
+    rng = np.random.default_rng(0)
+    for start in range(0, n, WRITE_PAGE):
+        ids = tuple(range(start, min(n, start + WRITE_PAGE)))
+        vectors = rng.normal(size=(len(ids), OLD_DIMS)).astype(np.float32)
+        store.upsert(RecordBatch(ids, tuple(texts[i] for i in ids), vectors))
+    store.close()
+    return uri
+
+
+def engine_rate(candidate: str, texts: list[str]) -> float:
+    """The engine alone, in the chunks the worker uses, model loading included."""
+    started = time.perf_counter()
+    engine = open_engine(candidate)
+    for start in range(0, len(texts), 256):
+        engine.embed(texts[start : start + 256])
+    engine.close()
+    return len(texts) / (time.perf_counter() - started)
+
+
+def pipeline_rate(source: str, candidate: str, n: int) -> tuple[float, int]:
+    """Records per second of one worker process on a fresh job, and its peak RSS (KiB)."""
+    job = plan_job(store=source, candidate=candidate, batch_size=1000).job_id
+    started = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, __file__, "_worker", job], capture_output=True, text=True, check=True
+    )
+    elapsed = time.perf_counter() - started
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    if report["written"] != n:
+        sys.exit(f"the worker wrote {report['written']} of {n} records: {out.stderr[-2000:]}")
+    # The worker's own wall time: its interpreter start-up is not the pipeline's.
+    return n / report["seconds"] if report["seconds"] > 0 else n / elapsed, report["max_rss_kib"]
+
+
+def naive_rate(source: str, candidate: str, n: int) -> float:
+    """Read one, embed one, write one: what a script without a pipeline does."""
+    target_uri = source.replace("bench_", "naive_")
+    src, dst = open_store(source), open_store(target_uri)
+    started = time.perf_counter()
+    engine = open_engine(candidate)
+    dims = engine.embed(["x"]).shape[1]
+    dst.create(dims=dims, distance="cosine")
+    done = 0
+    after = None
+    while done < n:
+        page = next(src.scan(batch_size=1, after=after, with_payload=True), None)
+        if page is None or not len(page):
+            break
+        text = str(page.texts[0])
+        vector = engine.embed([text])
+        dst.upsert(RecordBatch(page.ids, (text,), vector))
+        after = page.ids[0]
+        done += 1
+    elapsed = time.perf_counter() - started
+    engine.close()
+    dst.drop()
+    dst.close()
+    src.close()
+    return done / elapsed
+
+
+def worker_main(job_id: str) -> None:
+    from guard.reindex.worker import run_worker
+
+    started = time.perf_counter()
+    result = run_worker(job_id, lease_seconds=120)
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"written": result.written, "seconds": seconds, "max_rss_kib": peak}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rate-records", type=int, default=2000)
+    parser.add_argument("--naive-records", type=int, default=300)
+    parser.add_argument("--rss-records", type=int, nargs="*", default=[10_000, 100_000])
+    parser.add_argument("--stores", nargs="*", default=["qdrant-local", "pgvector"])
+    args = parser.parse_args()
+
+    folder = Path(tempfile.mkdtemp(prefix="vmg-bench-", dir="/tmp"))
+    os.environ.setdefault("GUARD_STATE_DSN", embedded_dsn(folder / "state"))
+    pg = embedded_dsn(folder / "pg")
+    candidate = candidate_uri()
+    print(f"candidate {Path(candidate).name}; {os.cpu_count()} CPUs", flush=True)
+
+    raw = engine_rate(candidate, texts_for(args.rate_records))
+    print(f"engine alone: {raw:.1f} texts/s on {args.rate_records} texts", flush=True)
+    for kind in args.stores:
+        source = make_source(kind, folder, pg, args.rate_records)
+        piped, _ = pipeline_rate(source, candidate, args.rate_records)
+        naive = naive_rate(source, candidate, args.naive_records)
+        print(
+            f"{kind}: pipeline {piped:.1f} records/s = {piped / raw:.3f} x engine, "
+            f"{piped / naive:.2f} x naive loop ({naive:.1f} records/s on "
+            f"{args.naive_records})",
+            flush=True,
+        )
+        for n in args.rss_records:
+            big = make_source(kind, folder, pg, n)
+            rate, rss = pipeline_rate(big, candidate, n)
+            print(
+                f"{kind}: {n} records: peak RSS {rss / 1024:.0f} MiB, {rate:.1f} records/s",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "_worker":
+        worker_main(sys.argv[2])
+    else:
+        main()
