@@ -7,10 +7,10 @@ build of the same model reproduces the stored vectors.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from rich.console import Console
@@ -18,10 +18,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from guard import models
+from guard.check import run_check
+from guard.core.policy import Thresholds
 from guard.engines import EmbeddingEngine, open_engine
 from guard.errors import StoreError
 from guard.paths import guard_home, llama_cpp_src, models_dir
 from guard.records import RecordBatch
+from guard.report import VERDICT_STYLES, CheckReport
 from guard.stores import VectorStore, open_store
 
 
@@ -29,10 +32,12 @@ from guard.stores import VectorStore, open_store
 class CandidateResult:
     store: str
     candidate: str
-    cosine_min: float
-    cosine_p1: float
-    cosine_median: float
-    texts_per_second: float
+    report: CheckReport
+
+    @property
+    def texts_per_second(self) -> float:
+        embedded = self.report.sample["size"]
+        return embedded / self.report.timing["embed"] if self.report.timing.get("embed") else 0.0
 
 
 def _progress(console: Console) -> Progress:
@@ -86,10 +91,11 @@ def fill_store(store: VectorStore, texts: Sequence[str], vectors: np.ndarray) ->
         )
 
 
-def cosines(stored: np.ndarray, candidate: np.ndarray) -> np.ndarray:
-    num = np.einsum("ij,ij->i", stored, candidate)
-    den = np.linalg.norm(stored, axis=1) * np.linalg.norm(candidate, axis=1)
-    return np.asarray(num / np.maximum(den, 1e-12), dtype=np.float64)
+def demo_candidates(built: dict[str, Path]) -> dict[str, str]:
+    """The GGUF builds as they come, and F16 with the reference's 256-token limit."""
+    candidates = {name: f"llamacpp:{path}" for name, path in built.items() if name != "Q4_K_M"}
+    candidates["F16, max_tokens=256"] = f"llamacpp:{built['F16']}?max_tokens=256"
+    return candidates
 
 
 def run_demo(console: Console, *, limit: int, sample_size: int, seed: int) -> list[CandidateResult]:
@@ -97,40 +103,31 @@ def run_demo(console: Console, *, limit: int, sample_size: int, seed: int) -> li
         built = models.build_demo_models(models_dir(), llama_cpp_src())
     texts = models.demo_corpus(limit)
     console.print(f"Corpus: {len(texts)} paragraphs of the Python documentation.")
-    reference = open_engine(f"st:{models.reference_model_dir()}")
-    candidates = {name: open_engine(f"llamacpp:{path}") for name, path in built.items()}
     stores = [open_store(uri) for uri in demo_store_uris()]
-
-    results: list[CandidateResult] = []
-    with _progress(console) as progress:
-        if any(_stored_count(store) != len(texts) for store in stores):
+    if any(_stored_count(store) != len(texts) for store in stores):
+        reference = open_engine(f"st:{models.reference_model_dir()}")
+        with _progress(console) as progress:
             vectors = embed_with_progress(reference, texts, progress, "Reference embeddings")
-            for store in stores:
-                with _step(console, f"Writing {store.uri}"):
-                    fill_store(store, texts, vectors)
+        reference.close()
         for store in stores:
-            sample = store.sample(sample_size, seed=seed).with_text()
-            sample_texts = [text or "" for text in sample.texts]
-            for name, engine in candidates.items():
-                started = time.perf_counter()
-                vectors = embed_with_progress(
-                    engine, sample_texts, progress, f"{name} on {store.uri}"
-                )
-                elapsed = time.perf_counter() - started
-                cos = cosines(sample.vectors, vectors)
-                results.append(
-                    CandidateResult(
-                        store.uri,
-                        name,
-                        float(cos.min()),
-                        float(np.percentile(cos, 1)),
-                        float(np.median(cos)),
-                        len(sample_texts) / elapsed,
-                    )
-                )
+            with _step(console, f"Writing {store.uri}"):
+                fill_store(store, texts, vectors)
+
+    thresholds = Thresholds(max_sample=sample_size)
+    results = []
     for store in stores:
+        for name, uri in demo_candidates(built).items():
+            engine = open_engine(uri)
+            with _step(console, f"Checking {name} against {store.uri}"):
+                report = run_check(store, engine, thresholds=thresholds, seed=seed)
+            engine.close()
+            results.append(CandidateResult(store.uri, name, report))
         store.close()
-    console.print(_results_table(results, sample_size))
+    console.print(_results_table(results))
+    console.print(
+        "Exit codes: approve 0, reindex 1, error 2, fix_config 3, reject_candidate 4. "
+        "Details of one pair: guard check --store URI --candidate ENGINE"
+    )
     return results
 
 
@@ -142,19 +139,27 @@ def _stored_count(store: VectorStore) -> int | None:
         return None
 
 
-def _results_table(results: Sequence[CandidateResult], sample_size: int) -> Table:
-    table = Table(
-        title=f"GGUF candidates against the stored reference vectors ({sample_size} sampled)"
-    )
-    for column in ("store", "candidate", "cosine min", "p1", "median", "texts/s"):
+def _results_table(results: Sequence[CandidateResult]) -> Table:
+    table = Table(title="GGUF candidates against the stored sentence-transformers vectors")
+    for column in ("store", "candidate", "records", "cosine min", "p1", "median", "texts/s"):
         table.add_column(column, justify="left" if column in {"store", "candidate"} else "right")
+    table.add_column("verdict")
+    table.add_column("diagnosis")
     for r in results:
+        cosine = r.report.metrics["cosine"] or {}
         table.add_row(
             r.store,
             r.candidate,
-            f"{r.cosine_min:.6f}",
-            f"{r.cosine_p1:.6f}",
-            f"{r.cosine_median:.6f}",
+            str(r.report.sample["size"]),
+            _fmt(cosine.get("min")),
+            _fmt(cosine.get("p1")),
+            _fmt(cosine.get("median")),
             f"{r.texts_per_second:.0f}",
+            f"[{VERDICT_STYLES.get(r.report.verdict, 'red')}]{r.report.verdict}[/]",
+            ", ".join(f["cause"] for f in r.report.diagnosis) or "-",
         )
     return table
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6f}"

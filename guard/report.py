@@ -29,7 +29,7 @@ from guard.uri import redact
 
 # Cosine bands of the histogram: narrow near 1, where engines that agree differ.
 COSINE_BANDS: tuple[float, ...] = (-1.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999, 1.0)
-_COLOURS = {
+VERDICT_STYLES = {
     "approve": "green",
     "fix_config": "yellow",
     "reindex": "red",
@@ -132,7 +132,7 @@ def to_json(report: CheckReport) -> str:
 
 def to_text(report: CheckReport, console: Console) -> None:
     """A summary a person reads in ten seconds: verdict, bound, key numbers, fixes."""
-    colour = _COLOURS.get(report.verdict, "red")
+    colour = VERDICT_STYLES.get(report.verdict, "red")
     console.print(
         Text(f"{report.verdict.upper()}", style=f"bold {colour}")
         + Text(f"  (exit {report.exit_code})  {_VERDICT_MEANING.get(report.verdict, '')}")
