@@ -27,6 +27,8 @@ class WatchConfig(BaseModel):
     schedule: str = "every 1h"
     thresholds: dict[str, Any] = Field(default_factory=dict)
     alert_webhook: str | None = None
+    # Records re-embedded per run; a monitor run must stay cheap (see docs/runbook.md).
+    sample: int = Field(default=200, ge=1)
 
     @field_validator("thresholds")
     @classmethod
@@ -34,17 +36,50 @@ class WatchConfig(BaseModel):
         thresholds_from(value)
         return value
 
+    @field_validator("schedule")
+    @classmethod
+    def _valid_schedule(cls, value: str) -> str:
+        from guard.monitor.schedule import parse_schedule
+
+        parse_schedule(value)
+        return value
+
+
+class MonitorConfig(BaseModel):
+    """The `[monitor]` table: how the `guard monitor` service runs its watches."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "0.0.0.0"
+    port: int = Field(default=9108, ge=0, le=65535)  # /metrics and /healthz; 0: any free port
+    # The state database; default GUARD_STATE_DSN, else the embedded one in GUARD_HOME.
+    state_dsn: str | None = None
+    misfire_grace_seconds: int = Field(default=300, ge=1)
+    # Most new and older records the population check compares.
+    population_sample: int = Field(default=500, ge=20)
+    alert_attempts: int = Field(default=4, ge=1)
+    alert_backoff_seconds: float = Field(default=1.0, ge=0)
+
 
 class GuardConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     thresholds: dict[str, Any] = Field(default_factory=dict)
     watch: list[WatchConfig] = Field(default_factory=list)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
     @field_validator("thresholds")
     @classmethod
     def _known_thresholds(cls, value: dict[str, Any]) -> dict[str, Any]:
         thresholds_from(value)
+        return value
+
+    @field_validator("watch")
+    @classmethod
+    def _unique_names(cls, value: list[WatchConfig]) -> list[WatchConfig]:
+        names = [watch.name for watch in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"watch names must be unique: {names}")
         return value
 
 

@@ -1,0 +1,115 @@
+"""Prometheus gauges per watch, served with /healthz on the monitor's port.
+
+Each service has a registry of its own (not prometheus-client's global one), so that
+several services in one process, as in tests, do not collide. An error run updates the
+status and the time, and leaves the last measured values in place.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge
+from prometheus_client.exposition import generate_latest
+
+from guard.monitor.run import RunResult
+
+STATUSES = ("ok", "drift", "error")
+
+
+class MonitorMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+
+        def gauge(name: str, doc: str, *labels: str) -> Gauge:
+            return Gauge(name, doc, ["watch", *labels], registry=self.registry)
+
+        self.cosine_p1 = gauge("guard_watch_cosine_p1", "1st percentile of sampled cosines")
+        self.cosine_median = gauge("guard_watch_cosine_median", "Median of sampled cosines")
+        self.bound_upper = gauge(
+            "guard_watch_bound_upper_share",
+            "Upper confidence bound on the share of records below min_cosine",
+        )
+        self.overlap = gauge("guard_watch_overlap", "Mean overlap@k of stored vs re-embedded")
+        self.population_auc = gauge(
+            "guard_watch_population_auc", "Domain-classifier AUC, new records vs older ones"
+        )
+        self.population_distance = gauge(
+            "guard_watch_population_mean_distance",
+            "Cosine distance between the mean vectors of new and older records",
+        )
+        self.new_records = gauge(
+            "guard_watch_new_records", "Records written since the previous run"
+        )
+        self.last_run = gauge(
+            "guard_watch_last_run_timestamp_seconds", "When the last run finished"
+        )
+        self.duration = gauge("guard_watch_last_run_duration_seconds", "Last run's wall time")
+        self.status = gauge("guard_watch_status", "1 for the last run's status", "status")
+        self.runs = Counter(
+            "guard_watch_runs", "Runs by status", ["watch", "status"], registry=self.registry
+        )
+
+    def observe(self, run: RunResult) -> None:
+        watch = run.watch
+        for status in STATUSES:
+            self.status.labels(watch, status).set(1.0 if run.status == status else 0.0)
+        self.runs.labels(watch, run.status).inc()
+        self.last_run.labels(watch).set(run.finished_at.timestamp())
+        self.duration.labels(watch).set((run.finished_at - run.started_at).total_seconds())
+        sample = run.sample
+        if sample is not None:
+            for gauge, value in (
+                (self.cosine_p1, sample.cosine_p1),
+                (self.cosine_median, sample.cosine_median),
+                (self.bound_upper, sample.bound_upper),
+                (self.overlap, sample.overlap),
+            ):
+                if value is not None:
+                    gauge.labels(watch).set(value)
+        if run.new_records is not None:
+            self.new_records.labels(watch).set(run.new_records)
+        if run.population is not None:
+            self.population_auc.labels(watch).set(run.population.auc)
+            self.population_distance.labels(watch).set(run.population.mean_distance)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def serve(
+    metrics: MonitorMetrics, host: str, port: int, health: Callable[[], dict[str, Any]]
+) -> ThreadingHTTPServer:
+    """Serve /metrics and /healthz in a daemon thread; ``health()`` returns a dict whose
+    ``healthy`` key decides between 200 and 503. Call ``shutdown()`` to stop."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._answer(200, CONTENT_TYPE_LATEST, metrics.exposition())
+            elif path == "/healthz":
+                state = health()
+                body = json.dumps(state, default=str).encode()
+                self._answer(200 if state["healthy"] else 503, "application/json", body)
+            else:
+                self._answer(404, "text/plain", b"not found: try /metrics or /healthz\n")
+
+        def _answer(self, code: int, content_type: str, body: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Scrapes every few seconds would flood stderr; structlog logs the runs."""
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="guard-metrics", daemon=True).start()
+    return server
