@@ -53,13 +53,14 @@ def texts(short_texts: list[str]) -> list[str]:
 
 
 def assert_same_vectors(actual: np.ndarray, expected: np.ndarray) -> None:
-    """Row by row: the same direction (cosine >= 0.99999) and the same length (1e-4).
-    Packing texts differently into decodes moves float32 sums in the last digits."""
+    """Row by row: the same direction (cosine >= 0.99999) and the same length (1e-3).
+    Packing texts differently into decodes moves float32 sums in the last digits
+    (llama.cpp with flash attention: lengths differ by up to 2e-4 relative)."""
     assert expected.shape == actual.shape
     norms_a, norms_e = np.linalg.norm(actual, axis=1), np.linalg.norm(expected, axis=1)
     cosines = np.einsum("ij,ij->i", actual, expected) / (norms_a * norms_e)
     assert (cosines >= 0.99999).all(), cosines.min()
-    np.testing.assert_allclose(norms_a, norms_e, rtol=1e-4)
+    np.testing.assert_allclose(norms_a, norms_e, rtol=1e-3)
 
 
 def test_engine_satisfies_the_protocol(engine: EmbeddingEngine) -> None:
