@@ -224,11 +224,18 @@ def _selfcheck(measured: _Measured, candidate: EmbeddingEngine) -> tuple[Finding
     )
 
 
-def _overlap(store: VectorStore, measured: _Measured, k: int) -> float:
-    """Top-k through the store's index with the stored vector, then the candidate's."""
-    queries = min(OVERLAP_QUERIES, len(measured.records))
-    stored_topk = store.search(measured.records.vectors[:queries], k)
-    candidate_topk = store.search(measured.vectors[:queries], k)
+def _overlap(store: VectorStore, measured: _Measured, k: int) -> float | None:
+    """Top-k through the store's index with the stored vector, then the candidate's.
+
+    Records whose candidate vector has no direction (NaN, zero) are left out: stores
+    refuse such queries, and the self-checks already report them.
+    """
+    norms = np.linalg.norm(measured.vectors, axis=1)
+    usable = np.flatnonzero(np.isfinite(norms) & (norms > 0))[:OVERLAP_QUERIES]
+    if usable.size == 0:
+        return None
+    stored_topk = store.search(measured.records.vectors[usable], k)
+    candidate_topk = store.search(measured.vectors[usable], k)
     return overlap_at_k(stored_topk, candidate_topk, k)
 
 
