@@ -17,6 +17,8 @@ from rich.console import Console
 
 from guard import __version__, logs
 from guard.errors import GuardError
+from guard.monitor.cli import monitor_app
+from guard.reindex.cli import reindex_app
 from guard.uri import redact
 
 app = typer.Typer(
@@ -27,6 +29,8 @@ app = typer.Typer(
 )
 models_app = typer.Typer(no_args_is_help=True, help="Build the local demo models.")
 app.add_typer(models_app, name="models")
+app.add_typer(reindex_app, name="reindex")
+app.add_typer(monitor_app, name="monitor")
 
 stdout = Console()
 stderr = Console(stderr=True)
@@ -98,6 +102,9 @@ def check(
     min_overlap: Annotated[float | None, typer.Option(help="Least mean overlap@k.")] = None,
     overlap_k: Annotated[int | None, typer.Option(help="k of overlap@k.")] = None,
     initial_sample: Annotated[int | None, typer.Option(help="Records in round one.")] = None,
+    schedule: Annotated[
+        bool, typer.Option("--schedule", help="On a reindex verdict, plan the re-index job.")
+    ] = False,
 ) -> None:
     """Is switching to CANDIDATE safe without re-indexing STORE? Exit code = verdict."""
     from guard import report as reports
@@ -149,6 +156,14 @@ def check(
             output.write_text(rendered + "\n", encoding="utf-8")
     if output is not None:
         stderr.print(f"{result.verdict}: report written to {output}")
+    if schedule and result.verdict == "reindex":
+        from guard.reindex.jobs import plan_job
+
+        job = plan_job(store=store, candidate=candidate)
+        stderr.print(
+            f"re-index job {job.job_id} planned into {redact(job.target)}; "
+            f"start it with: guard reindex run {job.job_id}"
+        )
     raise typer.Exit(result.exit_code)
 
 
