@@ -389,6 +389,8 @@ class _Worker:
             remaining, failed = main.open_batches()
             if self.stopped == "done" and failed:
                 self.stopped = "failed"
+            elif self.stopped == "done" and remaining:
+                self.stopped = "interrupted"  # SIGTERM, SIGINT or the caller's stop event
             if remaining == 0 and failed == 0:
                 main.conn.execute(
                     "UPDATE guard_reindex_jobs SET finished_at = coalesce(finished_at, now())"
