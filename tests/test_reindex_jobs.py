@@ -34,18 +34,11 @@ BATCH = 10
 NO_TEXT = (7, 50)  # ids stored without text: skipped with a reason, never dropped silently
 OLD_DIMS = 16  # the "old model" the source was embedded with
 
-# `guard` with the reindex sub-app mounted (a no-op once guard.cli mounts it itself).
-_GUARD = (
-    "from guard import cli\n"
-    "from guard.reindex.cli import reindex_app\n"
-    "if not any(g.name == 'reindex' for g in cli.app.registered_groups):\n"
-    "    cli.app.add_typer(reindex_app, name='reindex')\n"
-    "cli.main()\n"
-)
+GUARD = str(Path(sys.executable).with_name("guard"))  # the console script of this venv
 
 
 def guard_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-c", _GUARD, "reindex", *args]
+    return [GUARD, "reindex", *args]
 
 
 @pytest.fixture

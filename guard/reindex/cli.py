@@ -178,8 +178,7 @@ def verify(
     ] = False,
     output_format: FormatOption = Format.text,
 ) -> None:
-    """Exit 0 only when the target holds exactly the source ids with the right texts and
-    vectors; else 1 with the reasons."""
+    """Exit 0 only when the target holds exactly the source ids, texts and vectors."""
     from guard.reindex.verify import verify_job
 
     result = verify_job(job_id, sample=sample, seed=seed, accept_skipped=accept_skipped)
