@@ -153,7 +153,7 @@ def main() -> None:
     print(f"engine alone: {raw:.1f} texts/s on {args.rate_records} texts", flush=True)
     for kind in args.stores:
         source = make_source(kind, folder, pg, args.rate_records)
-        piped, _ = pipeline_rate(source, candidate, args.rate_records)
+        piped, small_rss = pipeline_rate(source, candidate, args.rate_records)
         naive = naive_rate(source, candidate, args.naive_records)
         print(
             f"{kind}: pipeline {piped:.1f} records/s = {piped / raw:.3f} x engine, "
@@ -161,6 +161,8 @@ def main() -> None:
             f"{args.naive_records})",
             flush=True,
         )
+        rss_mib = small_rss / 1024
+        print(f"{kind}: {args.rate_records} records: peak RSS {rss_mib:.0f} MiB", flush=True)
         for n in args.rss_records:
             big = make_source(kind, folder, pg, n)
             rate, rss = pipeline_rate(big, candidate, n)

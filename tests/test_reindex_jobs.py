@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from fixtures_stores import unit_vectors
 from psycopg.conninfo import make_conninfo
 
 from guard.engines import open_engine
+from guard.errors import ConfigError
 from guard.records import RecordBatch
 from guard.reindex.catchup import catch_up
 from guard.reindex.jobs import job_status, plan_job, set_paused
@@ -394,3 +396,36 @@ def test_unsafe_fingerprint_change_is_refused(
         )
     with pytest.raises(Exception, match="fingerprint differs"):
         run_worker(job_id)
+
+
+def test_plan_from_a_check_report(
+    state_dsn: str, source: str, candidate: str, tmp_path: Path
+) -> None:
+    """The store comes from the report; a candidate other than the one the report
+    checked is refused."""
+    engine = open_engine(candidate)
+    fingerprint = engine.fingerprint()
+    engine.close()
+    report = tmp_path / "report.json"
+    report.write_text(
+        json.dumps({"verdict": "reindex", "store": {"uri": source}, "candidate": fingerprint})
+    )
+    planned = plan_job(store=None, candidate=candidate, report=report, batch_size=BATCH)
+    assert (planned.records, planned.batches, planned.notes) == (RECORDS, RECORDS // BATCH, [])
+
+    other = {**fingerprint, "settings": {**fingerprint["settings"], "normalize": True}}
+    report.write_text(
+        json.dumps({"verdict": "reindex", "store": {"uri": source}, "candidate": other})
+    )
+    with pytest.raises(ConfigError, match="fingerprint differs"):
+        plan_job(store=None, candidate=candidate, report=report, batch_size=BATCH)
+
+
+def test_workers_stay_out_of_the_window(state_dsn: str, source: str, candidate: str) -> None:
+    """Outside its window a job runs nothing and the worker says why."""
+    later = datetime.now() + timedelta(hours=2)
+    window = f"{later:%H:%M}-{later + timedelta(hours=1):%H:%M}"
+    job_id = plan(source, candidate, window=window)
+    result = run_worker(job_id)
+    assert (result.stopped, result.batches_done) == ("window", 0)
+    assert job_status(job_id).window == window
