@@ -7,14 +7,15 @@ settings and payload indexes; readers switch through an alias in one
 ``update_collection_aliases`` call. pgvector: the target is a shadow table made with
 ``CREATE TABLE ... (LIKE source INCLUDING ALL)`` (every column, default, constraint and
 index, the HNSW or IVFFlat index included, so it is built on the new vectors), plus two
-provenance columns; the switch renames both tables in one transaction under
-``lock_timeout``. Views and foreign keys that name the source keep pointing at the old
-table after the rename (PostgreSQL binds them by oid): recreate them after cutover.
+provenance columns (already there when the source came from an earlier re-index); the
+switch renames both tables in one transaction under ``lock_timeout``. Views and foreign
+keys that name the source keep pointing at the old table after the rename (PostgreSQL
+binds them by oid): recreate them after cutover.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
@@ -26,6 +27,9 @@ from guard.reindex.provenance import PROVENANCE_KEYS
 from guard.stores import VectorStore, open_store
 from guard.uri import parse, redact
 
+if TYPE_CHECKING:
+    from adapters.qdrant import QdrantStore
+
 LOCK_TIMEOUT = "5s"
 
 
@@ -33,13 +37,17 @@ def is_qdrant(uri: str) -> bool:
     return parse(uri).scheme.startswith("qdrant")
 
 
-def _qdrant(store: VectorStore) -> Any:
-    """The adapter's qdrant-client (shared per local folder, so no second lock)."""
+def _qdrant_store(store: VectorStore) -> QdrantStore:
     from adapters.qdrant import QdrantStore
 
     if not isinstance(store, QdrantStore):
         raise ReindexError(f"not a Qdrant store: {store.uri}")
-    return store.client
+    return store
+
+
+def _qdrant(store: VectorStore) -> Any:
+    """The adapter's qdrant-client (shared per local folder, so no second lock)."""
+    return _qdrant_store(store).client
 
 
 def create_target(source_uri: str, target_uri: str, dims: int, info: StoreInfo) -> None:
@@ -59,7 +67,7 @@ def _create_qdrant(source: VectorStore, target: VectorStore, dims: int) -> None:
     from qdrant_client import models
 
     client = _qdrant(source)
-    name, new = getattr(source, "collection"), getattr(target, "collection")  # noqa: B009
+    name, new = _qdrant_store(source).collection, _qdrant_store(target).collection
     try:
         if client.collection_exists(new):
             raise ReindexError(f"the target collection {new!r} already exists")
@@ -130,7 +138,7 @@ def _create_pg(source_uri: str, target_uri: str, dims: int, info: StoreInfo) -> 
                     sql.SQL("ALTER TABLE {} {}").format(
                         dst,
                         sql.SQL(", ").join(
-                            sql.SQL("ADD COLUMN {} text").format(sql.Identifier(key))
+                            sql.SQL("ADD COLUMN IF NOT EXISTS {} text").format(sql.Identifier(key))
                             for key in PROVENANCE_KEYS
                         ),
                     )
