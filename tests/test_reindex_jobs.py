@@ -281,11 +281,15 @@ def test_cutover_then_rollback_serves_the_original_data(
 def test_catch_up_applies_inserts_updates_and_deletes(
     state_dsn: str, source: str, candidate: str, texts: list[str]
 ) -> None:
-    """Source changes after the job started are all in the target after catch-up, and a
+    """Source changes made while the job runs are all in the target after catch-up, and a
     second catch-up embeds nothing."""
     job_id = plan(source, candidate)
+    store = open_store(source)  # before the worker reaches them: the worker sees these
+    store.upsert(RecordBatch((RECORDS + 10,), ("added early",), unit_vectors(1, OLD_DIMS, 5)))
+    store.delete([10])
+    store.close()
     run_worker(job_id)
-    store = open_store(source)
+    store = open_store(source)  # behind the worker: only catch-up sees these
     new_ids = (RECORDS, RECORDS + 1, RECORDS + 2)
     store.upsert(
         RecordBatch(
@@ -302,7 +306,7 @@ def test_catch_up_applies_inserts_updates_and_deletes(
     assert (first.inserted, first.updated, first.deleted) == (3, 2, 2)
     result = verify_job(job_id, sample=1000, accept_skipped=True)
     assert result.reasons == []
-    assert RECORDS + 3 - 2 - len(NO_TEXT) == result.target_records
+    assert RECORDS + 1 - 1 + 3 - 2 - len(NO_TEXT) == result.target_records
 
     second = catch_up(job_id)
     assert (second.inserted, second.updated, second.deleted) == (0, 0, 0)
