@@ -461,10 +461,14 @@ def test_once_exit_codes_and_history_through_the_cli(
 
 
 def guard_app() -> Any:
-    """guard's typer app with the monitor sub-app mounted (a no-op once guard.cli does)."""
+    """guard's typer app with the monitor and reindex sub-apps mounted (no-ops once
+    guard.cli mounts them itself)."""
     from guard import cli
     from guard.monitor.cli import monitor_app
+    from guard.reindex.cli import reindex_app
 
-    if not any(group.name == "monitor" for group in cli.app.registered_groups):
-        cli.app.add_typer(monitor_app, name="monitor")
+    mounted = {group.name for group in cli.app.registered_groups}
+    for name, sub_app in (("monitor", monitor_app), ("reindex", reindex_app)):
+        if name not in mounted:
+            cli.app.add_typer(sub_app, name=name)
     return cli.app
