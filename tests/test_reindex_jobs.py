@@ -244,7 +244,12 @@ def _dims(uri: str) -> int:
 
 
 def test_cutover_then_rollback_serves_the_original_data(
-    state_dsn: str, source: str, candidate: str, texts: list[str], store_kind: str
+    state_dsn: str,
+    source: str,
+    candidate: str,
+    texts: list[str],
+    store_kind: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     """After cutover the name the application queries answers from the new vectors;
     after rollback from the original ones; cleanup then drops only the target."""
@@ -263,6 +268,13 @@ def test_cutover_then_rollback_serves_the_original_data(
     engine.close()
     assert _dims(live) == 384
     assert probe == _top1(live, fresh)
+    if store_kind == "pgvector":  # the vector index was built on the new vectors
+        table = live.split("table=")[1]
+        with psycopg.connect(request.getfixturevalue("pg_dsn")) as conn:
+            indexes = conn.execute(
+                "SELECT indexdef FROM pg_indexes WHERE tablename = %s", (table,)
+            ).fetchall()
+        assert any("USING hnsw" in row[0] for row in indexes), indexes
 
     rollback(job_id)
     original = unit_vectors(RECORDS, OLD_DIMS, seed=1)[probe]

@@ -137,6 +137,7 @@ def _qdrant_cutover(job: Job, alias: str | None) -> dict[str, Any]:
 def _pg_cutover(job: Job) -> dict[str, Any]:
     schema, table, shadow = _pg_location(job)
     old = f"{table}__old_{short_id(job.id)}"
+    targets.pg_build_vector_indexes(job.source_uri, schema, table, shadow)
     targets.pg_rename(job.source_uri, schema, [(table, old), (shadow, table)])
     return {"kind": "pg_rename", "schema": schema, "table": table, "old": old, "shadow": shadow}
 

@@ -6,11 +6,11 @@ Qdrant: the target is a new collection with the source's vector names, distance,
 settings and payload indexes; readers switch through an alias in one
 ``update_collection_aliases`` call. pgvector: the target is a shadow table made with
 ``CREATE TABLE ... (LIKE source INCLUDING ALL)`` (every column, default, constraint and
-index, the HNSW or IVFFlat index included, so it is built on the new vectors), plus two
-provenance columns (already there when the source came from an earlier re-index); the
-switch renames both tables in one transaction under ``lock_timeout``. Views and foreign
-keys that name the source keep pointing at the old table after the rename (PostgreSQL
-binds them by oid): recreate them after cutover.
+index) plus two provenance columns (already there when the source came from an earlier
+re-index); its HNSW or IVFFlat indexes are built on the new vectors just before the
+switch, which renames both tables in one transaction under ``lock_timeout``. Views and
+foreign keys that name the source keep pointing at the old table after the rename
+(PostgreSQL binds them by oid): recreate them after cutover.
 """
 
 from __future__ import annotations
@@ -122,9 +122,7 @@ def _create_pg(source_uri: str, target_uri: str, dims: int, info: StoreInfo) -> 
     with _pg_connect(source_uri) as conn:
         try:
             with conn.transaction():
-                conn.execute(
-                    sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(dst, src)
-                )
+                conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(dst, src))
                 if dims != info.dims and info.vector_field:
                     conn.execute(
                         sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {}({})").format(
@@ -134,6 +132,8 @@ def _create_pg(source_uri: str, target_uri: str, dims: int, info: StoreInfo) -> 
                             sql.Literal(dims),
                         )
                     )
+                for index, *_ in _vector_indexes(conn, schema, shadow):
+                    conn.execute(sql.SQL("DROP INDEX {}").format(sql.SQL(index)))
                 conn.execute(
                     sql.SQL("ALTER TABLE {} {}").format(
                         dst,
@@ -148,6 +148,59 @@ def _create_pg(source_uri: str, target_uri: str, dims: int, info: StoreInfo) -> 
                 f"cannot create the shadow table {shadow!r}: {redact(str(exc))}",
                 uri=redact(target_uri),
             ) from exc
+
+
+_VECTOR_INDEXES = (
+    "SELECT ic.oid::regclass::text, am.amname, a.attname, opc.opcname, ic.reloptions"
+    " FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid"
+    " JOIN pg_am am ON am.oid = ic.relam"
+    " JOIN pg_opclass opc ON opc.oid = i.indclass[0]"
+    " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
+    " WHERE i.indrelid = (quote_ident(%s) || '.' || quote_ident(%s))::regclass"
+    " AND am.amname IN ('hnsw', 'ivfflat') AND i.indnatts = 1 AND i.indpred IS NULL"
+)
+
+
+def _vector_indexes(
+    conn: psycopg.Connection[tuple[Any, ...]], schema: str, table: str
+) -> list[tuple[Any, ...]]:
+    """(index name, method, column, opclass, options) of each HNSW or IVFFlat index."""
+    return conn.execute(_VECTOR_INDEXES, (schema, table)).fetchall()
+
+
+def pg_build_vector_indexes(uri: str, schema: str, table: str, shadow: str) -> int:
+    """Build on the filled shadow table the HNSW and IVFFlat indexes the source has (they
+    were left out while loading: one build over every new vector beats updating the index
+    row by row, and IVFFlat lists need the data). Returns the number built; none when the
+    shadow has them already (a cutover after a rollback)."""
+    with _pg_connect(uri) as conn:
+        if _vector_indexes(conn, schema, shadow):
+            return 0
+        built = 0
+        for _, method, column, opclass, options in _vector_indexes(conn, schema, table):
+            # Method, opclass and options come from the catalog, not from a user.
+            with_options = (
+                sql.SQL(" WITH ({})").format(sql.SQL(", ".join(options)))
+                if options
+                else sql.SQL("")
+            )
+            try:
+                conn.execute(
+                    sql.SQL("CREATE INDEX ON {} USING {} ({} {}){}").format(
+                        sql.Identifier(schema, shadow),
+                        sql.SQL(method),
+                        sql.Identifier(column),
+                        sql.SQL(opclass),
+                        with_options,
+                    )
+                )
+            except psycopg.Error as exc:
+                raise StoreError(
+                    f"cannot build the {method} index on {shadow!r}: {redact(str(exc))}",
+                    uri=redact(uri),
+                ) from exc
+            built += 1
+        return built
 
 
 # --- switching ---------------------------------------------------------------------------
