@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 import yaml  # type: ignore[import-untyped]
-from test_monitor import guard_app
 from typer.testing import CliRunner
 
+from guard.cli import app
 from guard.config import load_config
 from guard.engines import open_engine
 from guard.stores import open_store
@@ -78,7 +78,7 @@ def test_the_guard_command_is_a_real_invocation(compose: dict[str, Any]) -> None
     guard = compose["services"]["guard"]
     command = guard["command"]
     assert command[0] == "guard"
-    shown = CliRunner().invoke(guard_app(), [*command[1:], "--help"])
+    shown = CliRunner().invoke(app, [*command[1:], "--help"])
     assert shown.exit_code == 0, shown.output
     assert "--once" in shown.output
     config = command[command.index("--config") + 1]
@@ -88,7 +88,7 @@ def test_the_guard_command_is_a_real_invocation(compose: dict[str, Any]) -> None
 def test_the_dockerfile_runs_the_same_command_unprivileged() -> None:
     lines = (REPO / "Dockerfile").read_text().splitlines()
     cmd = json.loads(next(line for line in lines if line.startswith("CMD "))[4:])
-    shown = CliRunner().invoke(guard_app(), [*cmd[1:], "--help"])
+    shown = CliRunner().invoke(app, [*cmd[1:], "--help"])
     assert (cmd[0], shown.exit_code) == ("guard", 0), shown.output
     assert any(re.match(r"USER (?!root)\w+", line) for line in lines)
     assert any("GGML_NATIVE=OFF" in line for line in lines)  # portable CPU flags

@@ -437,7 +437,8 @@ def test_once_exit_codes_and_history_through_the_cli(
     prints both runs."""
     from typer.testing import CliRunner
 
-    app = guard_app()
+    from guard.cli import app
+
     uri = f"qdrant+local:{qdrant_dir}?collection=cli"
     fill(uri, list(range(STORED)), texts[:STORED], f16_vectors[:STORED], create=True)
     toml = tmp_path / "guard.toml"
@@ -458,17 +459,3 @@ def test_once_exit_codes_and_history_through_the_cli(
     shown = runner.invoke(app, ["monitor", "history", "--config", str(toml), "--format", "json"])
     assert shown.exit_code == 0, shown.output
     assert [row["status"] for row in json.loads(shown.stdout)] == ["ok", "drift"]
-
-
-def guard_app() -> Any:
-    """guard's typer app with the monitor and reindex sub-apps mounted (no-ops once
-    guard.cli mounts them itself)."""
-    from guard import cli
-    from guard.monitor.cli import monitor_app
-    from guard.reindex.cli import reindex_app
-
-    mounted = {group.name for group in cli.app.registered_groups}
-    for name, sub_app in (("monitor", monitor_app), ("reindex", reindex_app)):
-        if name not in mounted:
-            cli.app.add_typer(sub_app, name=name)
-    return cli.app

@@ -23,7 +23,6 @@ import psycopg
 import pytest
 import structlog
 from psycopg.conninfo import make_conninfo
-from test_monitor import guard_app
 
 from guard.corpus import demo_corpus
 from guard.engines import open_engine
@@ -98,7 +97,6 @@ def guard(
     Relative paths (report.json, guard.toml) resolve in the test's folder."""
     from guard import cli
 
-    guard_app()
     monkeypatch.chdir(tmp_path)
     logging = structlog.get_config()
 

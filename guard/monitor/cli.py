@@ -14,7 +14,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 monitor_app = typer.Typer(
     help="Watch stores for drift on a schedule: metrics, history, alerts on change."
@@ -28,15 +27,19 @@ class Format(StrEnum):
 
 
 ConfigOption = Annotated[
-    Path, typer.Option("--config", help="guard.toml with [[watch]] tables and [monitor].")
+    Path | None,
+    typer.Option(
+        "--config", help="guard.toml with [[watch]] and [monitor] (default ./guard.toml)."
+    ),
 ]
+DEFAULT_CONFIG = Path("guard.toml")
 FormatOption = Annotated[Format, typer.Option("--format", help="Output format.")]
 
 
 @monitor_app.callback(invoke_without_command=True)
 def monitor(
     ctx: typer.Context,
-    config: ConfigOption = Path("guard.toml"),
+    config: ConfigOption = None,
     once: Annotated[
         bool, typer.Option("--once", help="Run every watch once and exit (0 ok, 1 drift, 2 error).")
     ] = False,
@@ -48,7 +51,7 @@ def monitor(
     from guard.config import load_config
     from guard.monitor.service import MonitorService, exit_code
 
-    service = MonitorService(load_config(config))
+    service = MonitorService(load_config(config or DEFAULT_CONFIG))
     if not once:
         service.serve_forever()
         return
@@ -58,13 +61,13 @@ def monitor(
         print(json.dumps({"exit_code": code, "runs": [run.as_dict() for run in runs]}, indent=2))
     else:
         for run in runs:
-            out.print(_run_line(run.as_dict()), highlight=False)
+            out.print(_run_line(run.as_dict()), highlight=False, markup=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
 @monitor_app.command()
 def history(
-    config: ConfigOption = Path("guard.toml"),
+    config: ConfigOption = None,
     watch: Annotated[str | None, typer.Option(help="Only this watch.")] = None,
     limit: Annotated[int, typer.Option(help="Most recent runs per watch.")] = 20,
     output_format: FormatOption = Format.text,
@@ -73,31 +76,46 @@ def history(
     from guard.config import load_config
     from guard.monitor.history import open_history
 
-    dsn = load_config(config if config.exists() else None).monitor.state_dsn
+    # Only [monitor] state_dsn matters here; without a config, GUARD_STATE_DSN decides.
+    if config is None and DEFAULT_CONFIG.exists():
+        config = DEFAULT_CONFIG
+    dsn = load_config(config).monitor.state_dsn
     with open_history(dsn) as store:
         rows = store.trend(watch, limit)
     if output_format is Format.json:
-        print(json.dumps(rows, indent=2, default=str))
+        print(json.dumps(rows, indent=2, default=lambda value: value.isoformat()))
         return
-    table = Table("watch", "run", "started", "status", "p1", "median", "upper", "overlap",
-                  "new", "auc", "alert")  # fmt: skip
+    # Plain aligned columns: readable in a terminal, in a pipe and in a CI log alike.
+    width = max([len("watch"), *(len(row["watch"]) for row in rows)])
+    header = ("started (UTC)", "status", "cos p1", "median", "upper", "overlap", "new", "auc")
+    out.print(
+        f"{'watch':<{width}}  {header[0]:<19}  {header[1]:<6}"
+        + "".join(f"  {name:>7}" for name in header[2:])
+        + "  alert",
+        highlight=False,
+        soft_wrap=True,
+    )
     for row in rows:
-        table.add_row(
-            row["watch"],
-            str(row["id"]),
-            row["started_at"].strftime("%Y-%m-%d %H:%M:%S"),
-            row["status"] + (f": {row['error']}" if row["error"] else ""),
-            *(_number(row[key]) for key in ("cosine_p1", "cosine_median", "bound_upper")),
-            _number(row["overlap"]),
-            "" if row["new_records"] is None else str(row["new_records"]),
-            _number(row["population_auc"]),
-            row["alert"] or "",
+        numbers = [row[key] for key in ("cosine_p1", "cosine_median", "bound_upper", "overlap")]
+        cells = [_number(value) for value in numbers]
+        cells += [_count(row["new_records"]), _number(row["population_auc"])]
+        out.print(
+            f"{row['watch']:<{width}}  {row['started_at']:%Y-%m-%d %H:%M:%S}  {row['status']:<6}"
+            + "".join(f"  {cell:>7}" for cell in cells)
+            + f"  {row['alert'] or ''}"
+            + (f"  {row['error']}" if row["error"] else ""),
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
         )
-    out.print(table)
 
 
 def _number(value: float | None) -> str:
-    return "" if value is None else f"{value:.4f}"
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else str(value)
 
 
 def _run_line(run: dict[str, Any]) -> str:

@@ -11,13 +11,13 @@ The population check compares the records written since the previous run with ol
 ones (guard.core.population). "Written since the previous run": with integer ids, the
 ids above the largest id the previous run saw; with string ids (UUIDs), the ids not in
 the set the previous runs saw, which costs a scan of every id each run. The first run
-only takes the snapshot.
+only takes that snapshot (a scan of every id, once).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -81,7 +81,7 @@ class RunResult:
             "started_at": self.started_at.isoformat(),
             "finished_at": self.finished_at.isoformat(),
             "seed": self.seed,
-            "sample": self.sample.__dict__ if self.sample else None,
+            "sample": asdict(self.sample) if self.sample else None,
             "new_records": self.new_records,
             "population": self.population.as_dict() if self.population else None,
             "reasons": list(self.reasons),
@@ -214,7 +214,7 @@ def population_check(
     if not new_ids:
         return 0, None
     fresh = set(new_ids)
-    older = store.sample(cap + len(fresh), seed=seed)
+    older = store.sample(cap + min(len(fresh), cap), seed=seed)
     keep = [i for i, record_id in enumerate(older.ids) if record_id not in fresh][:cap]
     drift = population_drift(older.vectors[keep], new_vectors, seed=seed)
     return len(new_ids), drift
