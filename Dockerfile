@@ -22,4 +22,4 @@ USER guard
 ENV GUARD_HOME=/var/lib/guard
 EXPOSE 9108
 HEALTHCHECK CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9108/healthz', timeout=3)"]
-CMD ["guard", "--log-format", "json", "monitor", "--config", "/etc/guard/guard.toml"]
+CMD ["guard", "--log-format", "json", "-v", "monitor", "--config", "/etc/guard/guard.toml"]

@@ -9,7 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -23,6 +26,7 @@ import httpx
 import numpy as np
 import psycopg
 import pytest
+from fixtures_models import free_port
 from psycopg.conninfo import make_conninfo
 
 from guard.config import GuardConfig
@@ -459,3 +463,42 @@ def test_once_exit_codes_and_history_through_the_cli(
     shown = runner.invoke(app, ["monitor", "history", "--config", str(toml), "--format", "json"])
     assert shown.exit_code == 0, shown.output
     assert [row["status"] for row in json.loads(shown.stdout)] == ["ok", "drift"]
+
+
+def test_the_service_serves_health_and_stops_on_sigterm(
+    state_dsn: str, qdrant_dir: Path, gguf_f16: Path, tmp_path: Path
+) -> None:
+    """`guard monitor` as a process: /healthz answers 200 (a watch in error does not make
+    the service unhealthy), the failed run shows in /metrics, SIGTERM stops it with 0."""
+    port = free_port()
+    toml = tmp_path / "guard.toml"
+    toml.write_text(
+        f'[monitor]\nport = {port}\nhost = "127.0.0.1"\nstate_dsn = "{state_dsn}"\n\n'
+        f'[[watch]]\nname = "absent"\nstore = "qdrant+local:{qdrant_dir}?collection=absent"\n'
+        f'engine = "llamacpp:{gguf_f16}"\nschedule = "every 1h"\n',
+        encoding="utf-8",
+    )
+    guard = Path(sys.executable).with_name("guard")
+    process = subprocess.Popen(
+        [str(guard), "--log-format", "json", "-v", "monitor", "--config", str(toml)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: _answers(port), "the service's /healthz", timeout=60)
+        health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        assert (health.status_code, health.json()["healthy"]) == (200, True)
+        wait_for(lambda: status_of(scrape(port), "absent") == "error", "the first run")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, logs = process.communicate(timeout=30)
+    assert process.returncode == 0
+    events = [json.loads(line)["event"] for line in logs.splitlines() if line.startswith("{")]
+    assert {"monitor.started", "monitor.run", "monitor.stopping"} <= set(events)
+
+
+def _answers(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
