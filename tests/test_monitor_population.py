@@ -3,6 +3,8 @@ synthetic data: milliseconds each."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +100,16 @@ def test_config_names_the_bad_schedule_and_keeps_defaults(tmp_path: Path) -> Non
 def test_webhook_label_hides_the_path_and_query() -> None:
     url = "https://hooks.example.com:8443/services/T0/B0/s3cret?token=abc"
     assert webhook_label(url) == "https://hooks.example.com:8443/..."
+
+
+def test_the_population_statistics_import_no_io_library() -> None:
+    """guard.core.population belongs to the functional core: numpy only."""
+    probe = (
+        "import sys, guard.core.population\n"
+        "print(sorted(m for m in ('psycopg', 'qdrant_client', 'httpx', 'llama_cpp', "
+        "'apscheduler', 'prometheus_client') if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "[]"
