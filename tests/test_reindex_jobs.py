@@ -142,9 +142,9 @@ def _verify_all(job_id: str) -> dict[str, Any]:
 def test_killed_workers_resume_and_verify_proves_the_target(
     state_dsn: str, source: str, candidate: str
 ) -> None:
-    """SIGKILL `guard reindex run` at random moments; resumed runs finish the job and
-    verify proves exactly the source ids, each vector the candidate's embedding of its
-    text, and the source untouched."""
+    """SIGTERM once, then SIGKILL `guard reindex run` at random moments; resumed runs
+    finish the job and verify proves exactly the source ids, each vector the candidate's
+    embedding of its text, and the source untouched."""
     before = snapshot(source)
     planned = subprocess.run(
         guard_cmd(
@@ -156,6 +156,7 @@ def test_killed_workers_resume_and_verify_proves_the_target(
     plan_out = json.loads(planned.stdout)
     job_id = plan_out["job_id"]
     assert plan_out["target"].endswith(uuid.UUID(job_id).hex[:8])
+    _stop_gracefully(job_id)
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     kills = 0
@@ -194,6 +195,28 @@ def test_killed_workers_resume_and_verify_proves_the_target(
             (uuid.UUID(job_id),),
         ).fetchone()
     assert retaken is not None and retaken[0] >= 1  # a dead worker's lease was taken over
+
+
+def _stop_gracefully(job_id: str) -> None:
+    """SIGTERM: the worker gives its leases back at once and says it was interrupted."""
+    done_before = _batches_done(job_id)
+    worker = subprocess.Popen(
+        guard_cmd("run", job_id, "--lease-seconds", "30", "--format", "json"),
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while worker.poll() is None and _batches_done(job_id) == done_before:
+        assert time.monotonic() < deadline, "the worker made no progress"
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGTERM)
+    out, _ = worker.communicate(timeout=30)
+    assert (worker.returncode, json.loads(out)["stopped"]) == (0, "interrupted")
+    with connect() as conn:
+        leased = conn.execute(
+            "SELECT count(*) FROM guard_reindex_batches WHERE job_id = %s AND status = 'leased'",
+            (uuid.UUID(job_id),),
+        ).fetchone()
+    assert leased == (0,)
 
 
 def test_two_workers_process_disjoint_batches(

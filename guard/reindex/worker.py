@@ -508,7 +508,9 @@ class _Worker:
                 item = self._get(self.to_embed)
                 if item is _END:
                     break
-                if item.lease.token in self.dead:
+                if self.stop.is_set() or item.lease.token in self.dead:
+                    # Stopping: drop the rest, final markers too, so that no batch is marked
+                    # done without all of its chunks; released leases redo them later.
                     continue
                 if item.final:
                     self._put(self.to_write, item)
