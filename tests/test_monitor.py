@@ -422,6 +422,13 @@ def test_alert_delivery_is_retried_and_a_failed_one_is_sent_by_the_next_run(
     assert [run.status for run in runs] == ["error"] * 3
     assert exit_code(runs) == 2
     assert (receiver.requests, receiver.statuses("missing")) == (5, ["error"])
+    delivered = {
+        delivery: service.metrics.registry.get_sample_value(
+            "guard_watch_alerts_total", {"watch": "missing", "delivery": delivery}
+        )
+        for delivery in ("failed", "sent")
+    }
+    assert delivered == {"failed": 1.0, "sent": 1.0}
     from guard.monitor.history import open_history
 
     with open_history(state_dsn) as history:

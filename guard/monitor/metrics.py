@@ -53,6 +53,12 @@ class MonitorMetrics:
         self.runs = Counter(
             "guard_watch_runs", "Runs by status", ["watch", "status"], registry=self.registry
         )
+        self.alerts = Counter(
+            "guard_watch_alerts",
+            "Alerts by delivery (sent, or failed after every retry)",
+            ["watch", "delivery"],
+            registry=self.registry,
+        )
 
     def observe(self, run: RunResult) -> None:
         watch = run.watch

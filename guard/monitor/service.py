@@ -72,6 +72,7 @@ class MonitorService:
                             backoff_seconds=settings.alert_backoff_seconds,
                         )
                         delivery = "sent" if delivered else "failed"
+                        self.metrics.alerts.labels(watch.name, delivery).inc()
                     if delivery != "failed":
                         history.save_alerted(watch.name, run.status)
                 history.record(run, delivery)
