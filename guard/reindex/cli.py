@@ -131,7 +131,12 @@ def status(job_id: JobId, output_format: FormatOption = Format.text) -> None:
     total = max(result.records, 1)
     out.print(f"job {result.job_id}  {result.state}{' (paused)' if result.paused else ''}")
     out.print(f"{result.source} -> {result.target}", highlight=False)
-    out.print(ProgressBar(total=total, completed=min(result.done, total), width=40))
+    bar = Table.grid(padding=(0, 1))
+    bar.add_row(
+        ProgressBar(total=total, completed=min(result.done, total), width=40),
+        f"{100 * min(result.done, total) / total:.0f}%",
+    )
+    out.print(bar)
     rate = f"{result.rate:.1f} records/s" if result.rate else "no rate yet"
     out.print(
         f"{result.done}/{result.records} records ({result.written} written, "
