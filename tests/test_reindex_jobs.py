@@ -438,10 +438,10 @@ def test_unsafe_fingerprint_change_is_refused(
 
 
 def test_plan_from_a_check_report(
-    state_dsn: str, source: str, candidate: str, tmp_path: Path
+    state_dsn: str, source: str, candidate: str, tmp_path: Path, store_kind: str
 ) -> None:
     """The store comes from the report; a candidate other than the one the report
-    checked is refused."""
+    checked is refused; a Qdrant source that is no alias gets told how cutover works."""
     engine = open_engine(candidate)
     fingerprint = engine.fingerprint()
     engine.close()
@@ -450,7 +450,10 @@ def test_plan_from_a_check_report(
         json.dumps({"verdict": "reindex", "store": {"uri": source}, "candidate": fingerprint})
     )
     planned = plan_job(store=None, candidate=candidate, report=report, batch_size=BATCH)
-    assert (planned.records, planned.batches, planned.notes) == (RECORDS, RECORDS // BATCH, [])
+    assert (planned.records, planned.batches) == (RECORDS, RECORDS // BATCH)
+    assert ["--alias" in note for note in planned.notes] == (
+        [True] if store_kind.startswith("qdrant") else []
+    )
 
     other = {**fingerprint, "settings": {**fingerprint["settings"], "normalize": True}}
     report.write_text(

@@ -23,9 +23,15 @@ from guard.engines import EmbeddingEngine, open_engine
 from guard.errors import ConfigError, GuardError, ReindexError
 from guard.logs import get_logger
 from guard.records import RecordId
-from guard.reindex.provenance import Window, fingerprint_hash, has_text, target_uri
+from guard.reindex.provenance import (
+    Window,
+    fingerprint_hash,
+    has_text,
+    store_name,
+    target_uri,
+)
 from guard.reindex.state import Conn, connect
-from guard.reindex.targets import create_target
+from guard.reindex.targets import create_target, is_qdrant, qdrant_alias_target
 from guard.stores import VectorStore, open_store
 from guard.uri import redact
 
@@ -210,6 +216,7 @@ def plan_job(
                 "check this candidate first"
             )
         dims, rate = _measure(engine, source_store)
+        notes += _switch_notes(store)
         with connect(dsn) as conn:
             batches = _insert_job(
                 conn, job_id, store, target, candidate, fingerprint, dims, info.distance,
@@ -245,6 +252,19 @@ def plan_job(
     )
     log.info("re-index planned", job=plan.job_id, target=plan.target, records=records)
     return plan
+
+
+def _switch_notes(store: str) -> list[str]:
+    """How readers will be switched, when it needs the operator's attention now."""
+    if not is_qdrant(store):
+        return []
+    name = store_name(store)
+    if qdrant_alias_target(store, name) is not None:
+        return []
+    return [
+        f"{name!r} is a real collection: readers can only switch atomically through an "
+        f"alias, so give cutover --alias NAME, the alias your application queries"
+    ]
 
 
 def _measure(engine: EmbeddingEngine, store: VectorStore) -> tuple[int, float]:

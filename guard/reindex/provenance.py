@@ -76,6 +76,16 @@ def target_uri(source_uri: str, job_id: uuid.UUID) -> str:
     return urlunsplit(parts._replace(query=urlencode(renamed, safe="/:@")))
 
 
+def store_name(uri: str) -> str:
+    """The collection (or alias) or table a store URI names."""
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if scheme in ("qdrant+http", "qdrant+https"):
+        return parts.path.strip("/")
+    key = "collection" if scheme == "qdrant+local" else "table"
+    return dict(parse_qsl(parts.query)).get(key, "")
+
+
 @dataclass(frozen=True)
 class Window:
     """Hours of the day when workers may run, in the worker's local time; may wrap

@@ -20,10 +20,9 @@ from guard.errors import ReindexError
 from guard.logs import get_logger
 from guard.reindex import targets
 from guard.reindex.jobs import Job, load_job
-from guard.reindex.provenance import short_id
+from guard.reindex.provenance import short_id, store_name
 from guard.reindex.state import connect
 from guard.stores import open_store
-from guard.uri import parse
 
 log = get_logger(__name__)
 
@@ -37,14 +36,6 @@ class Switched:
 
     def as_dict(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "state": self.state, "live": self.live, "kept": self.kept}
-
-
-def _name(uri: str) -> str:
-    """The collection or table a store URI names."""
-    parsed = parse(uri)
-    if parsed.scheme in ("qdrant+http", "qdrant+https"):
-        return parsed.path.strip("/")
-    return parsed.params["collection" if parsed.scheme == "qdrant+local" else "table"]
 
 
 def _with_name(uri: str, name: str) -> str:
@@ -107,7 +98,7 @@ def cutover(
 
 
 def _qdrant_cutover(job: Job, alias: str | None) -> dict[str, Any]:
-    name, new = _name(job.source_uri), _name(job.target_uri)
+    name, new = store_name(job.source_uri), store_name(job.target_uri)
     points_at = targets.qdrant_alias_target(job.source_uri, name)
     if points_at is not None:  # the source URI names the alias the application queries
         if alias not in (None, name):
@@ -149,7 +140,7 @@ def _pg_location(job: Job) -> tuple[str, str, str]:
     finally:
         store.close()
     schema = str(info.details.get("schema") or "public")
-    return schema, _name(job.source_uri), _name(job.target_uri)
+    return schema, store_name(job.source_uri), store_name(job.target_uri)
 
 
 def rollback(job_ref: str, *, dsn: str | None = None) -> Switched:
@@ -194,7 +185,7 @@ def cleanup(job_ref: str, *, dsn: str | None = None) -> Switched:
             targets.pg_drop(job.source_uri, details["schema"], details["old"], details["table"])
         live, dropped = details["table" if not qdrant else "new"], details["old"]
     else:
-        live, dropped = _name(job.source_uri), _name(job.target_uri)
+        live, dropped = store_name(job.source_uri), store_name(job.target_uri)
         if qdrant:
             targets.qdrant_drop(job.source_uri, dropped)
         else:
