@@ -226,7 +226,7 @@ def test_two_workers_process_disjoint_batches(
     together."""
     if store_kind == "qdrant-local":
         pytest.skip("qdrant-client's local mode allows one process per folder")
-    job_id = plan(source, candidate, max_rate=30)
+    job_id = plan(source, candidate, max_rate=10)  # slow enough for both to start
     workers = [
         subprocess.Popen(
             guard_cmd("run", job_id, "--format", "json"),
