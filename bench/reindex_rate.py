@@ -9,6 +9,8 @@ Prints, per store:
 - pipeline / engine: end-to-end re-index rate (``guard reindex run``, in-process) over
   the candidate engine's own rate embedding the same texts (target >= 0.95);
 - pipeline / naive: over a loop that reads one record, embeds it and writes it;
+- engine busy: the share of the worker's time spent inside the engine; 1.0 means the
+  stores never kept it waiting, whatever else runs on the machine;
 - peak RSS of a worker process re-indexing N records, for each N (target: flat).
 
 Each measurement opens a fresh engine, so model loading counts on both sides; engine and
@@ -87,8 +89,9 @@ def engine_rate(candidate: str, texts: list[str]) -> float:
     return len(texts) / (time.perf_counter() - started)
 
 
-def pipeline_rate(source: str, candidate: str, n: int) -> tuple[float, int]:
-    """Records per second of one worker process on a fresh job, and its peak RSS (KiB)."""
+def pipeline_rate(source: str, candidate: str, n: int) -> tuple[float, int, float]:
+    """Records per second of one worker process on a fresh job, its peak RSS (KiB), and
+    the share of its time the engine spent embedding (1.0: never waiting on the stores)."""
     job = plan_job(store=source, candidate=candidate, batch_size=1000).job_id
     started = time.perf_counter()
     out = subprocess.run(
@@ -99,7 +102,8 @@ def pipeline_rate(source: str, candidate: str, n: int) -> tuple[float, int]:
     if report["written"] != n:
         sys.exit(f"the worker wrote {report['written']} of {n} records: {out.stderr[-2000:]}")
     # The worker's own wall time: its interpreter start-up is not the pipeline's.
-    return n / report["seconds"] if report["seconds"] > 0 else n / elapsed, report["max_rss_kib"]
+    rate = n / report["seconds"] if report["seconds"] > 0 else n / elapsed
+    return rate, report["max_rss_kib"], report["engine_busy"]
 
 
 def naive_rate(source: str, candidate: str, n: int) -> float:
@@ -136,7 +140,16 @@ def worker_main(job_id: str) -> None:
     result = run_worker(job_id, lease_seconds=120)
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"written": result.written, "seconds": seconds, "max_rss_kib": peak}))
+    print(
+        json.dumps(
+            {
+                "written": result.written,
+                "seconds": seconds,
+                "max_rss_kib": peak,
+                "engine_busy": result.engine_busy,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -159,26 +172,29 @@ def main() -> None:
     for kind in args.stores:
         source = make_source(kind, folder, pg, args.rate_records, args.text_chars)
         # Engine and pipeline alternate, so both see the same background load; best of each.
-        raws, pipes, rss = [], [], 0
+        raws, pipes, busy, rss = [], [], [], 0
         for _ in range(args.repeats):
             raws.append(engine_rate(candidate, texts))
-            piped, rss = pipeline_rate(source, candidate, args.rate_records)
+            piped, rss, engine_busy = pipeline_rate(source, candidate, args.rate_records)
             pipes.append(piped)
+            busy.append(engine_busy)
         naive = naive_rate(source, candidate, args.naive_records)
         raw, piped = max(raws), max(pipes)
         print(
             f"{kind}: engine {' '.join(f'{r:.1f}' for r in raws)} texts/s, pipeline "
             f"{' '.join(f'{p:.1f}' for p in pipes)} records/s on {args.rate_records}: "
             f"{piped / raw:.3f} x engine (best of each), {piped / naive:.2f} x naive loop "
-            f"({naive:.1f} records/s on {args.naive_records}); "
+            f"({naive:.1f} records/s on {args.naive_records}); engine busy "
+            f"{' '.join(f'{b:.3f}' for b in busy)} of the pipeline's time; "
             f"peak RSS {rss / 1024:.0f} MiB",
             flush=True,
         )
         for n in args.rss_records:
             big = make_source(kind, folder, pg, n, args.text_chars)
-            rate, rss = pipeline_rate(big, candidate, n)
+            rate, rss, engine_busy = pipeline_rate(big, candidate, n)
             print(
-                f"{kind}: {n} records: peak RSS {rss / 1024:.0f} MiB, {rate:.1f} records/s",
+                f"{kind}: {n} records: peak RSS {rss / 1024:.0f} MiB, {rate:.1f} records/s, "
+                f"engine busy {engine_busy:.3f}",
                 flush=True,
             )
 

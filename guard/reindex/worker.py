@@ -86,6 +86,7 @@ class RunResult:
     skipped: int
     stopped: str  # done, paused, window, interrupted, failed
     failed_batches: int
+    engine_busy: float  # share of the run the engine spent embedding: 1.0 = never starved
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -96,6 +97,7 @@ class RunResult:
             "skipped": self.skipped,
             "stopped": self.stopped,
             "failed_batches": self.failed_batches,
+            "engine_busy": round(self.engine_busy, 3),
         }
 
 
@@ -348,6 +350,7 @@ class _Worker:
         self.stopped = "done"
         self.errors: list[BaseException] = []
         self.batches_done = self.written = self.skipped = 0
+        self.embedding_s = 0.0
         self.to_embed: queue.Queue[Any] = queue.Queue(QUEUE_DEPTH)
         self.to_write: queue.Queue[Any] = queue.Queue(QUEUE_DEPTH)
 
@@ -355,6 +358,7 @@ class _Worker:
         return Ledger(connect(self.dsn), self.job, self.worker, self.lease_seconds)
 
     def run(self) -> RunResult:
+        started = time.perf_counter()
         source = open_store(self.job.source_uri)
         target = open_store(self.job.target_uri)
         engine = open_engine(self.job.candidate_uri)
@@ -404,10 +408,11 @@ class _Worker:
             engine.close()
             target.close()
             source.close()
-        log.info("worker stopped", job=self.job.short, reason=self.stopped)
+        busy = self.embedding_s / max(time.perf_counter() - started, 1e-9)
+        log.info("worker stopped", job=self.job.short, reason=self.stopped, engine_busy=busy)
         return RunResult(
             str(self.job.id), self.worker, self.batches_done, self.written, self.skipped,
-            self.stopped, failed,
+            self.stopped, failed, busy,
         )  # fmt: skip
 
     def _guarded(self, stage: Any, resource: Any) -> None:
@@ -516,11 +521,14 @@ class _Worker:
                     self._put(self.to_write, item)
                     continue
                 pacer.wait(len(item.batch), self.stop)
+                began = time.perf_counter()
                 try:
                     records, skipped = embed_records(engine, item.batch, self.job.fingerprint_hash)
                 except GuardError as exc:
                     self._failed(ledger, item.lease, exc)
                     continue
+                finally:
+                    self.embedding_s += time.perf_counter() - began
                 self._put(self.to_write, _Item(item.lease, records, skipped))
         finally:
             self._put(self.to_write, _END)
