@@ -26,6 +26,7 @@ import httpx
 import numpy as np
 import psycopg
 import pytest
+import structlog
 from fixtures_models import free_port
 from psycopg.conninfo import make_conninfo
 
@@ -38,6 +39,15 @@ from guard.stores import open_store
 
 STORED = 32  # records in the scheduled watches' stores: small enough for 1 s runs
 OLD, NEW = 100, 40  # the population test's older and newer records
+
+
+@pytest.fixture(autouse=True)
+def _keep_logging() -> Iterator[None]:
+    """The CLI points structlog at the stream it ran with (a test's capture, closed
+    afterwards); put the configuration back so later tests can log."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture(scope="module")
