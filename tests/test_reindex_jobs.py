@@ -471,3 +471,19 @@ def test_workers_stay_out_of_the_window(state_dsn: str, source: str, candidate: 
     result = run_worker(job_id)
     assert (result.stopped, result.batches_done) == ("window", 0)
     assert job_status(job_id).window == window
+
+
+def test_the_scheduler_runs_only_due_jobs(state_dsn: str, source: str, candidate: str) -> None:
+    """Jobs inside their window (or without one) are due; paused jobs and jobs outside
+    their window are not; running the due ones finishes them."""
+    from guard.reindex.schedule import due_jobs, run_due_jobs
+
+    later = datetime.now() + timedelta(hours=2)
+    anytime = plan(source, candidate)
+    not_now = plan(source, candidate, window=f"{later:%H:%M}-{later + timedelta(hours=1):%H:%M}")
+    paused = plan(source, candidate)
+    set_paused(paused, True)
+    assert [str(job.id) for job in due_jobs()] == [anytime]
+    assert [r.job_id for r in run_due_jobs()] == [anytime]
+    assert due_jobs() == []
+    assert job_status(anytime).complete and not job_status(not_now).complete

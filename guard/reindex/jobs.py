@@ -40,7 +40,7 @@ log = get_logger(__name__)
 RATE_SAMPLE = 32  # texts embedded at plan time to measure the engine's rate
 DEFAULT_MAX_ATTEMPTS = 5
 
-_JOB_COLUMNS = (
+JOB_COLUMNS = (
     "id, created_at, source_uri, target_uri, candidate_uri, fingerprint_hash, dims, distance,"
     " total_records, batch_size, max_attempts, window_start, window_end, max_rate,"
     " measured_rate, paused, state, cutover, started_at, finished_at"
@@ -94,7 +94,7 @@ def load_job(conn: Conn, job_ref: str) -> Job:
     if len(ref) < 8 or any(c not in "0123456789abcdef" for c in ref):
         raise ConfigError(f"job id must be at least 8 hex digits, not {job_ref!r}")
     found = conn.execute(
-        f"SELECT {_JOB_COLUMNS} FROM guard_reindex_jobs"  # noqa: S608 - constant columns
+        f"SELECT {JOB_COLUMNS} FROM guard_reindex_jobs"  # noqa: S608 - constant columns
         " WHERE replace(id::text, '-', '') LIKE %s ORDER BY created_at LIMIT 2",
         (ref + "%",),
     ).fetchall()
