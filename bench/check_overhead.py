@@ -56,14 +56,16 @@ def main() -> None:
     started = time.perf_counter()
     report = run_check(store, engine, thresholds=thresholds, seed=1)
     check_seconds = time.perf_counter() - started
-    embedded = store.sample(thresholds.max_sample, seed=1).with_text().texts[
-        : report.sample["size"]
-    ]
+    embedded = (
+        store.sample(thresholds.max_sample, seed=1).with_text().texts[: report.sample["size"]]
+    )
     raw = open_engine(f16)
     started = time.perf_counter()
     raw.embed([text or "" for text in embedded])
     raw_seconds = time.perf_counter() - started
-    print(f"check of {report.sample['size']} records: {check_seconds:.2f} s, verdict {report.verdict}")
+    print(
+        f"check of {report.sample['size']} records: {check_seconds:.2f} s, verdict {report.verdict}"
+    )
     print(f"raw engine on the same texts:  {raw_seconds:.2f} s")
     print(f"check / raw engine:            {check_seconds / raw_seconds:.3f}  (target <= 1.10)")
     print("check phases:", {k: round(v, 2) for k, v in report.timing.items()})
@@ -100,7 +102,9 @@ def _fill(folder: Path, kind: str, name: str, texts: list[str], vectors: np.ndar
     store.create(dims=vectors.shape[1], distance="cosine")
     for start in range(0, len(texts), 500):
         stop = min(start + 500, len(texts))
-        store.upsert(RecordBatch(tuple(range(start, stop)), tuple(texts[start:stop]), vectors[start:stop]))
+        store.upsert(
+            RecordBatch(tuple(range(start, stop)), tuple(texts[start:stop]), vectors[start:stop])
+        )
     store.close()
     return uri
 

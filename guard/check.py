@@ -22,7 +22,7 @@ from guard.core.policy import Thresholds, decide
 from guard.core.selfcheck import selfcheck
 from guard.core.stats import Bound, bound, plan_rounds
 from guard.engines import EmbeddingEngine
-from guard.errors import StoreError
+from guard.errors import ConfigError, StoreError
 from guard.logs import get_logger
 from guard.records import RecordBatch, StoreInfo, Vectors
 from guard.report import CheckReport, build_report
@@ -258,7 +258,10 @@ def _with_alternatives(
     stored = measured.records.vectors[rows]
     alternatives = []
     for setting in wanted:
-        engine = candidate.with_options(**setting)
+        try:
+            engine = candidate.with_options(**setting)
+        except ConfigError:  # e.g. pooling on an HTTP engine: the server decides it
+            continue
         try:
             vectors = engine.embed(texts)
         finally:

@@ -92,10 +92,14 @@ def fill_store(store: VectorStore, texts: Sequence[str], vectors: np.ndarray) ->
 
 
 def demo_candidates(built: dict[str, Path]) -> dict[str, str]:
-    """The GGUF builds as they come, and F16 with the reference's 256-token limit."""
-    candidates = {name: f"llamacpp:{path}" for name, path in built.items() if name != "Q4_K_M"}
-    candidates["F16, max_tokens=256"] = f"llamacpp:{built['F16']}?max_tokens=256"
-    return candidates
+    """F16 as llama.cpp runs it by default, then each build with the reference's limit."""
+    limit = "?max_tokens=256"
+    return {
+        "F16": f"llamacpp:{built['F16']}",
+        "F16 max_tokens=256": f"llamacpp:{built['F16']}{limit}",
+        "Q8_0 max_tokens=256": f"llamacpp:{built['Q8_0']}{limit}",
+        "Q4_0 max_tokens=256": f"llamacpp:{built['Q4_0']}{limit}",
+    }
 
 
 def run_demo(console: Console, *, limit: int, sample_size: int, seed: int) -> list[CandidateResult]:
@@ -104,6 +108,8 @@ def run_demo(console: Console, *, limit: int, sample_size: int, seed: int) -> li
     texts = models.demo_corpus(limit)
     console.print(f"Corpus: {len(texts)} paragraphs of the Python documentation.")
     stores = [open_store(uri) for uri in demo_store_uris()]
+    for store in stores:
+        console.print(f"Store: {store.uri}")
     if any(_stored_count(store) != len(texts) for store in stores):
         reference = open_engine(f"st:{models.reference_model_dir()}")
         with _progress(console) as progress:
@@ -141,14 +147,14 @@ def _stored_count(store: VectorStore) -> int | None:
 
 def _results_table(results: Sequence[CandidateResult]) -> Table:
     table = Table(title="GGUF candidates against the stored sentence-transformers vectors")
-    for column in ("store", "candidate", "records", "cosine min", "p1", "median", "texts/s"):
+    for column in ("store", "candidate", "records", "cos min", "p1", "median", "texts/s"):
         table.add_column(column, justify="left" if column in {"store", "candidate"} else "right")
     table.add_column("verdict")
     table.add_column("diagnosis")
     for r in results:
         cosine = r.report.metrics["cosine"] or {}
         table.add_row(
-            r.store,
+            r.store.split(":", 1)[0],
             r.candidate,
             str(r.report.sample["size"]),
             _fmt(cosine.get("min")),
@@ -162,4 +168,4 @@ def _results_table(results: Sequence[CandidateResult]) -> Table:
 
 
 def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.6f}"
+    return "-" if value is None else f"{value:.4f}"

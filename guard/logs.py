@@ -26,6 +26,11 @@ def redact_secrets(
     return event_dict
 
 
+def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
+    """Whatever sys.stderr is now: tests and embedding programs swap it out."""
+    return structlog.PrintLogger(sys.stderr)
+
+
 def configure(log_format: str = "console", verbose: int = 0) -> None:
     level = logging.WARNING - 10 * min(verbose, 2)
     renderer: Any = (
@@ -42,7 +47,7 @@ def configure(log_format: str = "console", verbose: int = 0) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
 

@@ -59,8 +59,6 @@ __all__ = [
 ]
 
 REPO = Path(__file__).resolve().parents[1]
-# Where this machine keeps the extracted llama-cpp-python sdist; CI sets GUARD_LLAMACPP_SRC.
-_LOCAL_LLAMACPP_SRC = Path("/tmp/llama_cpp_python-0.3.36/vendor/llama.cpp")
 
 
 def free_port() -> int:
@@ -77,7 +75,10 @@ def models_cache() -> Path:
 
 @pytest.fixture(scope="session")
 def llama_cpp_src() -> Path:
-    return Path(os.environ.get("GUARD_LLAMACPP_SRC") or _LOCAL_LLAMACPP_SRC)
+    """Where scripts/bootstrap.sh puts llama.cpp's converter (or GUARD_LLAMACPP_SRC)."""
+    from guard.paths import llama_cpp_src as default
+
+    return default()
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,8 @@ class Format(StrEnum):
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
-        "--config", help="guard.toml with [[watch]] and [monitor] (default ./guard.toml)."
+        "--config",
+        help="guard.toml with \\[\\[watch]] and \\[monitor] tables (default ./guard.toml).",
     ),
 ]
 DEFAULT_CONFIG = Path("guard.toml")
