@@ -84,7 +84,9 @@ def open_store(uri: str) -> VectorStore:
     target = STORES.get(parsed.scheme)
     if target is None:
         known = ", ".join(sorted(STORES))
-        raise ConfigError(f"unknown store scheme {parsed.scheme!r} in {redact(uri)} (known: {known})")
+        raise ConfigError(
+            f"unknown store scheme {parsed.scheme!r} in {redact(uri)} (known: {known})"
+        )
     module_name, class_name = target.split(":")
     store: VectorStore = getattr(importlib.import_module(module_name), class_name)(parsed)
     return store

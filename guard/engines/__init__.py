@@ -100,7 +100,9 @@ def open_engine(uri: str) -> EmbeddingEngine:
     target = ENGINES.get(parsed.scheme)
     if target is None:
         known = ", ".join(sorted(ENGINES))
-        raise ConfigError(f"unknown engine scheme {parsed.scheme!r} in {redact(uri)} (known: {known})")
+        raise ConfigError(
+            f"unknown engine scheme {parsed.scheme!r} in {redact(uri)} (known: {known})"
+        )
     module_name, class_name = target.split(":")
     try:
         module = importlib.import_module(module_name)
@@ -110,5 +112,3 @@ def open_engine(uri: str) -> EmbeddingEngine:
         ) from exc
     engine: EmbeddingEngine = getattr(module, class_name)(parsed)
     return engine
-
-
