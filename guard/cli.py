@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from guard import __version__, logs
 from guard.errors import GuardError
@@ -199,5 +200,7 @@ def main() -> None:
 
 
 def _fail(message: str, code: int) -> None:
-    stderr.print(f"[bold red]error:[/] {redact(message)}", highlight=False, soft_wrap=True)
+    stderr.print(
+        f"[bold red]error:[/] {escape(redact(message))}", highlight=False, soft_wrap=True
+    )
     sys.exit(code)

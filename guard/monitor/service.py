@@ -18,6 +18,7 @@ from typing import Any
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
 
 from guard.config import GuardConfig, WatchConfig, thresholds_from
 from guard.errors import ConfigError, GuardError
@@ -27,6 +28,7 @@ from guard.monitor.history import open_history
 from guard.monitor.metrics import MonitorMetrics, serve
 from guard.monitor.run import RunResult, run_watch
 from guard.monitor.schedule import parse_schedule
+from guard.reindex.schedule import run_due_jobs
 from guard.uri import redact
 
 log = get_logger(__name__)
@@ -34,7 +36,7 @@ log = get_logger(__name__)
 
 class MonitorService:
     def __init__(self, config: GuardConfig) -> None:
-        if not config.watch:
+        if not config.watch and not config.monitor.reindex_every_seconds:
             raise ConfigError("no [[watch]] tables in the config: nothing to monitor")
         self.config = config
         self.metrics = MonitorMetrics()
@@ -122,6 +124,17 @@ class MonitorService:
                 max_instances=1,
                 misfire_grace_time=settings.misfire_grace_seconds,
                 **first,
+            )
+        if settings.reindex_every_seconds:
+            scheduler.add_job(
+                run_due_jobs,
+                IntervalTrigger(seconds=settings.reindex_every_seconds, timezone=UTC),
+                kwargs={"dsn": settings.state_dsn},
+                id="reindex",
+                name="re-index jobs due",
+                coalesce=True,
+                max_instances=1,
+                next_run_time=datetime.now(UTC),
             )
         scheduler.start()
         self._scheduler = scheduler

@@ -34,8 +34,9 @@ from guard.stores import open_store
 
 SCAN_PAGE = 1000
 # Stored vectors may be normalised by the store (Qdrant does for cosine) or pass through
-# float16; the same text through the same engine still agrees to about 1e-7.
-MIN_COSINE = 0.9999
+# float16, and llama.cpp's quantised kernels move a vector by up to 2e-4 between a text
+# embedded alone (catch-up) and in a batch (guard.core.selfcheck measures the same).
+MIN_COSINE = 0.999
 MAX_NORM_DIFF = 1e-3
 EXAMPLES = 5
 
