@@ -129,7 +129,14 @@ def run_demo(console: Console, *, limit: int, sample_size: int, seed: int) -> li
             engine.close()
             results.append(CandidateResult(store.uri, name, report))
         store.close()
-    console.print(_results_table(results))
+    console.print(
+        "GGUF candidates against the stored sentence-transformers vectors "
+        "(n records re-embedded; cosine min, p1, median; texts per second):"
+    )
+    for table in _results_tables(results):
+        console.print(table)
+    for line in _diagnoses(results):
+        console.print(line, highlight=False)
     console.print(
         "Exit codes: approve 0, reindex 1, error 2, fix_config 3, reject_candidate 4. "
         "Details of one pair: guard check --store URI --candidate ENGINE"
@@ -145,16 +152,21 @@ def _stored_count(store: VectorStore) -> int | None:
         return None
 
 
-def _results_table(results: Sequence[CandidateResult]) -> Table:
-    table = Table(title="GGUF candidates against the stored sentence-transformers vectors")
-    for column in ("store", "candidate", "records", "cos min", "p1", "median", "texts/s"):
-        table.add_column(column, justify="left" if column in {"store", "candidate"} else "right")
-    table.add_column("verdict")
-    table.add_column("diagnosis")
+def _results_tables(results: Sequence[CandidateResult]) -> list[Table]:
+    """One table per store, narrow enough for an 80-column terminal."""
+    tables: dict[str, Table] = {}
     for r in results:
+        if r.store not in tables:
+            table = Table(
+                title=r.store, title_justify="left", box=None, header_style="bold underline"
+            )
+            table.add_column("candidate", no_wrap=True)
+            for column in ("n", "min", "p1", "median", "text/s"):
+                table.add_column(column, justify="right")
+            table.add_column("verdict", no_wrap=True)
+            tables[r.store] = table
         cosine = r.report.metrics["cosine"] or {}
-        table.add_row(
-            r.store.split(":", 1)[0],
+        tables[r.store].add_row(
             r.candidate,
             str(r.report.sample["size"]),
             _fmt(cosine.get("min")),
@@ -162,9 +174,20 @@ def _results_table(results: Sequence[CandidateResult]) -> Table:
             _fmt(cosine.get("median")),
             f"{r.texts_per_second:.0f}",
             f"[{VERDICT_STYLES.get(r.report.verdict, 'red')}]{r.report.verdict}[/]",
-            ", ".join(f["cause"] for f in r.report.diagnosis) or "-",
         )
-    return table
+    return list(tables.values())
+
+
+def _diagnoses(results: Sequence[CandidateResult]) -> list[str]:
+    """What each candidate's diagnosis says, once per candidate (stores agree)."""
+    lines: dict[str, str] = {}
+    for r in results:
+        for finding in r.report.diagnosis:
+            lines.setdefault(
+                f"{r.candidate}/{finding['cause']}",
+                f"[bold]{r.candidate}[/]: {finding['cause']}: {finding['suggestion']}",
+            )
+    return list(lines.values())
 
 
 def _fmt(value: float | None) -> str:

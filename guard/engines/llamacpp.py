@@ -53,6 +53,17 @@ _FILE_TYPES = {
 _MAX_CONTEXT = 8192
 
 
+@llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+def _silence(_level: int, _text: bytes, _user_data: Any) -> None:
+    """Drop llama.cpp's own log lines. llama-cpp-python's callback maps this llama.cpp's
+    levels one off and prints warnings to stderr, such as the pooling override that the
+    diagnosis asks for on purpose; failures reach the guard as exceptions instead. It
+    must stay trivial: llama.cpp also logs while the interpreter shuts down."""
+
+
+llama_cpp.llama_log_set(_silence, None)
+
+
 class LlamaCppEngine:
     """A GGUF model in this process; loaded on first use and shared by ``with_options``
     copies that keep the same pooling and threads."""
