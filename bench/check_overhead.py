@@ -23,6 +23,7 @@ from guard.check import run_check
 from guard.core.policy import Thresholds
 from guard.corpus import demo_corpus
 from guard.engines import open_engine
+from guard.logs import configure
 from guard.models import build_demo_models
 from guard.paths import models_dir
 from guard.records import RecordBatch
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=1000)
     parser.add_argument("--store", choices=["pgserver", "qdrant"], default="pgserver")
     args = parser.parse_args()
+    configure()
 
     built = build_demo_models(models_dir())
     texts = demo_corpus(args.records)
