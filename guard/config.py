@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from guard.core.policy import Thresholds
 from guard.errors import ConfigError
+
+
+def _known_thresholds(value: dict[str, Any]) -> dict[str, Any]:
+    thresholds_from(value)
+    return value
+
+
+# A `[thresholds]` table: checked against Thresholds when the file is read.
+ThresholdTable = Annotated[dict[str, Any], AfterValidator(_known_thresholds)]
 
 
 class WatchConfig(BaseModel):
@@ -25,16 +34,10 @@ class WatchConfig(BaseModel):
     store: str
     engine: str
     schedule: str = "every 1h"
-    thresholds: dict[str, Any] = Field(default_factory=dict)
+    thresholds: ThresholdTable = Field(default_factory=dict)
     alert_webhook: str | None = None
     # Records re-embedded per run; a monitor run must stay cheap (see docs/runbook.md).
     sample: int = Field(default=200, ge=1)
-
-    @field_validator("thresholds")
-    @classmethod
-    def _known_thresholds(cls, value: dict[str, Any]) -> dict[str, Any]:
-        thresholds_from(value)
-        return value
 
     @field_validator("schedule")
     @classmethod
@@ -67,15 +70,9 @@ class MonitorConfig(BaseModel):
 class GuardConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    thresholds: dict[str, Any] = Field(default_factory=dict)
+    thresholds: ThresholdTable = Field(default_factory=dict)
     watch: list[WatchConfig] = Field(default_factory=list)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
-
-    @field_validator("thresholds")
-    @classmethod
-    def _known_thresholds(cls, value: dict[str, Any]) -> dict[str, Any]:
-        thresholds_from(value)
-        return value
 
     @field_validator("watch")
     @classmethod

@@ -6,13 +6,11 @@ imported only when a URI asks for them.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
-from guard.errors import ConfigError
 from guard.records import Distance, RecordBatch, RecordId, StoreInfo, Vectors
-from guard.uri import parse, redact
+from guard.registry import instantiate
 
 
 @runtime_checkable
@@ -80,13 +78,5 @@ STORES: dict[str, str] = {
 
 
 def open_store(uri: str) -> VectorStore:
-    parsed = parse(uri)
-    target = STORES.get(parsed.scheme)
-    if target is None:
-        known = ", ".join(sorted(STORES))
-        raise ConfigError(
-            f"unknown store scheme {parsed.scheme!r} in {redact(uri)} (known: {known})"
-        )
-    module_name, class_name = target.split(":")
-    store: VectorStore = getattr(importlib.import_module(module_name), class_name)(parsed)
+    store: VectorStore = instantiate(STORES, uri, "store")
     return store

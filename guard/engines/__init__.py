@@ -5,14 +5,14 @@ Each engine lives in its own module here and is imported only when a URI asks fo
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from guard.errors import ConfigError
 from guard.records import Vectors
-from guard.uri import as_bool, as_int, parse, redact
+from guard.registry import instantiate
+from guard.uri import as_bool, as_int
 
 Pooling = Literal["mean", "cls", "last"]
 OPTION_NAMES = ("max_tokens", "prefix", "normalize", "pooling", "batch_size", "n_threads")
@@ -96,19 +96,5 @@ ENGINES: dict[str, str] = {
 
 
 def open_engine(uri: str) -> EmbeddingEngine:
-    parsed = parse(uri)
-    target = ENGINES.get(parsed.scheme)
-    if target is None:
-        known = ", ".join(sorted(ENGINES))
-        raise ConfigError(
-            f"unknown engine scheme {parsed.scheme!r} in {redact(uri)} (known: {known})"
-        )
-    module_name, class_name = target.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(
-            f"engine {parsed.scheme!r} needs an optional package that is not installed: {exc.name}"
-        ) from exc
-    engine: EmbeddingEngine = getattr(module, class_name)(parsed)
+    engine: EmbeddingEngine = instantiate(ENGINES, uri, "engine")
     return engine
