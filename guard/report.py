@@ -378,12 +378,12 @@ def _histogram_svg(report: CheckReport) -> str:
     hist = report.metrics["histogram"]
     edges, counts = hist["edges"], hist["counts"]
     threshold = report.thresholds["min_cosine"]
-    width, height, left, bottom, top = 640, 230, 40, 40, 34
+    width, height, left, bottom, top = 640, 246, 40, 56, 34
     bar = (width - left - 10) / len(counts)
     peak = max(max(counts), 1)
     parts = []
     for i, count in enumerate(counts):
-        h = (height - top - bottom) * count / peak
+        h = max((height - top - bottom) * count / peak, 3.0 if count else 0.0)  # seen, if rare
         x = left + i * bar
         y = height - bottom - h
         fill = "#cf222e" if edges[i + 1] <= threshold else "#1a7f37"
@@ -413,7 +413,7 @@ def _length_svg(report: CheckReport) -> str:
     threshold: float = report.thresholds["min_cosine"]
     lowest = min([b["min"] for b in buckets] + [threshold])
     floor: float = math.floor(min(lowest, 0.9) * 20) / 20  # a round lower edge for the scale
-    width, height, left, bottom, top = 640, 230, 40, 40, 34
+    width, height, left, bottom, top = 640, 246, 40, 56, 34
     span = height - top - bottom
     column = (width - left - 10) / len(buckets)
 
@@ -433,7 +433,9 @@ def _length_svg(report: CheckReport) -> str:
             f'<text x="{x + column / 2:.1f}" y="{height - bottom + 14}" text-anchor="middle">'
             f"{html.escape(b['tokens'])} tokens ({b['count']})</text>"
             f'<text x="{x + column / 2:.1f}" y="{height - bottom + 28}" text-anchor="middle">'
-            f"median {b['median']:.6g}, min {b['min']:.4g}</text>"
+            f"median {b['median']:.6f}</text>"
+            f'<text x="{x + column / 2:.1f}" y="{height - bottom + 42}" text-anchor="middle">'
+            f"min {b['min']:.6f}</text>"
         )
     t = y(threshold)
     return (
