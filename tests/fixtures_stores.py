@@ -29,6 +29,7 @@ import numpy as np
 import psycopg
 import pytest
 from pgvector.psycopg import register_vector
+from psycopg.conninfo import make_conninfo
 
 from guard.pgserver import embedded_dsn
 from guard.records import RecordBatch
@@ -43,6 +44,7 @@ __all__ = [
     "pg_schema",
     "qdrant_dir",
     "qdrant_url_uri",
+    "state_dsn",
     "store_kind",
     "unit_vectors",
 ]
@@ -91,6 +93,20 @@ def pg_dsn() -> str:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
     return dsn
+
+
+@pytest.fixture
+def state_dsn(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A state database of the test's own in the session's PostgreSQL, dropped afterwards;
+    GUARD_STATE_DSN points at it, for `guard` subprocesses too."""
+    name = f"state_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    dsn = make_conninfo(pg_dsn, dbname=name)
+    monkeypatch.setenv("GUARD_STATE_DSN", dsn)
+    yield dsn
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

@@ -3,25 +3,10 @@
 from __future__ import annotations
 
 import threading
-import uuid
-from collections.abc import Iterator
 
 import psycopg
-import pytest
-from psycopg.conninfo import make_conninfo
 
 from guard.reindex.state import apply_migrations, connect, migrations
-
-
-@pytest.fixture
-def fresh_dsn(pg_dsn: str) -> Iterator[str]:
-    """A database of the test's own in the session's PostgreSQL, dropped afterwards."""
-    name = f"state_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield make_conninfo(pg_dsn, dbname=name)
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 def test_shipped_files_are_numbered_in_order() -> None:
@@ -30,8 +15,8 @@ def test_shipped_files_are_numbered_in_order() -> None:
     assert versions[0] == "0001"
 
 
-def test_first_run_applies_every_file_and_records_it(fresh_dsn: str) -> None:
-    with psycopg.connect(fresh_dsn) as conn:
+def test_first_run_applies_every_file_and_records_it(state_dsn: str) -> None:
+    with psycopg.connect(state_dsn) as conn:
         applied = apply_migrations(conn)
         recorded = conn.execute(
             "SELECT version, name FROM guard_schema_migrations ORDER BY version"
@@ -53,8 +38,8 @@ def test_first_run_applies_every_file_and_records_it(fresh_dsn: str) -> None:
     } <= tables
 
 
-def test_second_run_applies_nothing(fresh_dsn: str) -> None:
-    with psycopg.connect(fresh_dsn) as conn:
+def test_second_run_applies_nothing(state_dsn: str) -> None:
+    with psycopg.connect(state_dsn) as conn:
         apply_migrations(conn)
         assert apply_migrations(conn) == []
         assert len(migrations()) == conn.execute(
@@ -62,12 +47,12 @@ def test_second_run_applies_nothing(fresh_dsn: str) -> None:
         ).fetchone()[0]  # type: ignore[index]
 
 
-def test_concurrent_start_ups_apply_each_file_once(fresh_dsn: str) -> None:
+def test_concurrent_start_ups_apply_each_file_once(state_dsn: str) -> None:
     """Workers starting together wait on the advisory lock instead of racing."""
     results: list[list[str]] = []
 
     def start() -> None:
-        with psycopg.connect(fresh_dsn) as conn:
+        with psycopg.connect(state_dsn) as conn:
             results.append(apply_migrations(conn))
 
     threads = [threading.Thread(target=start) for _ in range(4)]
@@ -78,7 +63,7 @@ def test_concurrent_start_ups_apply_each_file_once(fresh_dsn: str) -> None:
     assert sorted(v for applied in results for v in applied) == [m.version for m in migrations()]
 
 
-def test_connect_migrates_the_state_database(fresh_dsn: str) -> None:
-    with connect(fresh_dsn) as conn:
+def test_connect_migrates_the_state_database(state_dsn: str) -> None:
+    with connect(state_dsn) as conn:
         row = conn.execute("SELECT count(*) FROM guard_reindex_jobs").fetchone()
     assert row == (0,)

@@ -24,11 +24,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import numpy as np
-import psycopg
 import pytest
 import structlog
 from fixtures_models import free_port
-from psycopg.conninfo import make_conninfo
 
 from guard.config import GuardConfig
 from guard.corpus import demo_corpus
@@ -77,15 +75,6 @@ def q4_vectors(gguf_q4_0: Path, texts: list[str]) -> Vectors:
     return _embed(gguf_q4_0, texts[OLD:])
 
 
-@pytest.fixture
-def state_dsn(pg_dsn: str) -> Iterator[str]:
-    """A state database of the test's own in the session's PostgreSQL."""
-    name = f"state_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield make_conninfo(pg_dsn, dbname=name)
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,6 @@ from typing import Any
 import psycopg
 import pytest
 from fixtures_stores import STORE_KINDS, unit_vectors
-from psycopg.conninfo import make_conninfo
 
 from guard.config import GuardConfig
 from guard.engines import open_engine
@@ -45,17 +44,6 @@ def guard_cmd(*args: str) -> list[str]:
     return [GUARD, "reindex", *args]
 
 
-@pytest.fixture
-def state_dsn(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A state database of the test's own, also seen by `guard` subprocesses."""
-    name = f"state_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    dsn = make_conninfo(pg_dsn, dbname=name)
-    monkeypatch.setenv("GUARD_STATE_DSN", dsn)
-    yield dsn
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,6 @@ import numpy as np
 import psycopg
 import pytest
 import structlog
-from psycopg.conninfo import make_conninfo
 
 from guard.corpus import demo_corpus
 from guard.engines import open_engine
@@ -114,16 +113,6 @@ def guard(
     structlog.configure(**logging)  # the CLI pointed the logs at this test's capture
 
 
-@pytest.fixture
-def state_dsn(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    name = f"state_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    dsn = make_conninfo(pg_dsn, dbname=name)
-    monkeypatch.setenv("GUARD_STATE_DSN", dsn)
-    yield dsn
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module")
