@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 import yaml  # type: ignore[import-untyped]
 from typer.testing import CliRunner
 
@@ -28,15 +26,6 @@ IMAGES = {
     "postgres": ("pgvector/pgvector:pg17", "pg_isready"),
     "embedder": ("ghcr.io/ggml-org/llama.cpp:server", "curl"),
 }
-
-
-@pytest.fixture(autouse=True)
-def _keep_logging() -> Iterator[None]:
-    """The CLI points structlog at the stream it ran with (a test's capture, closed
-    afterwards); put the configuration back so later tests can log."""
-    saved = structlog.get_config()
-    yield
-    structlog.configure(**saved)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,6 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import numpy as np
 import pytest
-import structlog
 from fixtures_models import free_port
 
 from guard.config import GuardConfig
@@ -37,15 +36,6 @@ from guard.stores import open_store
 
 STORED = 32  # records in the scheduled watches' stores: small enough for 1 s runs
 OLD, NEW = 100, 40  # the population test's older and newer records
-
-
-@pytest.fixture(autouse=True)
-def _keep_logging() -> Iterator[None]:
-    """The CLI points structlog at the stream it ran with (a test's capture, closed
-    afterwards); put the configuration back so later tests can log."""
-    saved = structlog.get_config()
-    yield
-    structlog.configure(**saved)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 import psycopg
 import pytest
-import structlog
 
 from guard.corpus import demo_corpus
 from guard.engines import open_engine
@@ -97,8 +96,6 @@ def guard(
     from guard import cli
 
     monkeypatch.chdir(tmp_path)
-    logging = structlog.get_config()
-
     def run(args: list[str]) -> tuple[int, str, str]:
         monkeypatch.setattr(sys, "argv", ["guard", *args])
         capsys.readouterr()
@@ -110,7 +107,6 @@ def guard(
         return code, captured.out, captured.err
 
     yield run
-    structlog.configure(**logging)  # the CLI pointed the logs at this test's capture
 
 
 
