@@ -256,6 +256,33 @@ def _dims(uri: str) -> int:
         store.close()
 
 
+@pytest.mark.parametrize("store_kind", ["qdrant-local"], indirect=True)
+def test_local_targets_journal_in_wal_and_sources_keep_theirs(
+    state_dsn: str, source: str, candidate: str
+) -> None:
+    """qdrant-client's local mode commits per point; the guard puts the collections it
+    creates in SQLite's WAL journal (cheaper commits) and never changes a source's."""
+    import sqlite3
+    from contextlib import closing
+
+    from guard.uri import parse
+
+    def journal_mode(uri: str, set_to: str = "") -> str:
+        parsed = parse(uri)
+        path = Path(parsed.netloc + parsed.path)
+        storage = path / "collection" / parsed.params["collection"] / "storage.sqlite"
+        with closing(sqlite3.connect(storage)) as db:
+            return str(db.execute(f"PRAGMA journal_mode{set_to}").fetchone()[0])
+
+    # A user's collection, made by qdrant-client itself, has SQLite's default journal.
+    assert journal_mode(source, set_to="=DELETE") == "delete"
+    job_id = plan(source, candidate)
+    assert run_worker(job_id).written == RECORDS - len(NO_TEXT)
+    assert journal_mode(target_of(job_id)) == "wal"
+    assert journal_mode(source) == "delete"
+    _assert_complete_and_right(_verify_all(job_id))
+
+
 def test_cutover_then_rollback_serves_the_original_data(
     state_dsn: str,
     source: str,

@@ -88,6 +88,7 @@ def _create_qdrant(source: VectorStore, target: VectorStore, dims: int) -> None:
         )
         for field, schema in (config.payload_schema or {}).items():
             client.create_payload_index(new, field, field_schema=schema.data_type)
+        _qdrant_store(target).use_wal_journal()
     except (ValueError, RuntimeError) as exc:
         raise StoreError(f"cannot create the target collection: {exc}", uri=target.uri) from exc
 

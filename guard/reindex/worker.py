@@ -351,6 +351,7 @@ class _Worker:
         self.errors: list[BaseException] = []
         self.batches_done = self.written = self.skipped = 0
         self.embedding_s = 0.0
+        self.settled = threading.Event()  # a batch of this worker was done or failed
         self.to_embed: queue.Queue[Any] = queue.Queue(QUEUE_DEPTH)
         self.to_write: queue.Queue[Any] = queue.Queue(QUEUE_DEPTH)
 
@@ -445,6 +446,7 @@ class _Worker:
         """Drop the batch's chunks still in the pipeline and count a failed attempt."""
         self.dead.add(lease.token)
         ledger.fail(lease.seq, str(error))
+        self.settled.set()
         log.warning("batch failed", job=self.job.short, batch=lease.seq, error=str(error))
 
     # -- the stages -----------------------------------------------------------------------
@@ -457,12 +459,16 @@ class _Worker:
                 if halt:
                     self.stopped = halt
                     break
+                self.settled.clear()
                 leased = ledger.lease()
                 if leased is None:
                     remaining, _ = ledger.open_batches()
                     if remaining == 0:
                         break
-                    self.stop.wait(min(1.0, self.lease_seconds / 4))
+                    # Batches still open are in this pipeline (woken as soon as one settles,
+                    # so the job ends with its last write), held by another worker, or
+                    # waiting out a retry backoff (both rechecked every second or so).
+                    self.settled.wait(min(1.0, self.lease_seconds / 4))
                     continue
                 lease = Lease(next(self.tokens), *leased)
                 log.info("batch leased", job=self.job.short, batch=lease.seq)
@@ -549,7 +555,9 @@ class _Worker:
                 written, skipped = counts.setdefault(token, [0, 0])
                 if item.final:
                     del counts[token]
-                    if ledger.done(item.lease.seq, written, skipped):
+                    finished = ledger.done(item.lease.seq, written, skipped)
+                    self.settled.set()
+                    if finished:
                         self.batches_done += 1
                         self.written += written
                         self.skipped += skipped
