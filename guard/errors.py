@@ -4,6 +4,7 @@
      ├── ConfigError            bad flags, URIs, options or config files
      ├── StoreError             a vector store is unreachable, missing, empty or malformed
      ├── EngineError            an embedding engine failed or answered nonsense
+     │    └── TextTooLongError  a text over the token limit, with truncate=false
      └── ReindexError           a re-index job cannot proceed
 
 Messages never contain secrets: whoever raises passes URIs through
@@ -37,6 +38,12 @@ class EngineError(GuardError):
     def __init__(self, message: str, *, engine: str | None = None) -> None:
         super().__init__(f"{message} [{engine}]" if engine else message)
         self.engine = engine
+
+
+class TextTooLongError(EngineError):
+    """A text is longer than the engine's token limit and ``truncate=false`` forbids
+    cutting it: the text's fault, not the engine's, so a re-index skips it with a reason
+    instead of retrying."""
 
 
 class ReindexError(GuardError):

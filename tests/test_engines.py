@@ -18,7 +18,7 @@ from ollama_server import OllamaStandIn
 
 from guard.engines import EmbeddingEngine, open_engine
 from guard.engines.llamacpp import LlamaCppEngine, read_gguf_metadata
-from guard.errors import ConfigError, EngineError
+from guard.errors import ConfigError, EngineError, TextTooLongError
 
 pytestmark = pytest.mark.slow
 
@@ -91,6 +91,25 @@ def test_without_max_tokens_long_texts_use_the_whole_context(
     assert (agreement < 0.9999).all()
     assert "plain cut" in untruncated.fingerprint()["settings"]["truncation"]
     assert untruncated.fingerprint()["settings"]["token_limit"] == 512
+
+
+@pytest.mark.parametrize("engine_name", ["f16", "reference"])
+def test_truncate_false_refuses_long_texts_and_changes_nothing_else(
+    engine_name: str,
+    request: pytest.FixtureRequest,
+    long_texts: list[str],
+    short_texts: list[str],
+) -> None:
+    """llama.cpp and sentence-transformers, both at 256 tokens: a long text is an error
+    instead of a cut; short texts get the very same vectors and the fingerprint stays."""
+    engine: EmbeddingEngine = request.getfixturevalue(engine_name)
+    strict = engine.with_options(truncate=False)
+    with pytest.raises(TextTooLongError, match="over the limit of 256"):
+        strict.embed([short_texts[0], long_texts[0]])
+    np.testing.assert_allclose(
+        strict.embed(short_texts[:5]), engine.embed(short_texts[:5]), atol=1e-6
+    )
+    assert strict.fingerprint() == engine.fingerprint()
 
 
 def test_f16_matches_the_reference_on_short_texts(
@@ -234,6 +253,8 @@ def test_openai_wrong_key_fails_without_showing_it(
 def test_openai_refuses_settings_only_the_server_has() -> None:
     with pytest.raises(ConfigError, match="max_tokens"):
         open_engine("openai+http://127.0.0.1:1/v1?model=m&max_tokens=256")
+    with pytest.raises(ConfigError, match="truncate"):
+        open_engine("openai+http://127.0.0.1:1/v1?model=m&truncate=false")
     with pytest.raises(ConfigError, match="model"):
         open_engine("openai+http://127.0.0.1:1/v1")
 
@@ -260,6 +281,18 @@ def test_ollama_request_carries_truncation_and_batches(
     assert sent[0]["body"]["truncate"] is True
     untruncated = open_engine(f"ollama+{ollama_server.url}?model=all-minilm").embed(long_texts[:3])
     assert (cosines(vectors, untruncated) < 0.999).all()
+
+
+def test_ollama_truncate_false_lets_the_server_refuse_long_inputs(
+    ollama_server: OllamaStandIn, long_texts: list[str], short_texts: list[str]
+) -> None:
+    uri = f"ollama+{ollama_server.url}?model=all-minilm&max_tokens=128&truncate=false"
+    engine = open_engine(uri)
+    before = len(ollama_server.requests)
+    with pytest.raises(TextTooLongError, match="context"):
+        engine.embed([short_texts[0], long_texts[0]])
+    assert ollama_server.requests[before]["body"]["truncate"] is False
+    assert engine.embed(short_texts[:2]).shape == (2, 384)
 
 
 def test_ollama_fingerprint_uses_the_digest(ollama_server: OllamaStandIn) -> None:

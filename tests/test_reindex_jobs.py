@@ -384,6 +384,62 @@ def test_pause_stops_workers_and_status_reports_skips(
     assert strict.returncode == 1
 
 
+@pytest.mark.parametrize("engine_kind", ["llamacpp", "ollama"])
+def test_texts_over_the_candidates_limit_are_skipped_as_too_long(
+    state_dsn: str,
+    new_store_uri: Callable[..., str],
+    gguf_f16: Path,
+    request: pytest.FixtureRequest,
+    texts: list[str],
+    long_texts: list[str],
+    engine_kind: str,
+) -> None:
+    """With truncate=false the candidate refuses texts over its limit, in this process
+    (llama.cpp) or behind HTTP (Ollama): the workers skip exactly those records as
+    too_long, the others finish, and verify passes only when the skips are accepted, and
+    only while the source still holds the text that was refused."""
+    long_ids = {3, 14}
+    ids = tuple(range(20))
+    uri = new_store_uri()
+    store = open_store(uri)
+    store.create(dims=OLD_DIMS, distance="cosine")
+    stored = tuple(long_texts[i % len(long_texts)] if i in long_ids else texts[i] for i in ids)
+    store.upsert(RecordBatch(ids, stored, unit_vectors(len(ids), OLD_DIMS, seed=3)))
+    store.close()
+    if engine_kind == "llamacpp":
+        candidate = f"llamacpp:{gguf_f16}?max_tokens=128&truncate=false"
+    else:
+        server = request.getfixturevalue("ollama_server")
+        candidate = f"ollama+{server.url}?model=all-minilm&max_tokens=128&truncate=false"
+
+    job_id = plan(uri, candidate)
+    result = run_worker(job_id)
+    assert (result.stopped, result.written, result.skipped, result.failed_batches) == (
+        "done", len(ids) - len(long_ids), len(long_ids), 0,
+    )  # fmt: skip
+    assert job_status(job_id).skipped_by_reason == {"too_long": len(long_ids)}
+    with connect() as conn:
+        rows = conn.execute(
+            "SELECT record_id, detail FROM guard_reindex_skipped WHERE job_id = %s",
+            (uuid.UUID(job_id),),
+        ).fetchall()
+    assert {row[0] for row in rows} == long_ids
+    assert all("truncate=false" in row[1] for row in rows)
+    assert verify_job(job_id, sample=100).reasons != []
+    accepted = verify_job(job_id, sample=100, accept_skipped=True)
+    assert (accepted.reasons, accepted.target_records) == ([], len(ids) - len(long_ids))
+
+    store = open_store(uri)  # the source shortens one refused text: no longer a valid skip
+    store.upsert(RecordBatch((3,), ("short now",), unit_vectors(1, OLD_DIMS, seed=4)))
+    store.close()
+    stale = verify_job(job_id, sample=0, accept_skipped=True)
+    assert (stale.missing, stale.skipped) == ([3], 1)
+    assert catch_up(job_id).inserted == 1
+    assert job_status(job_id).skipped_by_reason == {"too_long": 1}
+    fixed = verify_job(job_id, sample=100, accept_skipped=True)
+    assert (fixed.reasons, fixed.target_records) == ([], len(ids) - 1)
+
+
 def test_failing_batches_are_retried_then_marked_failed(
     state_dsn: str, source: str, candidate: str
 ) -> None:

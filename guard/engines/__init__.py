@@ -15,7 +15,15 @@ from guard.registry import instantiate
 from guard.uri import as_bool, as_int
 
 Pooling = Literal["mean", "cls", "last"]
-OPTION_NAMES = ("max_tokens", "prefix", "normalize", "pooling", "batch_size", "n_threads")
+OPTION_NAMES = (
+    "max_tokens",
+    "prefix",
+    "normalize",
+    "pooling",
+    "batch_size",
+    "n_threads",
+    "truncate",
+)
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,7 @@ class EngineOptions:
     pooling: Pooling | None = None
     batch_size: int = 32
     n_threads: int | None = None
+    truncate: bool = True  # False: refuse texts over the token limit instead of cutting
 
     @classmethod
     def from_params(cls, params: dict[str, str]) -> EngineOptions:
@@ -41,12 +50,14 @@ class EngineOptions:
             pooling=pooling,  # type: ignore[arg-type]
             batch_size=as_int(params.get("batch_size"), name="batch_size", default=32) or 32,
             n_threads=as_int(params.get("n_threads"), name="n_threads"),
+            truncate=as_bool(params.get("truncate"), name="truncate") is not False,
         )
 
     def vector_settings(self) -> dict[str, Any]:
-        """The settings that change vectors (batch size and threads must not)."""
+        """The settings that change vectors. Batch size and threads must not; truncate
+        does not: it only decides whether an over-long text gets a vector at all."""
         settings = asdict(self)
-        del settings["batch_size"], settings["n_threads"]
+        del settings["batch_size"], settings["n_threads"], settings["truncate"]
         return settings
 
 
@@ -59,7 +70,8 @@ class EmbeddingEngine(Protocol):
       for texts[i], sending texts to the backend in batches, never one call per text;
     - ``options.prefix`` is put before every text, ``options.normalize`` True scales
       rows to unit length, ``options.max_tokens`` truncates as the model's tokenizer
-      does;
+      does, and ``options.truncate`` False raises ``TextTooLongError`` for a text over
+      the token limit instead of cutting it (or the engine refuses the option);
     - errors come out as ``EngineError`` with the redacted URI.
     """
 

@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
 import numpy as np
 
 from guard.engines import OPTION_NAMES, EngineOptions
-from guard.errors import ConfigError, EngineError
+from guard.errors import ConfigError, EngineError, TextTooLongError
 from guard.records import Vectors
 from guard.uri import ParsedURI, parse
 
@@ -35,10 +35,21 @@ def check_params(parsed: ParsedURI, extra: Sequence[str] = ()) -> None:
 
 def reject_options(parsed: ParsedURI, options: EngineOptions, *names: str, why: str) -> None:
     """Fail early on options the engine cannot honour, instead of silently ignoring them."""
-    given = [name for name in names if getattr(options, name) is not None]
+    defaults = EngineOptions()
+    given = [name for name in names if getattr(options, name) != getattr(defaults, name)]
     if given:
         raise ConfigError(
             f"option(s) {', '.join(given)} not supported here: {why} [{parsed.redacted}]"
+        )
+
+
+def refuse_long(counts: Sequence[int], limit: int | None, *, engine: str) -> None:
+    """``truncate=false``: a text over the token limit is an error, never a silent cut."""
+    longest = max(counts, default=0)
+    if limit and longest > limit:
+        raise TextTooLongError(
+            f"a text of {longest} tokens is over the limit of {limit} (truncate=false)",
+            engine=engine,
         )
 
 

@@ -6,7 +6,7 @@ sentence-transformers) do: it keeps the first tokens and then the closing specia
 tokens ([SEP] for BERT), so texts longer than N reproduce the reference vectors. A plain
 cut of the token list drops [SEP] and moves long texts to cosine 0.985-0.999. Without
 ``max_tokens`` the engine cuts at the model's context the way ``Llama.embed`` does
-(plain cut) and says so in the fingerprint.
+(plain cut) and says so in the fingerprint; ``truncate=false`` refuses longer texts.
 
 Texts are tokenized here and packed several per ``llama_decode`` (up to ``n_batch``
 tokens and ``n_seq_max`` sequences), which ``Llama.embed`` cannot do for token lists.
@@ -30,6 +30,7 @@ from guard.engines._common import (
     file_sha256,
     finish,
     local_path,
+    refuse_long,
     version,
     with_params,
 )
@@ -85,10 +86,10 @@ class LlamaCppEngine:
         out = np.empty((len(texts), model.dims), dtype=np.float32)
         done = 0
         for chunk in batches(texts, self.options.batch_size):
-            tokens = [
-                self._truncate(model.tokenize(self.options.prefix + text), limit, model)
-                for text in chunk
-            ]
+            tokenized = [model.tokenize(self.options.prefix + text) for text in chunk]
+            if not self.options.truncate:
+                refuse_long([len(tokens) for tokens in tokenized], limit, engine=self.uri)
+            tokens = [self._truncate(each, limit, model) for each in tokenized]
             out[done : done + len(chunk)] = model.embed_tokens(tokens, engine=self.uri)
             done += len(chunk)
         return finish(out, expected=len(texts), options=self.options, engine=self.uri)

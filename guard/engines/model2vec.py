@@ -18,6 +18,7 @@ from guard.engines._common import (
     check_params,
     finish,
     local_path,
+    refuse_long,
     reject_options,
     tree_sha256,
     version,
@@ -45,6 +46,9 @@ class Model2VecEngine:
         model = self._load()
         if not texts:
             return np.zeros((0, model.dim), dtype=np.float32)
+        if not self.options.truncate:
+            limit = self.options.max_tokens or model.max_length
+            refuse_long(self.count_tokens(texts), limit, engine=self.uri)
         kwargs: dict[str, Any] = {"batch_size": self.options.batch_size}
         if self.options.max_tokens:
             kwargs["max_length"] = self.options.max_tokens

@@ -3,7 +3,9 @@
 Ollama scales every /api/embed vector to unit length, so ``normalize`` cannot undo
 that; the fingerprint says so. ``max_tokens`` becomes the request's ``num_ctx`` with
 ``truncate: true``: the server then truncates with the model's own tokenizer (how it
-treats the closing [SEP] is Ollama's choice, which the comparison will show). Pooling
+treats the closing [SEP] is Ollama's choice, which the comparison will show);
+``truncate=false`` sends ``truncate: false``, and the server's refusal of a long input
+becomes ``TextTooLongError``. Pooling
 is fixed by the model file, so ``pooling`` is refused. The model identity is the digest
 Ollama lists in /api/tags, with the details /api/show reports.
 """
@@ -29,7 +31,7 @@ from guard.engines._http import (
     timeout_param,
     vectors_field,
 )
-from guard.errors import ConfigError, EngineError
+from guard.errors import ConfigError, EngineError, TextTooLongError
 from guard.records import Vectors
 from guard.uri import ParsedURI
 
@@ -65,7 +67,15 @@ class OllamaEngine:
         rows: list[Any] = []
         for chunk in batches(texts, self.options.batch_size):
             inputs = [self.options.prefix + text for text in chunk]
-            answer = self._http().post_json("/api/embed", self._request(inputs))
+            try:
+                answer = self._http().post_json("/api/embed", self._request(inputs))
+            except EngineError as exc:
+                if not self.options.truncate and "context length" in str(exc):
+                    raise TextTooLongError(
+                        "Ollama refused an input over the model's context (truncate=false)",
+                        engine=self.uri,
+                    ) from exc
+                raise
             rows.extend(vectors_field(answer, "embeddings", expected=len(inputs), engine=self.uri))
         return finish(rows, expected=len(texts), options=self.options, engine=self.uri)
 
@@ -132,7 +142,11 @@ class OllamaEngine:
             options["num_ctx"] = self.options.max_tokens
         if self.options.n_threads:
             options["num_thread"] = self.options.n_threads
-        request: dict[str, Any] = {"model": self.model, "input": inputs, "truncate": True}
+        request: dict[str, Any] = {
+            "model": self.model,
+            "input": inputs,
+            "truncate": self.options.truncate,  # false: the server refuses long inputs
+        }
         if options:
             request["options"] = options
         return request

@@ -52,6 +52,7 @@ class OpenAIEngine:
             "max_tokens",
             "pooling",
             "n_threads",
+            "truncate",
             why="the server tokenizes, truncates, pools and schedules with its own settings",
         )
         self.model = parsed.params.get("model") or ""

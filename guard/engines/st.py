@@ -25,6 +25,7 @@ from guard.engines._common import (
     check_params,
     finish,
     local_path,
+    refuse_long,
     tree_sha256,
     version,
     with_params,
@@ -54,6 +55,8 @@ class SentenceTransformerEngine:
         inputs = [self.options.prefix + text for text in texts]
         if not inputs:
             return np.zeros((0, loaded.dims), dtype=np.float32)
+        if not self.options.truncate:
+            refuse_long(self.count_tokens(texts), self._token_limit(loaded), engine=self.uri)
         with loaded.lock:
             loaded.model.max_seq_length = self._token_limit(loaded)
             try:

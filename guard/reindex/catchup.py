@@ -29,7 +29,7 @@ from guard.reindex.provenance import (
     text_hash,
 )
 from guard.reindex.state import Conn, connect
-from guard.reindex.worker import check_engine, embed_records
+from guard.reindex.worker import RECORD_SKIP, check_engine, embed_records
 from guard.stores import VectorStore, open_store
 
 log = get_logger(__name__)
@@ -146,12 +146,7 @@ class _CatchUp:
                 "DELETE FROM guard_reindex_skipped WHERE job_id = %s AND record_id = ANY(%s)",
                 (self.job.id, [Jsonb(i) for i in records.ids]),
             )
-            cursor.executemany(
-                "INSERT INTO guard_reindex_skipped (job_id, record_id, reason, detail)"
-                " VALUES (%s, %s, %s, %s) ON CONFLICT (job_id, record_id)"
-                " DO UPDATE SET reason = excluded.reason, detail = excluded.detail",
-                [(self.job.id, Jsonb(rid), reason, detail) for rid, reason, detail in skipped],
-            )
+            cursor.executemany(RECORD_SKIP, [skip.row(self.job.id) for skip in skipped])
         self.pending.clear()
 
     def _delete(self, target: VectorStore) -> None:

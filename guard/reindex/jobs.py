@@ -20,7 +20,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from guard.engines import EmbeddingEngine, open_engine
-from guard.errors import ConfigError, GuardError, ReindexError
+from guard.errors import ConfigError, GuardError, ReindexError, TextTooLongError
 from guard.logs import get_logger
 from guard.records import RecordId
 from guard.reindex.provenance import (
@@ -272,11 +272,31 @@ def _measure(engine: EmbeddingEngine, store: VectorStore) -> tuple[int, float]:
     texts = [t for t in store.sample(RATE_SAMPLE, seed=0).texts if t is not None and has_text(t)]
     if not texts:
         raise ReindexError("no stored record has text to embed; nothing to re-index")
+    texts = _accepted(engine, texts)
+    if not texts:
+        raise ReindexError(
+            "the candidate refuses every sampled text as over its token limit (truncate=false)"
+        )
     dims = int(engine.embed(texts[:1]).shape[1])
     started = time.perf_counter()
     engine.embed(texts)
     elapsed = time.perf_counter() - started
     return dims, len(texts) / elapsed if elapsed > 0 else float("inf")
+
+
+def _accepted(engine: EmbeddingEngine, texts: list[str]) -> list[str]:
+    """The texts the engine embeds: with truncate=false it refuses long ones, which the
+    workers will skip as ``too_long``, and which must not stop the plan."""
+    if engine.options.truncate:
+        return texts
+    kept = []
+    for text in texts:
+        try:
+            engine.embed([text])
+        except TextTooLongError:
+            continue
+        kept.append(text)
+    return kept
 
 
 def _cut(store: VectorStore, batch_size: int) -> Iterator[tuple[RecordId | None, int]]:

@@ -110,9 +110,10 @@ def verify_job(
         result = Verification(str(job.id))
         _check_batches(conn, job, result)
         skipped_ids = {
-            _key(row[0])
+            _key(row[0]): row[1]
             for row in conn.execute(
-                "SELECT record_id FROM guard_reindex_skipped WHERE job_id = %s", (job.id,)
+                "SELECT record_id, text_hash FROM guard_reindex_skipped WHERE job_id = %s",
+                (job.id,),
             )
         }
     source_uri, target_uri = locations(job)
@@ -142,7 +143,7 @@ def _check_ids_and_hashes(
     job: Job,
     source_uri: str,
     target_uri: str,
-    skipped_ids: set[tuple[int, int | str]],
+    skipped_ids: dict[tuple[int, int | str], str | None],
     result: Verification,
     accept_skipped: bool,
 ) -> None:
@@ -157,8 +158,10 @@ def _check_ids_and_hashes(
             result.target_records += tgt is not None
             if tgt is None:
                 assert src is not None
-                if not has_text(src.text) and id_key(src.id) in skipped_ids:
-                    result.skipped += 1
+                key = id_key(src.id)
+                text_now = text_hash(str(src.text)) if has_text(src.text) else None
+                if key in skipped_ids and skipped_ids[key] == text_now:
+                    result.skipped += 1  # skipped for the text it still has
                 else:
                     result.missing.append(src.id)
             elif src is None:
@@ -184,8 +187,8 @@ def _check_ids_and_hashes(
             result.reasons.append(f"{len(ids)} {what}, e.g. {', '.join(map(str, ids[:EXAMPLES]))}")
     if result.skipped and not accept_skipped:
         result.reasons.append(
-            f"{result.skipped} source records have no text and are not in the target "
-            "(see status; accept them with --accept-skipped)"
+            f"{result.skipped} source records were skipped and are not in the target "
+            "(status gives their reasons; accept them with --accept-skipped)"
         )
 
 

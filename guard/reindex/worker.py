@@ -33,7 +33,7 @@ import numpy as np
 from psycopg.types.json import Jsonb
 
 from guard.engines import EmbeddingEngine, open_engine
-from guard.errors import EngineError, GuardError, ReindexError
+from guard.errors import EngineError, GuardError, ReindexError, TextTooLongError
 from guard.logs import get_logger
 from guard.records import RecordBatch, RecordId, as_vectors
 from guard.reindex.jobs import Job, load_job
@@ -66,11 +66,33 @@ class Lease:
     last: RecordId | None
 
 
+@dataclass(frozen=True)
+class Skip:
+    """A source record left out of the target: why, and the hash of the text it had then
+    (None: it had none), so verify accepts the skip only while the source still has it."""
+
+    record_id: RecordId
+    reason: str  # no_text, too_long, embed_failed, invalid_vector
+    detail: str
+    text_hash: str | None
+
+    def row(self, job_id: uuid.UUID) -> tuple[Any, ...]:
+        return (job_id, Jsonb(self.record_id), self.reason, self.detail, self.text_hash)
+
+
+RECORD_SKIP = (
+    "INSERT INTO guard_reindex_skipped (job_id, record_id, reason, detail, text_hash)"
+    " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (job_id, record_id)"
+    " DO UPDATE SET reason = excluded.reason, detail = excluded.detail,"
+    " text_hash = excluded.text_hash, recorded_at = now()"
+)
+
+
 @dataclass
 class _Item:
     lease: Lease
     batch: RecordBatch | None = None  # None on the marker that closes a batch
-    skipped: list[tuple[RecordId, str, str]] = field(default_factory=list)
+    skipped: list[Skip] = field(default_factory=list)
 
     @property
     def final(self) -> bool:
@@ -180,17 +202,11 @@ class Ledger:
             (self.job.id, self.worker),
         )
 
-    def skip(self, records: Sequence[tuple[RecordId, str, str]]) -> None:
+    def skip(self, records: Sequence[Skip]) -> None:
         if not records:
             return
         with self.conn.cursor() as cursor:
-            cursor.executemany(
-                "INSERT INTO guard_reindex_skipped (job_id, record_id, reason, detail)"
-                " VALUES (%s, %s, %s, %s) ON CONFLICT (job_id, record_id)"
-                " DO UPDATE SET reason = excluded.reason, detail = excluded.detail,"
-                " recorded_at = now()",
-                [(self.job.id, Jsonb(rid), reason, detail) for rid, reason, detail in records],
-            )
+            cursor.executemany(RECORD_SKIP, [skip.row(self.job.id) for skip in records])
 
     def control(self) -> tuple[bool, str]:
         """(paused, state) as they are now: the operator may change them at any moment."""
@@ -230,41 +246,39 @@ class Pacer:
 
 def embed_records(
     engine: EmbeddingEngine, batch: RecordBatch, fp_hash: str
-) -> tuple[RecordBatch, list[tuple[RecordId, str, str]]]:
+) -> tuple[RecordBatch, list[Skip]]:
     """The target records of a source chunk, and the records skipped with their reason.
 
-    A text the engine refuses is isolated by embedding the chunk's texts one by one; only
-    when every text fails is it the engine's fault, and the whole batch is retried.
+    A text the engine refuses is isolated by embedding the chunk's texts one by one. A
+    text over the token limit (``truncate=false``) is always the text's fault: skipped as
+    ``too_long``. Any other failure of every text is the engine's fault, and the whole
+    batch is retried; otherwise the texts that failed are skipped as ``embed_failed``.
     """
-    skipped: list[tuple[RecordId, str, str]] = []
     keep = [i for i, text in enumerate(batch.texts) if has_text(text)]
     kept = set(keep)
-    skipped += [(batch.ids[i], "no_text", "") for i in range(len(batch)) if i not in kept]
+    skipped = [Skip(batch.ids[i], "no_text", "", None) for i in range(len(batch)) if i not in kept]
     texts = [str(batch.texts[i]) for i in keep]
     vectors: list[Any] = []
     try:
         vectors = list(engine.embed(texts)) if texts else []
     except EngineError as exc:
-        if len(texts) <= 1:
-            raise
-        vectors = []
-        for text in texts:
-            try:
-                vectors.append(engine.embed([text])[0])
-            except EngineError as single:
-                vectors.append(single)
-        if all(isinstance(v, EngineError) for v in vectors):
+        vectors = [_embed_alone(engine, text) for text in texts] if len(texts) > 1 else [exc]
+        failed = [v for v in vectors if isinstance(v, EngineError)]
+        engine_down = any(not isinstance(v, TextTooLongError) for v in failed)
+        if engine_down and len(failed) == len(vectors):
             raise exc from None
     payloads = batch.payloads or ({},) * len(batch)
     out_ids, out_texts, out_vectors, out_payloads = [], [], [], []
     for index, vector in zip(keep, vectors, strict=True):
+        text = str(batch.texts[index])
         if isinstance(vector, EngineError):
-            skipped.append((batch.ids[index], "embed_failed", str(vector)[:500]))
+            reason = "too_long" if isinstance(vector, TextTooLongError) else "embed_failed"
+            skipped.append(Skip(batch.ids[index], reason, str(vector)[:500], text_hash(text)))
             continue
         if not np.all(np.isfinite(vector)):
-            skipped.append((batch.ids[index], "invalid_vector", "NaN or infinite values"))
+            detail = "NaN or infinite values"
+            skipped.append(Skip(batch.ids[index], "invalid_vector", detail, text_hash(text)))
             continue
-        text = str(batch.texts[index])
         out_ids.append(batch.ids[index])
         out_texts.append(text)
         out_vectors.append(vector)
@@ -279,6 +293,14 @@ def embed_records(
         tuple(out_payloads),
     )
     return records, skipped
+
+
+def _embed_alone(engine: EmbeddingEngine, text: str) -> Any:
+    """One text's vector, or the error the engine raised for it."""
+    try:
+        return engine.embed([text])[0]
+    except EngineError as error:
+        return error
 
 
 def check_engine(job: Job, engine: EmbeddingEngine) -> None:
