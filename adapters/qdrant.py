@@ -20,7 +20,7 @@ import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +59,16 @@ _UUID_SPACE = 2**128
 
 # qdrant-client's local mode locks its folder per client, so every store on one folder
 # in this process shares one client (a re-index reads one collection and writes another).
+# That client is not thread-safe (two upserts can take the same slot), so the stores of
+# one folder take turns: one call at a time per folder.
 _local_lock = threading.Lock()
 _local_clients: dict[Path, tuple[QdrantClient, int]] = {}
+_local_turns: dict[Path, threading.RLock] = {}
+
+
+def _turns(path: Path) -> threading.RLock:
+    with _local_lock:
+        return _local_turns.setdefault(path, threading.RLock())
 
 
 def _acquire_local(path: Path) -> QdrantClient:
@@ -115,8 +123,10 @@ class QdrantStore:
             if not location:
                 raise ConfigError(f"qdrant+local needs a folder: qdrant+local:PATH ({self.uri})")
             self._local_path = Path(location).expanduser().resolve()
+            self._turn: AbstractContextManager[Any] = _turns(self._local_path)
         else:
             self.collection = parsed.path.strip("/")
+            self._turn = nullcontext()
             self._url = f"{parsed.scheme.removeprefix('qdrant+')}://{parsed.netloc}"
             self._key_env = params.get("api_key_env")
             # A key goes over plain http only when the URI asks for one explicitly.
@@ -150,24 +160,26 @@ class QdrantStore:
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
-        """Turn qdrant-client's and httpx's errors into one-line ``StoreError``s."""
-        try:
-            yield
-        except StoreError:
-            raise
-        except UnexpectedResponse as exc:
-            raise StoreError(self._http_message(exc), uri=self.uri) from exc
-        except QdrantException as exc:  # rate limits and the like
-            raise StoreError(f"Qdrant: {self._one_line(exc)}", uri=self.uri) from exc
-        except (ResponseHandlingException, httpx.HTTPError) as exc:
-            source = exc.source if isinstance(exc, ResponseHandlingException) else exc
-            if isinstance(source, httpx.TransportError):
-                message = f"Qdrant unreachable ({type(source).__name__})"
-            else:
-                message = f"unexpected answer from Qdrant: {self._one_line(source)}"
-            raise StoreError(message, uri=self.uri) from exc
-        except (ValueError, RuntimeError) as exc:  # local mode, id and payload validation
-            raise StoreError(self._one_line(exc), uri=self.uri) from exc
+        """Turn qdrant-client's and httpx's errors into one-line ``StoreError``s; in local
+        mode, also wait for this folder's turn (every client call goes through here)."""
+        with self._turn:
+            try:
+                yield
+            except StoreError:
+                raise
+            except UnexpectedResponse as exc:
+                raise StoreError(self._http_message(exc), uri=self.uri) from exc
+            except QdrantException as exc:  # rate limits and the like
+                raise StoreError(f"Qdrant: {self._one_line(exc)}", uri=self.uri) from exc
+            except (ResponseHandlingException, httpx.HTTPError) as exc:
+                source = exc.source if isinstance(exc, ResponseHandlingException) else exc
+                if isinstance(source, httpx.TransportError):
+                    message = f"Qdrant unreachable ({type(source).__name__})"
+                else:
+                    message = f"unexpected answer from Qdrant: {self._one_line(source)}"
+                raise StoreError(message, uri=self.uri) from exc
+            except (ValueError, RuntimeError) as exc:  # local mode, id and payload validation
+                raise StoreError(self._one_line(exc), uri=self.uri) from exc
 
     def _http_message(self, exc: UnexpectedResponse) -> str:
         if exc.status_code in (401, 403):

@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -237,6 +238,33 @@ def test_two_workers_process_disjoint_batches(
             (uuid.UUID(job_id),),
         ).fetchall()
     assert {(r["worker"], r["batches_done"]) for r in results} == set(owners)
+    _assert_complete_and_right(_verify_all(job_id))
+
+
+def test_two_workers_in_one_process_split_a_job(
+    state_dsn: str, source: str, candidate: str
+) -> None:
+    """Two workers in one process (how qdrant-local, one process per folder, runs
+    several) take disjoint batches through the same leases and finish the job together."""
+    job_id = plan(source, candidate, max_rate=10)  # slow enough for both to start
+    results: list[Any] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(run_worker(job_id))) for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert sorted(r.stopped for r in results) == ["done", "done"]
+    assert RECORDS // BATCH == sum(r.batches_done for r in results)
+    assert all(r.batches_done > 0 for r in results), results
+    with connect(state_dsn) as conn:
+        owners = conn.execute(
+            "SELECT lease_owner, count(*) FROM guard_reindex_batches"
+            " WHERE job_id = %s AND status = 'done' GROUP BY lease_owner",
+            (uuid.UUID(job_id),),
+        ).fetchall()
+    assert {(r.worker, r.batches_done) for r in results} == set(owners)
     _assert_complete_and_right(_verify_all(job_id))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -196,6 +197,35 @@ def test_upsert_twice_leaves_one_record_with_the_new_text(
     store.upsert(changed)
     assert store.describe().count == ROWS
     assert store.fetch(batch.ids[:2]).texts == ("new", "new")
+
+
+def test_stores_written_from_several_threads_lose_nothing(
+    new_store_uri: Callable[..., str],
+) -> None:
+    """Re-index workers share a process (and, in qdrant's local mode, one client per
+    folder): concurrent upserts through separate store objects must all land intact."""
+    uri = new_store_uri()
+    store = open_store(uri)
+    store.create(dims=DIMS, distance="l2")
+    batch = make_batch(800, DIMS)
+
+    def write(part: int) -> None:
+        writer = open_store(uri)
+        try:
+            for start in range(part * 200, (part + 1) * 200, 20):
+                writer.upsert(batch.take(list(range(start, start + 20))))
+        finally:
+            writer.close()
+
+    threads = [threading.Thread(target=write, args=(part,)) for part in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stored = store.fetch(batch.ids)
+    store.close()
+    assert stored.ids == batch.ids
+    np.testing.assert_allclose(stored.vectors, batch.vectors, rtol=1e-6)
 
 
 def test_delete_removes_records_and_ignores_unknown_ids(
