@@ -12,17 +12,19 @@ Prints, per store:
 - pipeline / naive: over a loop that reads one record, embeds it and writes it;
 - engine busy: the share of the worker's time spent inside the engine; 1.0 means the
   stores never kept it waiting, whatever else runs on the machine;
-- peak RSS of a worker process re-indexing N records, for each N (target: flat).
+- peak RSS of a worker process re-indexing N records, for each N, and how much of it a
+  process holds that only opens the same stores and engine: the rest is the pipeline's
+  own (target: flat).
 
 A worker's start-up is fixed: on qdrant-local, importing qdrant-client (about 0.55 s) and
 loading the folder; on a 1,000-record job that alone costs about 6% of the rate, on 5,000
 about 1.5%. Each measurement opens a fresh engine, so model loading counts on both sides;
 engine and pipeline runs alternate so both see the same background load. Each source
 gets its own qdrant-local folder and each target is dropped after its run, so no run
-loads another's collections. qdrant-local keeps whole collections in this process's
-memory (qdrant-client's local mode), so its RSS grows with the collection whatever the
-pipeline does; pgvector shows the worker's own memory. The state database is an
-embedded PostgreSQL in a temporary folder. Not a test.
+loads another's collections. qdrant-local keeps whole collections in the worker's
+memory (qdrant-client's local mode loads a folder whole), so its RSS grows with the
+collection whatever the pipeline does, which the "before the pipeline" figure shows.
+The state database is an embedded PostgreSQL in a temporary folder. Not a test.
 """
 
 from __future__ import annotations
@@ -94,9 +96,10 @@ def engine_rate(candidate: str, texts: list[str]) -> float:
     return len(texts) / (time.perf_counter() - started)
 
 
-def pipeline_rate(source: str, candidate: str, n: int) -> tuple[float, int, float]:
-    """Records per second of one worker process on a fresh job, its peak RSS (KiB), and
-    the share of its time the engine spent embedding (1.0: never waiting on the stores)."""
+def pipeline_rate(source: str, candidate: str, n: int) -> tuple[float, int, float, int]:
+    """Records per second of one worker process on a fresh job, its peak RSS (KiB), the
+    share of its time the engine spent embedding (1.0: never waiting on the stores), and
+    the peak RSS (KiB) of a process that only opens the same stores and engine."""
     plan = plan_job(store=source, candidate=candidate, batch_size=1000)
     started = time.perf_counter()
     out = subprocess.run(
@@ -106,6 +109,13 @@ def pipeline_rate(source: str, candidate: str, n: int) -> tuple[float, int, floa
         check=True,
     )
     elapsed = time.perf_counter() - started
+    held = subprocess.run(
+        [sys.executable, __file__, "_holds", source, plan.target, candidate],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    baseline = int(held.stdout.strip().splitlines()[-1])
     target = open_store(plan.target)
     target.drop()
     target.close()
@@ -114,7 +124,7 @@ def pipeline_rate(source: str, candidate: str, n: int) -> tuple[float, int, floa
         sys.exit(f"the worker wrote {report['written']} of {n} records: {out.stderr[-2000:]}")
     # The worker's own wall time: its interpreter start-up is not the pipeline's.
     rate = n / report["seconds"] if report["seconds"] > 0 else n / elapsed
-    return rate, report["max_rss_kib"], report["engine_busy"]
+    return rate, report["max_rss_kib"], report["engine_busy"], baseline
 
 
 def naive_rate(source: str, candidate: str, n: int) -> float:
@@ -163,11 +173,51 @@ def worker_main(job_id: str) -> None:
     )
 
 
+def holds_main(source: str, target: str, candidate: str) -> None:
+    """The memory a worker has before its pipeline moves a record: both stores opened
+    (qdrant-local loads whole collections here) and the engine loaded."""
+    stores = [open_store(source), open_store(target)]
+    for store in stores:
+        store.describe()
+    engine = open_engine(candidate)
+    engine.embed(["x"])
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def rate_run(
+    kind: str, folder: Path, pg: str, candidate: str, texts: list[str], args: argparse.Namespace
+) -> None:
+    """Engine and pipeline alternately on the same texts, then the naive loop."""
+    source = make_source(kind, folder, pg, args.rate_records, args.text_chars)
+    # Engine and pipeline alternate, so both see the same background load; best of each.
+    raws, pipes, busy, rss = [], [], [], 0
+    for _ in range(args.repeats):
+        raws.append(engine_rate(candidate, texts))
+        piped, rss, engine_busy, _ = pipeline_rate(source, candidate, args.rate_records)
+        pipes.append(piped)
+        busy.append(engine_busy)
+    naive = naive_rate(source, candidate, args.naive_records)
+    raw, piped = max(raws), max(pipes)
+    print(
+        f"{kind}: engine {' '.join(f'{r:.1f}' for r in raws)} texts/s, pipeline "
+        f"{' '.join(f'{p:.1f}' for p in pipes)} records/s on {args.rate_records}: "
+        f"{piped / raw:.3f} x engine (best of each; pairs "
+        f"{' '.join(f'{p / r:.3f}' for p, r in zip(pipes, raws, strict=True))}), "
+        f"{piped / naive:.2f} x naive loop "
+        f"({naive:.1f} records/s on {args.naive_records}); engine busy "
+        f"{' '.join(f'{b:.3f}' for b in busy)} of the pipeline's time; "
+        f"peak RSS {rss / 1024:.0f} MiB",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rate-records", type=int, default=5000)
     parser.add_argument("--naive-records", type=int, default=300)
-    parser.add_argument("--repeats", type=int, default=2, help="engine/pipeline pairs")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="engine/pipeline pairs (0: memory only)"
+    )
     parser.add_argument("--rss-records", type=int, nargs="*", default=[10_000, 100_000])
     parser.add_argument("--text-chars", type=int, default=200)
     parser.add_argument("--stores", nargs="*", default=["qdrant-local", "pgvector"])
@@ -181,31 +231,16 @@ def main() -> None:
     print(f"candidate {Path(candidate).name}; {os.cpu_count()} CPUs, load {load:.1f}", flush=True)
     texts = texts_for(args.rate_records, args.text_chars)
     for kind in args.stores:
-        source = make_source(kind, folder, pg, args.rate_records, args.text_chars)
-        # Engine and pipeline alternate, so both see the same background load; best of each.
-        raws, pipes, busy, rss = [], [], [], 0
-        for _ in range(args.repeats):
-            raws.append(engine_rate(candidate, texts))
-            piped, rss, engine_busy = pipeline_rate(source, candidate, args.rate_records)
-            pipes.append(piped)
-            busy.append(engine_busy)
-        naive = naive_rate(source, candidate, args.naive_records)
-        raw, piped = max(raws), max(pipes)
-        print(
-            f"{kind}: engine {' '.join(f'{r:.1f}' for r in raws)} texts/s, pipeline "
-            f"{' '.join(f'{p:.1f}' for p in pipes)} records/s on {args.rate_records}: "
-            f"{piped / raw:.3f} x engine (best of each), {piped / naive:.2f} x naive loop "
-            f"({naive:.1f} records/s on {args.naive_records}); engine busy "
-            f"{' '.join(f'{b:.3f}' for b in busy)} of the pipeline's time; "
-            f"peak RSS {rss / 1024:.0f} MiB",
-            flush=True,
-        )
+        if args.repeats:
+            rate_run(kind, folder, pg, candidate, texts, args)
         for n in args.rss_records:
             big = make_source(kind, folder, pg, n, args.text_chars)
-            rate, rss, engine_busy = pipeline_rate(big, candidate, n)
+            rate, rss, engine_busy, held = pipeline_rate(big, candidate, n)
             print(
-                f"{kind}: {n} records: peak RSS {rss / 1024:.0f} MiB, {rate:.1f} records/s, "
-                f"engine busy {engine_busy:.3f}",
+                f"{kind}: {n} records: peak RSS {rss / 1024:.0f} MiB, of which "
+                f"{held / 1024:.0f} MiB before the pipeline moves a record (stores open, "
+                f"engine loaded): the pipeline's own {(rss - held) / 1024:.0f} MiB; "
+                f"{rate:.1f} records/s, engine busy {engine_busy:.3f}",
                 flush=True,
             )
 
@@ -213,5 +248,7 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "_worker":
         worker_main(sys.argv[2])
+    elif len(sys.argv) == 5 and sys.argv[1] == "_holds":
+        holds_main(*sys.argv[2:])
     else:
         main()
