@@ -13,8 +13,8 @@ Prints, per store:
 - engine busy: the share of the worker's time spent inside the engine; 1.0 means the
   stores never kept it waiting, whatever else runs on the machine;
 - peak RSS of a worker process re-indexing N records, for each N, and how much of it a
-  process holds that only opens the same stores and engine: the rest is the pipeline's
-  own (target: flat).
+  process holds that only opens the same stores (target still empty) and engine; the
+  rest grew while re-indexing (target: flat).
 
 A worker's start-up is fixed: on qdrant-local, importing qdrant-client (about 0.55 s) and
 loading the folder; on a 1,000-record job that alone costs about 6% of the rate, on 5,000
@@ -23,7 +23,7 @@ engine and pipeline runs alternate so both see the same background load. Each so
 gets its own qdrant-local folder and each target is dropped after its run, so no run
 loads another's collections. qdrant-local keeps whole collections in the worker's
 memory (qdrant-client's local mode loads a folder whole), so its RSS grows with the
-collection whatever the pipeline does, which the "before the pipeline" figure shows.
+collection whatever the pipeline does: the target collection grows inside the worker.
 The state database is an embedded PostgreSQL in a temporary folder. Not a test.
 """
 
@@ -50,6 +50,7 @@ from guard.reindex.jobs import plan_job
 from guard.stores import open_store
 
 OLD_DIMS = 16
+LOCAL_GROWTH = " (the target collection too: local mode keeps it in the worker)"
 WRITE_PAGE = 2000
 
 
@@ -99,8 +100,16 @@ def engine_rate(candidate: str, texts: list[str]) -> float:
 def pipeline_rate(source: str, candidate: str, n: int) -> tuple[float, int, float, int]:
     """Records per second of one worker process on a fresh job, its peak RSS (KiB), the
     share of its time the engine spent embedding (1.0: never waiting on the stores), and
-    the peak RSS (KiB) of a process that only opens the same stores and engine."""
+    the peak RSS (KiB) of a process that opens the same stores (the target still empty)
+    and engine, as the worker does before it moves a record."""
     plan = plan_job(store=source, candidate=candidate, batch_size=1000)
+    held = subprocess.run(
+        [sys.executable, __file__, "_holds", source, plan.target, candidate],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    baseline = int(held.stdout.strip().splitlines()[-1])
     started = time.perf_counter()
     out = subprocess.run(
         [sys.executable, __file__, "_worker", plan.job_id],
@@ -109,13 +118,6 @@ def pipeline_rate(source: str, candidate: str, n: int) -> tuple[float, int, floa
         check=True,
     )
     elapsed = time.perf_counter() - started
-    held = subprocess.run(
-        [sys.executable, __file__, "_holds", source, plan.target, candidate],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    baseline = int(held.stdout.strip().splitlines()[-1])
     target = open_store(plan.target)
     target.drop()
     target.close()
@@ -175,7 +177,7 @@ def worker_main(job_id: str) -> None:
 
 def holds_main(source: str, target: str, candidate: str) -> None:
     """The memory a worker has before its pipeline moves a record: both stores opened
-    (qdrant-local loads whole collections here) and the engine loaded."""
+    (qdrant-local loads the source collection whole here) and the engine loaded."""
     stores = [open_store(source), open_store(target)]
     for store in stores:
         store.describe()
@@ -237,9 +239,10 @@ def main() -> None:
             big = make_source(kind, folder, pg, n, args.text_chars)
             rate, rss, engine_busy, held = pipeline_rate(big, candidate, n)
             print(
-                f"{kind}: {n} records: peak RSS {rss / 1024:.0f} MiB, of which "
-                f"{held / 1024:.0f} MiB before the pipeline moves a record (stores open, "
-                f"engine loaded): the pipeline's own {(rss - held) / 1024:.0f} MiB; "
+                f"{kind}: {n} records: peak RSS {rss / 1024:.0f} MiB, "
+                f"{held / 1024:.0f} MiB of it before the first record (stores open, engine "
+                f"loaded), {(rss - held) / 1024:.0f} MiB grown while re-indexing"
+                f"{LOCAL_GROWTH if kind == 'qdrant-local' else ''}; "
                 f"{rate:.1f} records/s, engine busy {engine_busy:.3f}",
                 flush=True,
             )
