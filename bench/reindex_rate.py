@@ -46,7 +46,7 @@ from guard.models import default_models_dir
 from guard.pgserver import embedded_dsn
 from guard.records import RecordBatch
 from guard.reindex.jobs import plan_job
-from guard.reindex.worker import CHUNK
+from guard.reindex.worker import CHUNK, run_worker
 from guard.stores import open_store
 
 OLD_DIMS = 16
@@ -91,8 +91,8 @@ def engine_rate(candidate: str, texts: list[str]) -> float:
     """The engine alone, in the chunks the worker uses, model loading included."""
     started = time.perf_counter()
     engine = open_engine(candidate)
-    for start in range(0, len(texts), 256):
-        engine.embed(texts[start : start + 256])
+    for start in range(0, len(texts), CHUNK):
+        engine.embed(texts[start : start + CHUNK])
     engine.close()
     return len(texts) / (time.perf_counter() - started)
 
@@ -103,30 +103,24 @@ def pipeline_rate(source: str, candidate: str, n: int) -> tuple[float, int, floa
     the peak RSS (KiB) of a process that opens the same stores (the target still empty)
     and engine, as the worker does before it moves a record."""
     plan = plan_job(store=source, candidate=candidate, batch_size=1000)
-    held = subprocess.run(
-        [sys.executable, __file__, "_holds", source, plan.target, candidate],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    baseline = int(held.stdout.strip().splitlines()[-1])
-    started = time.perf_counter()
-    out = subprocess.run(
-        [sys.executable, __file__, "_worker", plan.job_id],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    elapsed = time.perf_counter() - started
+    baseline = int(_child("_holds", source, plan.target, candidate))
+    report = json.loads(_child("_worker", plan.job_id))
     target = open_store(plan.target)
     target.drop()
     target.close()
-    report = json.loads(out.stdout.strip().splitlines()[-1])
     if report["written"] != n:
-        sys.exit(f"the worker wrote {report['written']} of {n} records: {out.stderr[-2000:]}")
+        sys.exit(f"the worker wrote {report['written']} of {n} records")
     # The worker's own wall time: its interpreter start-up is not the pipeline's.
-    rate = n / report["seconds"] if report["seconds"] > 0 else n / elapsed
+    rate = n / report["seconds"]
     return rate, report["max_rss_kib"], report["engine_busy"], baseline
+
+
+def _child(*args: str) -> str:
+    """The last line a fresh interpreter running this file's ``args`` mode prints."""
+    out = subprocess.run(
+        [sys.executable, __file__, *args], capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip().splitlines()[-1]
 
 
 def naive_rate(source: str, candidate: str, n: int) -> float:
@@ -167,8 +161,6 @@ def peak_rss_kib() -> int:
 
 
 def worker_main(job_id: str) -> None:
-    from guard.reindex.worker import run_worker
-
     started = time.perf_counter()
     result = run_worker(job_id, lease_seconds=120)
     seconds = time.perf_counter() - started
