@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import typer
+from test_report import DESIGN_FIELDS
 
 from guard.cli import app
 from guard.engines import open_engine
@@ -117,20 +118,7 @@ def test_check_writes_every_report_format(f16_store: str, gguf_f16: Path, tmp_pa
     )
     assert as_json.returncode == 0, as_json.stderr
     report = json.loads(as_json.stdout)
-    assert list(report) == [
-        "verdict",
-        "exit_code",
-        "store",
-        "candidate",
-        "baseline",
-        "sample",
-        "thresholds",
-        "metrics",
-        "bound",
-        "diagnosis",
-        "timing",
-        "guard_version",
-    ]
+    assert list(report) == DESIGN_FIELDS
     assert (report["verdict"], report["exit_code"], report["sample"]["size"]) == ("approve", 0, 120)
     assert report["bound"]["exact"] is True
     assert report["candidate"]["model"]["sha256"] == _sha256(gguf_f16)

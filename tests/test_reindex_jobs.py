@@ -110,6 +110,17 @@ def _batches_done(job_id: str) -> int:
     return int(row[0]) if row else 0
 
 
+def _done_by_owner(job_id: str) -> list[tuple[str, int]]:
+    """(worker, batches it finished) for each worker that finished some."""
+    with connect() as conn:
+        rows = conn.execute(
+            "SELECT lease_owner, count(*) FROM guard_reindex_batches"
+            " WHERE job_id = %s AND status = 'done' GROUP BY lease_owner",
+            (uuid.UUID(job_id),),
+        ).fetchall()
+    return [(str(owner), int(count)) for owner, count in rows]
+
+
 def plan(source: str, candidate: str, **options: Any) -> str:
     return plan_job(store=source, candidate=candidate, batch_size=BATCH, **options).job_id
 
@@ -231,12 +242,7 @@ def test_two_workers_process_disjoint_batches(
     batches = RECORDS // BATCH
     assert batches == sum(r["batches_done"] for r in results)
     assert all(r["batches_done"] > 0 for r in results), results
-    with connect(state_dsn) as conn:
-        owners = conn.execute(
-            "SELECT lease_owner, count(*) FROM guard_reindex_batches"
-            " WHERE job_id = %s AND status = 'done' GROUP BY lease_owner",
-            (uuid.UUID(job_id),),
-        ).fetchall()
+    owners = _done_by_owner(job_id)
     assert {(r["worker"], r["batches_done"]) for r in results} == set(owners)
     _assert_complete_and_right(_verify_all(job_id))
 
@@ -258,12 +264,7 @@ def test_two_workers_in_one_process_split_a_job(
     assert sorted(r.stopped for r in results) == ["done", "done"]
     assert sum(r.batches_done for r in results) == RECORDS // BATCH
     assert all(r.batches_done > 0 for r in results), results
-    with connect(state_dsn) as conn:
-        owners = conn.execute(
-            "SELECT lease_owner, count(*) FROM guard_reindex_batches"
-            " WHERE job_id = %s AND status = 'done' GROUP BY lease_owner",
-            (uuid.UUID(job_id),),
-        ).fetchall()
+    owners = _done_by_owner(job_id)
     assert {(r.worker, r.batches_done) for r in results} == set(owners)
     _assert_complete_and_right(_verify_all(job_id))
 
