@@ -37,14 +37,13 @@ RECORDS = 60
 BATCH = 10
 NO_TEXT = (7, 50)  # ids stored without text: skipped with a reason, never dropped silently
 OLD_DIMS = 16  # the "old model" the source was embedded with
+KILL_RATE = 5  # records per second in the kill test: a batch every 2 s, a target to hit
 
 GUARD = str(Path(sys.executable).with_name("guard"))  # the console script of this venv
 
 
 def guard_cmd(*args: str) -> list[str]:
     return [GUARD, "reindex", *args]
-
-
 
 
 @pytest.fixture(scope="session")
@@ -151,7 +150,7 @@ def test_killed_workers_resume_and_verify_proves_the_target(
     planned = subprocess.run(
         guard_cmd(
             "plan", "--store", source, "--candidate", candidate, "--batch-size", str(BATCH),
-            "--max-rate", "20", "--format", "json",
+            "--max-rate", str(KILL_RATE), "--format", "json",
         ),
         capture_output=True, text=True, check=True,
     )  # fmt: skip
@@ -172,7 +171,9 @@ def test_killed_workers_resume_and_verify_proves_the_target(
         while worker.poll() is None and _batches_done(job_id) == done_before:
             assert time.monotonic() < deadline, "the worker made no progress"
             time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 1.0))  # somewhere in the middle of the next batches
+        # Somewhere inside the next batch: it takes BATCH / KILL_RATE seconds, so each of
+        # these runs finishes about one batch and the job is still unfinished at the kill.
+        time.sleep(rng.uniform(0.0, 0.5 * BATCH / KILL_RATE))
         if worker.poll() is None:
             worker.send_signal(signal.SIGKILL)
             kills += 1

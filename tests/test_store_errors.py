@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -64,11 +63,20 @@ def test_unknown_scheme_is_a_config_error() -> None:
 
 
 def test_opening_a_store_connects_to_nothing() -> None:
-    port = closed_port()
-    start = time.monotonic()
-    open_store(f"postgresql://guard@127.0.0.1:{port}/db?table=t")
-    open_store(f"qdrant+http://127.0.0.1:{port}/docs")
-    assert time.monotonic() - start < 0.5
+    """Opening is lazy: nothing reaches a listening server until the store is used."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.setblocking(False)
+        port = server.getsockname()[1]
+        open_store(f"postgresql://guard@127.0.0.1:{port}/db?table=t")
+        open_store(f"qdrant+http://127.0.0.1:{port}/docs")
+        with pytest.raises(BlockingIOError):
+            server.accept()
+        with socket.create_connection(("127.0.0.1", port)):  # the probe itself can see one
+            server.setblocking(True)
+            server.settimeout(5)
+            server.accept()[0].close()
 
 
 def test_missing_collection_or_table_is_a_store_error(new_store_uri: Callable[..., str]) -> None:
@@ -136,15 +144,13 @@ def test_pgvector_wants_vector_column_when_there_are_several(
     assert_clean(caught.value)
 
 
-def test_pgvector_unreachable_server_fails_fast_without_the_password(
+def test_pgvector_unreachable_server_fails_without_the_password(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("PGPASSWORD", ENV_PASSWORD)
     store = open_store(f"postgresql://guard:{PASSWORD}@127.0.0.1:{closed_port()}/db?table=t")
-    start = time.monotonic()
     with pytest.raises(StoreError, match="PostgreSQL") as caught:
         store.describe()
-    assert time.monotonic() - start < 5
     assert "guard:***@" in str(caught.value)
     assert_clean(caught.value)
 
