@@ -6,7 +6,7 @@ Each engine lives in its own module here and is imported only when a URI asks fo
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from guard.errors import ConfigError
@@ -15,15 +15,6 @@ from guard.registry import instantiate
 from guard.uri import as_bool, as_int
 
 Pooling = Literal["mean", "cls", "last"]
-OPTION_NAMES = (
-    "max_tokens",
-    "prefix",
-    "normalize",
-    "pooling",
-    "batch_size",
-    "n_threads",
-    "truncate",
-)
 
 
 @dataclass(frozen=True)
@@ -59,6 +50,9 @@ class EngineOptions:
         settings = asdict(self)
         del settings["batch_size"], settings["n_threads"], settings["truncate"]
         return settings
+
+
+OPTION_NAMES = tuple(option.name for option in fields(EngineOptions))
 
 
 @runtime_checkable
