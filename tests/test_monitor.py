@@ -65,8 +65,6 @@ def q4_vectors(gguf_q4_0: Path, texts: list[str]) -> Vectors:
     return _embed(gguf_q4_0, texts[OLD:])
 
 
-
-
 @pytest.fixture
 def engine_link(tmp_path: Path, gguf_f16: Path) -> Path:
     """The production engine's model file: a symlink the test re-points."""

@@ -109,8 +109,6 @@ def guard(
     yield run
 
 
-
-
 @pytest.fixture(scope="module")
 def texts() -> list[str]:
     corpus = demo_corpus()

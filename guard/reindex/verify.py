@@ -109,7 +109,7 @@ def verify_job(
         job = load_job(conn, job_ref)
         result = Verification(str(job.id))
         _check_batches(conn, job, result)
-        skipped_ids = {
+        skip_hashes = {  # skipped id -> hash of the text it had then (None: no text)
             _key(row[0]): row[1]
             for row in conn.execute(
                 "SELECT record_id, text_hash FROM guard_reindex_skipped WHERE job_id = %s",
@@ -117,7 +117,7 @@ def verify_job(
             )
         }
     source_uri, target_uri = locations(job)
-    _check_ids_and_hashes(job, source_uri, target_uri, skipped_ids, result, accept_skipped)
+    _check_ids_and_hashes(job, source_uri, target_uri, skip_hashes, result, accept_skipped)
     _check_vectors(job, target_uri, sample, seed, result)
     return result
 
@@ -143,7 +143,7 @@ def _check_ids_and_hashes(
     job: Job,
     source_uri: str,
     target_uri: str,
-    skipped_ids: dict[tuple[int, int | str], str | None],
+    skip_hashes: dict[tuple[int, int | str], str | None],
     result: Verification,
     accept_skipped: bool,
 ) -> None:
@@ -160,7 +160,7 @@ def _check_ids_and_hashes(
                 assert src is not None
                 key = id_key(src.id)
                 text_now = text_hash(str(src.text)) if has_text(src.text) else None
-                if key in skipped_ids and skipped_ids[key] == text_now:
+                if key in skip_hashes and skip_hashes[key] == text_now:
                     result.skipped += 1  # skipped for the text it still has
                 else:
                     result.missing.append(src.id)
