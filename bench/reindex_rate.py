@@ -45,7 +45,7 @@ from guard.engines import open_engine
 from guard.models import default_models_dir
 from guard.pgserver import embedded_dsn
 from guard.records import RecordBatch
-from guard.reindex.jobs import plan_job
+from guard.reindex.jobs import Plan, plan_job
 from guard.reindex.worker import CHUNK, run_worker
 from guard.stores import open_store
 
@@ -97,13 +97,14 @@ def engine_rate(candidate: str, texts: list[str]) -> float:
     return len(texts) / (time.perf_counter() - started)
 
 
-def pipeline_rate(source: str, candidate: str, n: int) -> tuple[float, int, float, int]:
-    """Records per second of one worker process on a fresh job, its peak RSS (KiB), the
-    share of its time the engine spent embedding (1.0: never waiting on the stores), and
-    the peak RSS (KiB) of a process that opens the same stores (the target still empty)
-    and engine, as the worker does before it moves a record."""
-    plan = plan_job(store=source, candidate=candidate, batch_size=1000)
-    baseline = int(_child("_holds", source, plan.target, candidate))
+def fresh_job(source: str, candidate: str) -> Plan:
+    return plan_job(store=source, candidate=candidate, batch_size=1000)
+
+
+def pipeline_rate(plan: Plan, n: int) -> tuple[float, int, float]:
+    """Records per second of one worker process on a planned job, its peak RSS (KiB), and
+    the share of its time the engine spent embedding (1.0: never waiting on the stores).
+    The job's target is dropped afterwards."""
     report = json.loads(_child("_worker", plan.job_id))
     target = open_store(plan.target)
     target.drop()
@@ -112,7 +113,7 @@ def pipeline_rate(source: str, candidate: str, n: int) -> tuple[float, int, floa
         sys.exit(f"the worker wrote {report['written']} of {n} records")
     # The worker's own wall time: its interpreter start-up is not the pipeline's.
     rate = n / report["seconds"]
-    return rate, report["max_rss_kib"], report["engine_busy"], baseline
+    return rate, report["max_rss_kib"], report["engine_busy"]
 
 
 def _child(*args: str) -> str:
@@ -177,7 +178,7 @@ def worker_main(job_id: str) -> None:
     )
 
 
-def holds_main(source: str, target: str, candidate: str) -> None:
+def holds_main(source: str, target: str, candidate: str, chars: str) -> None:
     """The memory a worker has before its pipeline moves a record: both stores opened
     (qdrant-local loads the source collection whole here) and the engine loaded and run
     once on a chunk the worker's size (its compute buffers grow with the batch)."""
@@ -185,7 +186,7 @@ def holds_main(source: str, target: str, candidate: str) -> None:
     for store in stores:
         store.describe()
     engine = open_engine(candidate)
-    engine.embed(texts_for(CHUNK, 200))
+    engine.embed(texts_for(CHUNK, int(chars)))
     print(peak_rss_kib())
 
 
@@ -198,7 +199,7 @@ def rate_run(
     raws, pipes, busy, rss = [], [], [], 0
     for _ in range(args.repeats):
         raws.append(engine_rate(candidate, texts))
-        piped, rss, engine_busy, _ = pipeline_rate(source, candidate, args.rate_records)
+        piped, rss, engine_busy = pipeline_rate(fresh_job(source, candidate), args.rate_records)
         pipes.append(piped)
         busy.append(engine_busy)
     naive = naive_rate(source, candidate, args.naive_records)
@@ -240,7 +241,11 @@ def main() -> None:
             rate_run(kind, folder, pg, candidate, texts, args)
         for n in args.rss_records:
             big = make_source(kind, folder, pg, n, args.text_chars)
-            rate, rss, engine_busy, held = pipeline_rate(big, candidate, n)
+            plan = fresh_job(big, candidate)
+            # What a process holds that only opens the same stores (the target still
+            # empty) and engine, as the worker does before it moves a record.
+            held = int(_child("_holds", big, plan.target, candidate, str(args.text_chars)))
+            rate, rss, engine_busy = pipeline_rate(plan, n)
             print(
                 f"{kind}: {n} records: peak RSS {rss / 1024:.0f} MiB, "
                 f"{held / 1024:.0f} MiB of it before the first record (stores open, engine "
@@ -254,7 +259,7 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "_worker":
         worker_main(sys.argv[2])
-    elif len(sys.argv) == 5 and sys.argv[1] == "_holds":
+    elif len(sys.argv) == 6 and sys.argv[1] == "_holds":
         holds_main(*sys.argv[2:])
     else:
         main()
