@@ -15,6 +15,7 @@ driver error leaves through ``PgVectorStore._errors`` as a ``StoreError``.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -32,7 +33,16 @@ from psycopg.types.json import Jsonb
 from adapters.layouts import TableLayout, table_layout
 from guard.errors import ConfigError, StoreError
 from guard.pgserver import embedded_dsn
-from guard.records import Distance, RecordBatch, RecordId, StoreInfo, Vectors, as_vectors
+from guard.records import (
+    Distance,
+    RecordBatch,
+    RecordId,
+    Sample,
+    SampleMethod,
+    StoreInfo,
+    Vectors,
+    as_vectors,
+)
 from guard.uri import ParsedURI, redact
 
 CONNECT_TIMEOUT_S = 4
@@ -60,6 +70,9 @@ ID_TYPES = {"int": "bigint", "uuid": "uuid", "str": "text"}  # StoreInfo.details
 HNSW_MAX_DIMS = 2000  # pgvector's limit for an HNSW index on vector
 HNSW_DEFAULT_EF = 40  # hnsw.ef_search's default: fewer results than k above it
 SAMPLE_SPREAD = 2  # pages read per record drawn, so that picks rarely share a page
+ID_LIST_MAX = 100_000  # rows up to which sample() reads every id (exact, and cheap)
+DENSE_IDS = 0.1  # integer ids filling this share of their range are drawn directly
+MAX_DRAW_ROUNDS = 50
 
 _json_dumps = partial(json.dumps, default=str)
 
@@ -335,41 +348,114 @@ class PgVectorStore:
             details=details,
         )
 
-    def sample(self, n: int, *, seed: int) -> RecordBatch:
-        """Up to ``n`` distinct rows, reproducible for a seed, reading about ``2 n`` pages.
+    def sample(self, n: int, *, seed: int) -> Sample:
+        """Up to ``n`` distinct rows drawn uniformly, in random order, reproducible for a seed.
 
-        ``TABLESAMPLE SYSTEM (p) REPEATABLE (seed)`` picks whole pages, with ``p`` from the
-        table's size in pages, doubled until about ``2 n`` rows come back; ``n`` of those
-        rows are then drawn with the seed. Reading twice as many pages as rows drawn keeps
-        rows that were written together (one page) from clustering in the sample. Never
-        ``ORDER BY random()`` (reads everything), never BERNOULLI (reads every page), and
-        no ``tsm_system_rows`` (not in every PostgreSQL, pgserver's included).
+        The cheapest exact method the table allows (README, "How the sample is drawn"):
+        - ``uniform_id_list``: tables of up to ``ID_LIST_MAX`` rows (or ``2 n``): every
+          id read through the index, ``n`` of them drawn;
+        - ``uniform_ids``: larger tables with an indexed integer id filling at least a
+          tenth of its range: random ids between min and max, kept where a row exists;
+        - ``tablesample_system``: otherwise, ``TABLESAMPLE SYSTEM (p) REPEATABLE (seed)``
+          reads about ``2 n`` random pages and ``n`` of their rows are drawn. Every row is
+          equally likely; rows of one page (often written together) come together more
+          often than chance. Never ``ORDER BY random()`` (reads and sorts everything),
+          never BERNOULLI (reads every page), no ``tsm_system_rows`` (not in pgserver).
         """
         t = self._table()
-        with self._errors():
-            row = self._conn.execute(
-                "SELECT pg_relation_size(%s::oid) / current_setting('block_size')::int", [t.oid]
-            ).fetchone()
-            pages = max(int(row[0]) if row else 0, 1)
-            percent = min(100.0, 100.0 * SAMPLE_SPREAD * n / pages)
-            query = sql.SQL(
-                "SELECT {id} FROM {t} TABLESAMPLE SYSTEM (%s) REPEATABLE (%s) WHERE {v} IS NOT NULL"
-            ).format(
-                id=sql.Identifier(t.id_column),
-                t=t.ident,
-                v=sql.Identifier(t.vector_column),
-            )
-            while True:
-                ids = [r[0] for r in self._conn.execute(query, [percent, seed]).fetchall()]
-                if len(ids) >= SAMPLE_SPREAD * n or percent >= 100.0:
-                    break
-                percent = min(100.0, percent * max(2.0, 1.25 * SAMPLE_SPREAD * n / (len(ids) or 1)))
-        if not ids:
-            raise self._fail("store is empty")
-        ids.sort()
         rng = np.random.default_rng(seed % 2**64)  # numpy wants seeds >= 0
-        picks = sorted(rng.choice(len(ids), size=min(n, len(ids)), replace=False))
-        return self._fetch_raw([ids[i] for i in picks])
+        method: SampleMethod
+        with self._errors():
+            rows = self._row_estimate(t)
+            if rows <= max(ID_LIST_MAX, 2 * n):
+                ids, method = self._all_ids(t), "uniform_id_list"
+                picks = [ids[i] for i in rng.choice(len(ids), size=min(n, len(ids)), replace=False)]
+            elif (span := self._dense_id_span(t, rows)) is not None:
+                picks, method = self._draw_ids(t, rng, n, *span, rows), "uniform_ids"
+            else:
+                ids, method = self._page_sample(t, n, seed), "tablesample_system"
+                picks = [ids[i] for i in rng.choice(len(ids), size=min(n, len(ids)), replace=False)]
+        if not picks:
+            raise self._fail("store is empty")
+        return Sample.of(self._fetch_raw(picks, with_payload=True), method)
+
+    def _row_estimate(self, t: _Table) -> int:
+        """The planner's row count, or an exact count where the table was never analysed."""
+        row = self._conn.execute(
+            "SELECT reltuples FROM pg_class WHERE oid = %s", [t.oid]
+        ).fetchone()
+        if row and row[0] is not None and row[0] >= 0:
+            return int(row[0])
+        counted = self._conn.execute(sql.SQL("SELECT count(*) FROM {}").format(t.ident)).fetchone()
+        return int(counted[0]) if counted else 0
+
+    def _all_ids(self, t: _Table) -> list[Any]:
+        query = sql.SQL("SELECT {id} FROM {t} WHERE {v} IS NOT NULL ORDER BY {id}").format(
+            id=sql.Identifier(t.id_column), t=t.ident, v=sql.Identifier(t.vector_column)
+        )
+        return [r[0] for r in self._conn.execute(query).fetchall()]
+
+    def _dense_id_span(self, t: _Table, rows: int) -> tuple[int, int] | None:
+        """(lowest id, span) for an indexed integer id filling a tenth of its range."""
+        if _id_kind(t.columns[t.id_column]) != "int" or not self._leads_an_index(t):
+            return None
+        ident = sql.Identifier(t.id_column)
+        found = self._conn.execute(
+            sql.SQL("SELECT min({id}), max({id}) FROM {t}").format(id=ident, t=t.ident)
+        ).fetchone()
+        if found is None or found[0] is None:
+            return None
+        low, span = int(found[0]), int(found[1]) - int(found[0]) + 1
+        return (low, span) if rows / span >= DENSE_IDS else None
+
+    def _leads_an_index(self, t: _Table) -> bool:
+        """Whether a btree index starts with the id column (min, max and id lookups use it)."""
+        found = self._conn.execute(
+            "SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " JOIN pg_am am ON am.oid = c.relam JOIN pg_attribute a"
+            " ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
+            " WHERE i.indrelid = %s AND a.attname = %s AND am.amname = 'btree'",
+            [t.oid, t.id_column],
+        ).fetchone()
+        return found is not None
+
+    def _draw_ids(
+        self, t: _Table, rng: np.random.Generator, n: int, low: int, span: int, rows: int
+    ) -> list[Any]:
+        """Uniform random ids in ``[low, low + span)`` in draw order, kept where a row with
+        a vector exists, until ``n`` are found: each row equally likely (rejection)."""
+        query = sql.SQL("SELECT {id} FROM {t} WHERE {id} = ANY(%s) AND {v} IS NOT NULL").format(
+            id=sql.Identifier(t.id_column), t=t.ident, v=sql.Identifier(t.vector_column)
+        )
+        chosen: list[int] = []
+        tried: set[int] = set()
+        for _ in range(MAX_DRAW_ROUNDS):
+            if len(chosen) >= n or len(tried) >= span:
+                break
+            want = math.ceil((n - len(chosen)) * span / max(rows, 1) * 1.25) + 8
+            drawn = (low + rng.integers(0, span, size=want, dtype=np.int64)).tolist()
+            fresh = [i for i in dict.fromkeys(drawn) if i not in tried]
+            tried.update(fresh)
+            exists = {int(r[0]) for r in self._conn.execute(query, [fresh]).fetchall()}
+            chosen += [i for i in fresh if i in exists][: n - len(chosen)]
+        return chosen
+
+    def _page_sample(self, t: _Table, n: int, seed: int) -> list[Any]:
+        """Ids of the rows on about ``SAMPLE_SPREAD * n`` random pages, sorted (so the
+        draw from them depends on the seed only)."""
+        row = self._conn.execute(
+            "SELECT pg_relation_size(%s::oid) / current_setting('block_size')::int", [t.oid]
+        ).fetchone()
+        pages = max(int(row[0]) if row else 0, 1)
+        percent = min(100.0, 100.0 * SAMPLE_SPREAD * n / pages)
+        query = sql.SQL(
+            "SELECT {id} FROM {t} TABLESAMPLE SYSTEM (%s) REPEATABLE (%s) WHERE {v} IS NOT NULL"
+        ).format(id=sql.Identifier(t.id_column), t=t.ident, v=sql.Identifier(t.vector_column))
+        while True:
+            ids = [r[0] for r in self._conn.execute(query, [percent, seed]).fetchall()]
+            if len(ids) >= SAMPLE_SPREAD * n or percent >= 100.0:
+                return sorted(ids)
+            percent = min(100.0, percent * max(2.0, 1.25 * SAMPLE_SPREAD * n / (len(ids) or 1)))
 
     def _fetch_raw(self, ids: Sequence[Any], *, with_payload: bool = False) -> RecordBatch:
         """Rows by id in the order given; ids may be strings for uuid columns."""

@@ -33,7 +33,15 @@ from qdrant_client.local.persistence import STORAGE_FILE_NAME
 
 from adapters.layouts import DEFAULT_PAYLOAD_LAYOUT, PayloadLayout, payload_layout
 from guard.errors import ConfigError, StoreError
-from guard.records import Distance, RecordBatch, RecordId, StoreInfo, Vectors, as_vectors
+from guard.records import (
+    Distance,
+    RecordBatch,
+    RecordId,
+    Sample,
+    StoreInfo,
+    Vectors,
+    as_vectors,
+)
 from guard.uri import ParsedURI
 
 CONNECT_TIMEOUT_S = 4.0
@@ -50,6 +58,8 @@ DISTANCES: dict[models.Distance, Distance] = {
 QDRANT_DISTANCES = {ours: theirs for theirs, ours in DISTANCES.items()}
 
 MAX_DRAW_ROUNDS = 50
+ID_LIST_MAX = 100_000  # points up to which sample() lists every id (exact, and cheap)
+ID_PAGE = 10_000  # ids per scroll request when listing them
 PROBE_THREADS = 16
 DENSE_IDS = 0.1  # integer ids filling this share of their range are drawn directly
 
@@ -303,39 +313,61 @@ class QdrantStore:
     def _with_vectors(self) -> bool | list[str]:
         return [self._vector_name] if self._vector_name else True
 
-    def sample(self, n: int, *, seed: int) -> RecordBatch:
-        """Up to ``n`` distinct points, reproducible for a seed; never scrolls everything.
+    def sample(self, n: int, *, seed: int) -> Sample:
+        """Up to ``n`` distinct points drawn uniformly, in random order, reproducible for
+        a seed; never reads every vector.
 
         Qdrant's own random sample (``SampleQuery(sample=Sample.RANDOM)``) takes no seed,
-        so the draw is made here from a seeded generator instead:
-        - integer ids that fill at least a tenth of their range: random ids fetched in
-          batches; every point is equally likely;
-        - otherwise (UUIDs, sparse integers): seeded keyset probes between the first and
-          the last id, each taking the first point at or after a random id. Reproducible,
-          but a point that follows a wide gap in id space is likelier than one in a dense
-          run: a small, content-blind bias for random (v4) UUIDs, a larger one for
-          time-ordered ids written in bursts. One request per probe, 16 at a time on a
+        so the draw is made here from a seeded generator (README, "How the sample is
+        drawn"):
+        - ``uniform_id_list``: collections of up to ``ID_LIST_MAX`` points (or ``2 n``):
+          every id scrolled without payload or vector, ``n`` of them drawn, then fetched;
+        - ``uniform_ids``: larger collections whose integer ids fill at least a tenth of
+          their range: random ids fetched in batches, kept where a point exists;
+        - ``keyset_probes``: otherwise (UUIDs, sparse integers), the first point at or
+          after each of many uniform positions between the first and last id. A point's
+          chance is proportional to the gap in id space before it: content-blind for
+          random (v4) UUIDs, but a group of time-ordered ids (UUIDv7) written in a burst
+          is drawn less often than its share. One request per probe, 16 at a time on a
           server (Qdrant has no batched keyset read).
-        Collections of at most ``2 n`` points are read whole and drawn from exactly. A
-        collection mixing both id kinds is drawn from the kind of its smallest id.
+        A collection mixing both id kinds is drawn from the kind of its smallest id.
         """
         params, _ = self._vector_params()
         count = self._count()
         if count == 0:
             raise StoreError("store is empty", uri=self.uri)
         rng = np.random.default_rng(seed % 2**64)  # numpy wants seeds >= 0
-        if count <= 2 * n:
-            everything = [p for batch in self._pages(None) for p in batch]
-            picks = rng.choice(len(everything), size=min(n, count), replace=False)
-            return self._batch([everything[i] for i in sorted(picks)], params.size, False)
+        if count <= max(ID_LIST_MAX, 2 * n):
+            ids = self._all_ids()
+            picks = [ids[i] for i in rng.choice(len(ids), size=min(n, len(ids)), replace=False)]
+            return Sample.of(self._retrieve(picks, with_payload=True), "uniform_id_list")
         with self._errors():
             first, _ = self.client.scroll(self.collection, limit=1, with_payload=False)
         low = _position(first[0].id)
         high = self._last_position(low)
         span = high - low + 1
         if low < _UUIDS_AT and count / span >= DENSE_IDS:
-            return self._batch(self._draw_ids(rng, n, low, span, count), params.size, False)
-        return self._batch(self._probe(rng, n, low, span), params.size, False)
+            points = self._draw_ids(rng, n, low, span, count)
+            return Sample.of(self._batch(points, params.size, True), "uniform_ids")
+        points = self._probe(rng, n, low, span)
+        return Sample.of(self._batch(points, params.size, True), "keyset_probes")
+
+    def _all_ids(self) -> list[RecordId]:
+        """Every point id in Qdrant's order, without payloads or vectors."""
+        ids: list[RecordId] = []
+        offset: Any = None
+        while True:
+            with self._errors():
+                points, offset = self.client.scroll(
+                    self.collection,
+                    offset=offset,
+                    limit=ID_PAGE,
+                    with_payload=False,
+                    with_vectors=False,
+                )
+            ids += [p.id if isinstance(p.id, int) else str(p.id) for p in points]
+            if offset is None:
+                return ids
 
     def _first_at(self, position: int, *, full: bool = True) -> Any | None:
         """The first point at or after ``position`` in Qdrant's id order: integer ids are
@@ -430,6 +462,10 @@ class QdrantStore:
             yield self._batch(points, params.size, with_payload)
 
     def fetch(self, ids: Sequence[RecordId]) -> RecordBatch:
+        return self._retrieve(ids, with_payload=False)
+
+    def _retrieve(self, ids: Sequence[RecordId], *, with_payload: bool) -> RecordBatch:
+        """The points with these ids, in the order given (unknown ids left out)."""
         params, _ = self._vector_params()
         with self._errors():
             wanted = list(dict.fromkeys(_normal_id(i) for i in ids))
@@ -438,7 +474,7 @@ class QdrantStore:
             )
         by_id = {p.id: p for p in found}
         order = [by_id[i] for i in wanted if i in by_id]
-        return self._batch(order, params.size, False)
+        return self._batch(order, params.size, with_payload)
 
     def search(self, vectors: Vectors, k: int) -> list[list[RecordId]]:
         params, name = self._vector_params()

@@ -17,7 +17,14 @@ from typing import Any
 import numpy as np
 
 from guard.core.compare import Comparison, compare, overlap_at_k
-from guard.core.diagnosis import Alternative, Evidence, Finding, diagnose, settings_to_try
+from guard.core.diagnosis import (
+    Alternative,
+    Evidence,
+    Finding,
+    RecordTimes,
+    diagnose,
+    settings_to_try,
+)
 from guard.core.policy import Thresholds, decide
 from guard.core.selfcheck import selfcheck
 from guard.core.stats import Bound, bound, plan_rounds
@@ -115,6 +122,7 @@ def run_check(
             bound=None,
             findings=findings,
             seed=seed,
+            sample_method=drawn.method,
             overlap=None,
             timing=timer.totals(),
         )
@@ -133,6 +141,8 @@ def run_check(
             measured.vectors.shape[1],
             selfcheck=broken,
             candidate_settings=_current_settings(candidate),
+            ids=measured.records.ids,
+            times=RecordTimes.from_payloads(measured.records.payloads),
         )
         findings = diagnose(_with_alternatives(evidence, measured, candidate))
     baseline_fingerprint = None
@@ -151,6 +161,7 @@ def run_check(
         bound=measured.bound,
         findings=findings,
         seed=seed,
+        sample_method=drawn.method,
         overlap=overlap,
         timing=timer.totals(),
     )
@@ -268,15 +279,7 @@ def _with_alternatives(
             engine.close()
         if vectors.shape[1] == stored.shape[1]:
             alternatives.append(Alternative.measure(setting, rows, stored, vectors))
-    return Evidence(
-        evidence.comparison,
-        evidence.threshold,
-        evidence.stored_dims,
-        evidence.candidate_dims,
-        selfcheck=evidence.selfcheck,
-        alternatives=tuple(alternatives),
-        candidate_settings=evidence.candidate_settings,
-    )
+    return replace(evidence, alternatives=tuple(alternatives))
 
 
 def _baseline_agreement(

@@ -12,6 +12,13 @@ import numpy.typing as npt
 Vectors = npt.NDArray[np.float32]
 RecordId = int | str
 Distance = Literal["cosine", "dot", "l2", "l1"]
+# How a store drew a sample; README "How the sample is drawn" says what each guarantees.
+SampleMethod = Literal[
+    "uniform_ids",  # dense integer ids: uniform random ids, fetched by id (exact)
+    "uniform_id_list",  # every id listed without vectors, n drawn uniformly (exact)
+    "tablesample_system",  # random pages, n rows drawn from them (uniform, page-clustered)
+    "keyset_probes",  # first id after uniform positions (weighted by the id gap before it)
+]
 
 
 def as_vectors(data: Any, *, dims: int | None = None) -> Vectors:
@@ -65,6 +72,22 @@ class RecordBatch:
             self.vectors[list(indices)] if len(indices) else self.vectors[:0],
             tuple(self.payloads[i] for i in indices) if self.payloads else (),
         )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sample(RecordBatch):
+    """A seeded random draw in random order, and how it was drawn.
+
+    ``method`` names the store's sampling method (README, "How the sample is drawn"):
+    what it guarantees is part of the report, because a verdict is only as good as the
+    sample it rests on.
+    """
+
+    method: SampleMethod
+
+    @classmethod
+    def of(cls, batch: RecordBatch, method: SampleMethod) -> Sample:
+        return cls(batch.ids, batch.texts, batch.vectors, batch.payloads, method=method)
 
 
 @dataclass(frozen=True)

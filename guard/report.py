@@ -93,6 +93,7 @@ def build_report(
     bound: Bound | None,
     findings: Sequence[Finding],
     seed: int,
+    sample_method: str,
     overlap: float | None,
     timing: Mapping[str, float],
 ) -> CheckReport:
@@ -115,6 +116,7 @@ def build_report(
             "seed": seed,
             "rounds": bound.rounds if bound is not None else 0,
             "records_without_text": store.records_without_text,
+            "method": sample_method,
         },
         thresholds=thresholds.as_dict(),
         metrics=_metrics(comparison, overlap, thresholds.overlap_k),
@@ -273,7 +275,10 @@ def _store_facts(report: CheckReport) -> str:
 def _sample_line(report: CheckReport) -> str:
     s = report.sample
     rounds = "round" if s["rounds"] == 1 else "rounds"
-    line = f"sample of {s['size']:,} records in {s['rounds']} {rounds}, seed {s['seed']}"
+    line = (
+        f"sample of {s['size']:,} records in {s['rounds']} {rounds}, seed {s['seed']}, "
+        f"drawn by {s['method']}"
+    )
     if s["records_without_text"]:
         line += f"; {s['records_without_text']:,} records without text"
     return line

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
-from guard.records import Distance, RecordBatch, RecordId, StoreInfo, Vectors
+from guard.records import Distance, RecordBatch, RecordId, Sample, StoreInfo, Vectors
 from guard.registry import instantiate
 
 
@@ -31,9 +31,12 @@ class VectorStore(Protocol):
         """Count, dimensions, distance and the text layout detected."""
         ...
 
-    def sample(self, n: int, *, seed: int) -> RecordBatch:
-        """Up to ``n`` distinct records drawn at random; the same seed gives the same draw
-        while the collection is unchanged."""
+    def sample(self, n: int, *, seed: int) -> Sample:
+        """Up to ``n`` distinct records drawn uniformly at random, **in random order**:
+        every prefix of the sample is itself a uniform sample, because the check reads
+        the sample round by round as growing prefixes (a sample sorted by id would
+        measure only the oldest records). The same seed gives the same draw while the
+        collection is unchanged; ``Sample.method`` names how it was drawn."""
         ...
 
     def scan(

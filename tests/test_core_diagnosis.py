@@ -20,8 +20,10 @@ from guard.core.diagnosis import (
     Alternative,
     Evidence,
     Finding,
+    RecordTimes,
     SettingValue,
     diagnose,
+    mixed_store,
     settings_to_try,
 )
 from guard.core.policy import Thresholds, decide
@@ -157,6 +159,130 @@ def test_random_rotation_is_a_different_space() -> None:
     outcome = check(stored, stored @ rotation, token_counts())
 
     assert (outcome.verdict, outcome.causes) == ("reindex", ("different_space",))
+
+
+def foreign_rows(stored: Array, rows: npt.NDArray[np.int64], seed: int = 7) -> Array:
+    """The candidate's vectors when ``rows`` of the store were written by another model:
+    identical elsewhere, unrelated (another space) on those rows."""
+    candidate = stored.copy()
+    candidate[rows] = unit_rows(len(rows), D, seed)
+    return candidate
+
+
+@pytest.mark.parametrize(
+    ("placement", "where"),
+    [
+        ("newest", "all above the matching ones (0-699): the newest"),
+        ("oldest", "all below the matching ones (300-999): the oldest"),
+        ("scattered", "scattered among the matching ones"),
+    ],
+)
+def test_a_group_written_by_another_engine_is_a_mixed_store(placement: str, where: str) -> None:
+    stored = unit_rows()
+    rows = {
+        "newest": np.arange(700, 1000),
+        "oldest": np.arange(0, 300),
+        "scattered": np.random.default_rng(8).choice(N, 300, replace=False),
+    }[placement]
+    comparison = compare(stored, foreign_rows(stored, rows), token_counts(), "cosine")
+    evidence = Evidence(comparison, T, D, D, ids=tuple(range(N)))
+
+    findings = diagnose(evidence)
+    b = bound(comparison.failures(T), N, threshold=T, allowed_share=0.01)
+    verdict = decide(b, findings, Thresholds())
+
+    assert [f.cause for f in findings] == ["mixed_store"]
+    assert "700 of 1000 sampled records (70%) match" in findings[0].evidence
+    assert "a distinct group of 300 (30%) does not" in findings[0].evidence
+    assert where in findings[0].evidence
+    assert verdict.name == "reindex"
+    assert any(reason.startswith("mixed_store: ") for reason in verdict.reasons)
+
+
+def test_a_store_mostly_from_another_engine_is_mixed_not_a_different_space() -> None:
+    """The reverse: 70% foreign, 30% still matching the candidate."""
+    stored = unit_rows()
+    outcome = check(stored, foreign_rows(stored, np.arange(300, N)), token_counts())
+
+    assert (outcome.verdict, outcome.causes) == ("reindex", ("mixed_store",))
+    assert outcome.findings[0].suggestion.startswith("most of the store was written by another")
+
+
+def test_a_mixed_group_within_the_allowed_share_still_approves() -> None:
+    """40 foreign records in 2,000 (2%) at an allowed share of 5%: named, not blocking."""
+    stored = unit_rows(2000)
+    candidate = stored.copy()
+    candidate[1960:] = unit_rows(40, D, 9)
+    comparison = compare(stored, candidate, None, "cosine")
+    findings = diagnose(Evidence(comparison, T, D, D, ids=tuple(range(2000))))
+    b = bound(40, 2000, threshold=T, allowed_share=0.05)
+
+    verdict = decide(b, findings, Thresholds(allowed_share=0.05))
+
+    assert ([f.cause for f in findings], verdict.name) == (["mixed_store"], "approve")
+
+
+def test_one_noisy_mode_straddling_the_threshold_is_not_a_mixed_store() -> None:
+    """Quantisation: cosines spread around 0.992, a third of them below 0.99."""
+    stored = unit_rows()
+    cosines = 0.995 - np.abs(np.random.default_rng(10).normal(0, 0.006, N))
+
+    outcome = check(stored, toward(stored, cosines), None)
+
+    assert "mixed_store" not in outcome.causes
+    assert outcome.verdict == "reindex"
+
+
+def test_a_group_written_by_a_lower_precision_model_is_a_mixed_store() -> None:
+    """30% from a Q4 file (cosine about 0.975), the rest exactly the candidate's."""
+    stored = unit_rows()
+    low = np.random.default_rng(11).uniform(0.968, 0.982, N)
+    cosines = np.where(np.arange(N) < 700, 0.999995, low)
+
+    outcome = check(stored, toward(stored, cosines), None)
+
+    assert (outcome.verdict, outcome.causes) == ("reindex", ("mixed_store",))
+
+
+def test_the_mismatching_groups_timestamps_are_named() -> None:
+    stored = unit_rows()
+    comparison = compare(stored, foreign_rows(stored, np.arange(700, N)), None, "cosine")
+    payloads = [
+        {"metadata": {"created_at": f"2026-{1 + i // 100:02d}-01T00:00:00+00:00"}} for i in range(N)
+    ]
+    times = RecordTimes.from_payloads(payloads)
+
+    finding = mixed_store(Evidence(comparison, T, D, D, times=times))
+
+    assert times is not None and times.field == "metadata.created_at"
+    assert finding is not None
+    assert (
+        "their metadata.created_at runs from 2026-08-01T00:00:00+00:00 to "
+        "2026-10-01T00:00:00+00:00 (the matching ones: 2026-01-01T00:00:00+00:00 to "
+        "2026-07-01T00:00:00+00:00)"
+    ) in finding.evidence
+
+
+def test_timestamps_are_read_from_datetimes_dates_iso_strings_and_epochs() -> None:
+    from datetime import UTC, date, datetime
+
+    moment = datetime(2026, 3, 1, tzinfo=UTC)
+    payloads = [
+        {"updated_at": moment},
+        {"updated_at": date(2026, 3, 1)},
+        {"updated_at": "2026-03-01T00:00:00"},
+        {"updated_at": int(moment.timestamp())},
+        {"updated_at": int(moment.timestamp() * 1000)},
+        {"updated_at": "yesterday"},
+        {"title": "no time"},
+    ]
+
+    times = RecordTimes.from_payloads(payloads)
+
+    assert times is not None
+    assert times.seconds[:5].tolist() == [moment.timestamp()] * 5
+    assert np.isnan(times.seconds[5:]).all()
+    assert RecordTimes.from_payloads([{"format": "pdf", "page": 3}]) is None
 
 
 def test_truncation_at_256_tokens_is_fixed_by_max_tokens() -> None:
@@ -325,7 +451,9 @@ def test_a_fix_that_breaks_matching_controls_is_not_applied() -> None:
 
     outcome = check(stored, candidate, token_counts(), alternatives=(alternative,))
 
-    assert (outcome.verdict, outcome.causes) == ("reindex", ("pooling_mismatch",))
+    # Half the store matches as is, and the other half only with another pooling: a
+    # store written by two configurations, which no one setting fixes.
+    assert (outcome.verdict, outcome.causes) == ("reindex", ("pooling_mismatch", "mixed_store"))
     assert outcome.findings[0].explains_all is False
 
 
@@ -457,7 +585,10 @@ def test_failures_scattered_over_all_lengths_are_not_truncation() -> None:
     stored, tokens = unit_rows(), token_counts()
     cosines = np.where(np.arange(N) % 40 == 0, 0.9, 0.99999)
 
-    assert diagnose(evidence_for(stored, toward(stored, cosines), tokens)) == ()
+    findings = diagnose(evidence_for(stored, toward(stored, cosines), tokens))
+
+    # A distinct group at cosine 0.9 that length does not explain: another engine's.
+    assert [f.cause for f in findings] == ["mixed_store"]
 
 
 def test_truncation_cut_is_rounded_past_mildly_truncated_records() -> None:

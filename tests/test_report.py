@@ -72,6 +72,7 @@ def _report(findings: tuple[Finding, ...] = (TRUNCATION,)) -> CheckReport:
         bound=b,
         findings=findings,
         seed=42,
+        sample_method="uniform_id_list",
         overlap=0.95,
         timing={"sample_s": 0.12345, "embed_s": 2.5},
     )
@@ -94,7 +95,13 @@ def test_json_has_exactly_the_design_fields_in_order() -> None:
         "max_tokens": 512,
     }
     assert data["baseline"] is None
-    assert data["sample"] == {"size": 400, "seed": 42, "rounds": 1, "records_without_text": 7}
+    assert data["sample"] == {
+        "size": 400,
+        "seed": 42,
+        "rounds": 1,
+        "records_without_text": 7,
+        "method": "uniform_id_list",
+    }
     assert data["thresholds"] == Thresholds().as_dict()
     assert data["diagnosis"] == [
         {
@@ -141,6 +148,7 @@ def test_dimension_mismatch_report_has_nulls_not_missing_fields() -> None:
         bound=None,
         findings=[finding],
         seed=1,
+        sample_method="uniform_ids",
         overlap=None,
         timing={},
     )

@@ -13,14 +13,17 @@ results back as ``Alternative`` values.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from datetime import UTC, date, datetime
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from guard.core.compare import Comparison, Floats, Ints, rowwise_cosine
+from guard.records import RecordId
 
 Cause = Literal[
     "truncation_mismatch",
@@ -30,6 +33,7 @@ Cause = Literal[
     "quantization_noise",
     "different_space",
     "dimension_mismatch",
+    "mixed_store",
     "nan_output",
     "zero_vectors",
     "collisions",
@@ -59,6 +63,11 @@ _TRUNCATION_P = 1e-3
 # brings every one above T explains the mismatch: if it failed on a tenth of them,
 # 30 clean re-measurements would happen by chance less than 5% of the time.
 MIN_REMEASURED = 30
+# A mixed store: two groups, each at least this share of the sample (and 3 records), the
+# mismatching one's median below T by at least MIXED_GAP and by ten times the matching
+# group's distance from 1: a second mode, not the tail of one noisy mode straddling T.
+MIXED_MIN_SHARE = 0.01
+MIXED_GAP = 0.005
 # Settings whose change commonly explains a whole-sample mismatch, for the shell to try.
 PROBES: tuple[Setting, ...] = (
     {"prefix": "query: "},
@@ -131,6 +140,62 @@ class Alternative:
 
 
 @dataclass(frozen=True, eq=False)
+class RecordTimes:
+    """One timestamp-like field of the compared records, as epoch seconds (NaN: none)."""
+
+    field: str
+    seconds: Floats
+
+    @classmethod
+    def from_payloads(cls, payloads: Sequence[Mapping[str, Any]]) -> RecordTimes | None:
+        """The first field named like a timestamp (``created_at``, ``metadata.date``...)
+        that at least half of the records hold as a datetime, an ISO string or epoch
+        seconds/milliseconds; one level of nesting is looked into."""
+        flat = [_flatten(payload) for payload in payloads]
+        names = dict.fromkeys(key for payload in flat for key in payload if _TIME_NAME.search(key))
+        for name in names:
+            seconds = np.array([_seconds(p.get(name)) for p in flat], dtype=np.float64)
+            if payloads and np.count_nonzero(np.isfinite(seconds)) * 2 >= len(payloads):
+                return cls(name, seconds)
+        return None
+
+
+_TIME_NAME = re.compile(
+    r"(?i)(^|[._])(created|updated|modified|inserted|ingested|indexed|written|embedded)"
+    r"(_?(at|on|time|ts|date))?$|(^|[._])(timestamp|ts|date|datetime|time)$|_(at|ts)$"
+)
+
+
+def _flatten(payload: Mapping[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in payload.items():
+        if isinstance(value, Mapping):
+            flat.update({f"{key}.{sub}": inner for sub, inner in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def _seconds(value: Any) -> float:
+    """Epoch seconds of a datetime, date, ISO string or plausible epoch number; NaN else."""
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC).timestamp()
+    if isinstance(value, str):
+        try:
+            return _seconds(datetime.fromisoformat(value))
+        except ValueError:
+            return math.nan
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if 1e8 < value < 1e11:
+            return float(value)
+        if 1e11 <= value < 1e14:
+            return float(value) / 1000.0
+    return math.nan
+
+
+@dataclass(frozen=True, eq=False)
 class Evidence:
     """Everything the rules look at.
 
@@ -147,6 +212,8 @@ class Evidence:
     selfcheck: tuple[Finding, ...] = ()
     alternatives: tuple[Alternative, ...] = ()
     candidate_settings: Setting = field(default_factory=dict)
+    ids: tuple[RecordId, ...] = ()
+    times: RecordTimes | None = None
 
     def mismatching(self) -> Ints:
         """Rows below the threshold: the records alternatives should re-measure."""
@@ -174,8 +241,8 @@ def different_space(e: Evidence) -> Finding | None:
     c = e.comparison
     if c is None or not c.cosine.median < DIFFERENT_SPACE_MEDIAN:
         return None
-    if any(_explains(a, e) for a in e.alternatives):
-        return None
+    if any(_explains(a, e) for a in e.alternatives) or _mixed(e) is not None:
+        return None  # a setting maps it back, or a group still matches: not another space
     return Finding(
         "different_space",
         f"cosines are low across the board (median {c.cosine.median:.3f}, "
@@ -280,6 +347,88 @@ def pooling_mismatch(e: Evidence) -> Finding | None:
     return _alternative_rule(e, "pooling", "pooling_mismatch")
 
 
+def mixed_store(e: Evidence) -> Finding | None:
+    """Most records match and a distinct group does not, or the reverse: the store was
+    written by more than one engine (or setting), and no one setting fixes it."""
+    groups = _mixed(e)
+    if groups is None or e.comparison is None:
+        return None
+    c, below = e.comparison, groups
+    n, k = c.n, int(below.sum())
+    failing, matching = c.cosines[below], c.cosines[~below]
+    evidence = (
+        f"{n - k} of {n} sampled records ({(n - k) / n:.0%}) match the candidate (median "
+        f"cosine {float(np.median(matching)):.4f}); a distinct group of {k} ({k / n:.0%}) "
+        f"does not (median cosine {float(np.median(failing)):.3f})"
+    )
+    places = (_id_range(e, below), _time_range(e, below))
+    evidence += "".join(f"; {where}" for where in places if where)
+    if 2 * k > n:
+        suggestion = (
+            "most of the store was written by another engine than the candidate: re-index "
+            "it, or use the engine that wrote the majority and re-index the matching group"
+        )
+    else:
+        suggestion = (
+            "part of the store was written by another engine or setting: re-index that "
+            "group (or the whole store) with one engine, and find what wrote those records"
+        )
+    return Finding("mixed_store", evidence, suggestion)
+
+
+def _mixed(e: Evidence) -> npt.NDArray[np.bool_] | None:
+    """The mask of the mismatching group when the sample splits into two distinct ones."""
+    c = e.comparison
+    if c is None:
+        return None
+    below = c.below(e.threshold)
+    smallest = max(3, math.ceil(MIXED_MIN_SHARE * c.n))
+    k = int(below.sum())
+    if min(k, c.n - k) < smallest:
+        return None
+    matching = float(np.median(c.cosines[~below]))
+    gap = max(MIXED_GAP, 10.0 * (1.0 - matching))
+    if float(np.median(c.cosines[below])) > e.threshold - gap:
+        return None  # the tail of one noisy mode (quantisation), not a second engine
+    if _truncation(e) is not None:
+        return None  # the long records fail: one engine that cuts them, not two engines
+    if any(_fixed(a, e)[1] and bool(np.all(a.cosines >= e.threshold)) for a in e.alternatives):
+        return None  # one setting fixes the group and keeps the controls: one engine
+    return below
+
+
+def _id_range(e: Evidence, below: npt.NDArray[np.bool_]) -> str:
+    """Where the mismatching ids sit among the matching ones (integer ids only)."""
+    if len(e.ids) != below.size or not all(isinstance(i, int) for i in e.ids):
+        return ""
+    ids = np.asarray(e.ids, dtype=np.int64)
+    bad, good = ids[below], ids[~below]
+    where = f"the mismatching records have ids {bad.min()}-{bad.max()}"
+    if bad.min() > good.max():
+        return f"{where}, all above the matching ones ({good.min()}-{good.max()}): the newest"
+    if bad.max() < good.min():
+        return f"{where}, all below the matching ones ({good.min()}-{good.max()}): the oldest"
+    return f"{where}, scattered among the matching ones ({good.min()}-{good.max()})"
+
+
+def _time_range(e: Evidence, below: npt.NDArray[np.bool_]) -> str:
+    t = e.times
+    if t is None or t.seconds.size != below.size:
+        return ""
+    bad, good = t.seconds[below], t.seconds[~below]
+    bad, good = bad[np.isfinite(bad)], good[np.isfinite(good)]
+    if bad.size == 0:
+        return ""
+    text = f"their {t.field} runs from {_moment(bad.min())} to {_moment(bad.max())}"
+    if good.size:
+        text += f" (the matching ones: {_moment(good.min())} to {_moment(good.max())})"
+    return text
+
+
+def _moment(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+
+
 def quantization_noise(e: Evidence) -> Finding | None:
     c = e.comparison
     if c is None:
@@ -312,6 +461,7 @@ RULES: tuple[Rule, ...] = (
     normalization_mismatch,
     prefix_mismatch,
     pooling_mismatch,
+    mixed_store,
     quantization_noise,
 )
 

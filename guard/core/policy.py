@@ -5,8 +5,9 @@ The order of the rules is the contract of design.md:
 2. ``dimension_mismatch`` or ``different_space``: ``reindex`` (1): no setting helps;
 3. a finding whose setting explains every mismatch: ``fix_config`` (3);
 4. the bound's upper share within the allowed share, overlap@k at least the minimum
-   (when measured) and no norm mismatch under a length-sensitive distance: ``approve`` (0);
-5. anything else: ``reindex`` (1).
+   (when measured) and no norm mismatch under a length-sensitive distance: ``approve`` (0)
+   (a ``mixed_store`` finding alone does not block: its group is within the allowed share);
+5. anything else: ``reindex`` (1), with the ``mixed_store`` evidence among the reasons.
 ``error`` (2) belongs to the shell. The policy never approves when the bound exceeds
 the allowed share.
 """
@@ -141,7 +142,8 @@ def decide(
         f"{f.cause}: {f.evidence}" for f in findings if f.cause == "normalization_mismatch"
     ]
     if blockers:
-        return Verdict.of("reindex", *blockers)
+        mixed = [f"{f.cause}: {f.evidence}" for f in findings if f.cause == "mixed_store"]
+        return Verdict.of("reindex", *blockers, *mixed)
     reasons = [bound_sentence(bound)]
     if overlap is not None:
         reasons.append(f"overlap@{thresholds.overlap_k} is {overlap:.3f}")

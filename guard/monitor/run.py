@@ -25,6 +25,7 @@ import numpy as np
 
 from guard.config import WatchConfig
 from guard.core.compare import compare, overlap_at_k
+from guard.core.diagnosis import Evidence, RecordTimes, mixed_store
 from guard.core.policy import Thresholds
 from guard.core.population import PopulationDrift, population_drift
 from guard.core.stats import bound
@@ -55,6 +56,7 @@ class SampleCheck:
     bound_lower: float | None
     overlap: float | None
     drifted: bool
+    mixed_store: str | None = None  # the evidence, when part of the store fails as a group
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,15 @@ def sample_check(
         return SampleCheck(len(usable), len(usable), None, None, 1.0, 1.0, None, drifted=True)
     comparison = compare(usable.vectors, vectors, None, info.distance)
     failures = comparison.failures(thresholds.min_cosine)
+    evidence = Evidence(
+        comparison,
+        thresholds.min_cosine,
+        info.dims,
+        info.dims,
+        ids=usable.ids,
+        times=RecordTimes.from_payloads(usable.payloads),
+    )
+    mixed = mixed_store(evidence)
     measured = bound(
         failures,
         len(usable),
@@ -189,6 +200,7 @@ def sample_check(
         bound_lower=measured.share_below_threshold_lower,
         overlap=overlap,
         drifted=drifted,
+        mixed_store=mixed.evidence if mixed else None,
     )
 
 
@@ -289,6 +301,8 @@ def _reasons(
                     f"overlap@{thresholds.overlap_k} is {sample.overlap:.3f}, "
                     f"below {thresholds.min_overlap:g}"
                 )
+            if sample.mixed_store:
+                reasons.append(f"mixed_store: {sample.mixed_store}")
     if population is not None and population.drifted:
         reasons.append(
             f"the {population.current} records written since the previous run differ from "

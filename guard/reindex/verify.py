@@ -201,9 +201,8 @@ def _check_vectors(
     engine = open_engine(job.candidate_uri)
     try:
         check_engine(job, engine)
-        drawn = target.sample(sample, seed=seed)
-        keep = [i for i, text in enumerate(drawn.texts) if has_text(text)]
-        drawn = drawn.take(keep)
+        sampled = target.sample(sample, seed=seed)
+        drawn = sampled.take([i for i, text in enumerate(sampled.texts) if has_text(text)])
         fresh = engine.embed([str(text) for text in drawn.texts])
     finally:
         engine.close()
