@@ -153,17 +153,26 @@ def _kept(conn: psycopg.Connection[Any], schema: str, table: str) -> str:
     return str(names[0][0])
 
 
-def _reindex_and_cut_over(guard: Guard, uri: str, candidate: str) -> str:
-    """plan, run, verify and cutover through the CLI; the job id."""
+def _reindex(guard: Guard, uri: str, candidate: str, *steps: str) -> str:
+    """plan, run, verify and ``steps`` through the CLI; the job id."""
     code, out, err = guard(
         "plan", "--store", uri, "--candidate", candidate, "--batch-size", "5", "--format", "json"
     )
     assert code == 0, err
     job_id = str(json.loads(out)["job_id"])
-    for step in (("run", job_id), ("verify", job_id), ("cutover", job_id)):
-        code, _, err = guard(*step)
+    for step in ("run", "verify", *steps):
+        code, _, err = guard(step, job_id)
         assert code == 0, (step, err)
     return job_id
+
+
+def _reindex_and_cut_over(guard: Guard, uri: str, candidate: str) -> str:
+    return _reindex(guard, uri, candidate, "cutover")
+
+
+def _tables(conn: psycopg.Connection[Any], schema: str) -> set[str]:
+    query = "SELECT tablename FROM pg_tables WHERE schemaname = %s"
+    return {name for (name,) in conn.execute(query, (schema,)).fetchall()}
 
 
 @pytest.fixture(scope="module")
@@ -171,14 +180,9 @@ def candidate(gguf_f16: Path) -> str:
     return f"llamacpp:{gguf_f16}"
 
 
-def test_langchain_tables_keep_foreign_keys_and_cascade_only_on_the_live_table(
-    guard: Guard, pg_dsn: str, pg_conn: psycopg.Connection[Any], pg_schema: str, candidate: str
-) -> None:
-    """LangChain PGVector's two tables: after cutover the live embedding table has the
-    collection FK (ON DELETE CASCADE) and the original names; deleting a collection
-    cascades into it and leaves the kept copy whole; rollback refuses while the kept
-    rows would break the FK, and restores the same catalog once they would not."""
-    conn, schema = pg_conn, pg_schema
+def _langchain_tables(conn: psycopg.Connection[Any]) -> dict[str, uuid.UUID]:
+    """LangChain PGVector's tables as langchain-postgres creates them, two collections of
+    RECORDS / 2 rows each; their uuids by name."""
     conn.execute(
         "CREATE TABLE langchain_pg_collection (uuid uuid PRIMARY KEY, name varchar NOT NULL"
         " UNIQUE, cmetadata json)"
@@ -210,6 +214,18 @@ def test_langchain_tables_keep_foreign_keys_and_cascade_only_on_the_live_table(
             for i in range(RECORDS)
         ],
     )
+    return collections
+
+
+def test_langchain_tables_keep_foreign_keys_and_cascade_only_on_the_live_table(
+    guard: Guard, pg_dsn: str, pg_conn: psycopg.Connection[Any], pg_schema: str, candidate: str
+) -> None:
+    """LangChain PGVector's two tables: after cutover the live embedding table has the
+    collection FK (ON DELETE CASCADE) and the original names; deleting a collection
+    cascades into it and leaves the kept copy whole; rollback refuses while the kept
+    rows would break the FK, and restores the same catalog once they would not."""
+    conn, schema = pg_conn, pg_schema
+    collections = _langchain_tables(conn)
     table = "langchain_pg_embedding"
     before = catalog(conn, schema, table)
 
@@ -362,3 +378,37 @@ def test_bigserial_table_keeps_trigger_grant_policy_comments_and_takes_inserts(
         conn.execute("SELECT count(*) FROM note_links WHERE note_id = %s", (new_id,)).fetchone()[0]
         == 0
     )
+
+
+def test_a_switch_stopped_midway_changes_nothing(
+    guard: Guard, pg_dsn: str, pg_conn: psycopg.Connection[Any], pg_schema: str, candidate: str
+) -> None:
+    """A writer's open transaction on langchain_pg_collection holds a lock the switch needs
+    only after it has renamed the tables and their indexes (to add the foreign key to
+    the new live table): the switch stops at lock_timeout with one line and exit 2, and
+    tables, names and foreign keys are as before; once the writer is done it switches."""
+    conn, schema = pg_conn, pg_schema
+    _langchain_tables(conn)
+    table = "langchain_pg_embedding"
+    before = catalog(conn, schema, table)
+    job_id = _reindex(guard, _uri(pg_dsn, schema, table), candidate)
+    tables = _tables(conn, schema)
+
+    with psycopg.connect(pg_dsn) as writer:  # not autocommit: its transaction stays open
+        writer.execute(
+            sql.SQL("INSERT INTO {} VALUES (%s, 'third', NULL)").format(
+                sql.Identifier(schema, "langchain_pg_collection")
+            ),
+            (uuid.uuid4(),),
+        )
+        code, _, err = guard("cutover", job_id)
+        writer.rollback()
+    assert (code, len(err.strip().splitlines())) == (2, 1), err
+    assert "busy" in err
+    assert _tables(conn, schema) == tables
+    assert before == catalog(conn, schema, table)
+
+    code, _, err = guard("cutover", job_id)
+    assert code == 0, err
+    assert before == catalog(conn, schema, table)
+    assert _tables(conn, schema) - tables == {_kept(conn, schema, table)}
