@@ -412,3 +412,32 @@ def test_a_switch_stopped_midway_changes_nothing(
     assert code == 0, err
     assert before == catalog(conn, schema, table)
     assert _tables(conn, schema) - tables == {_kept(conn, schema, table)}
+
+
+def test_identity_table_keeps_its_sequence_name_and_takes_inserts(
+    guard: Guard, pg_dsn: str, pg_conn: psycopg.Connection[Any], pg_schema: str, candidate: str
+) -> None:
+    """An identity column has a sequence per table: the live table's takes the source's
+    sequence name, and inserts get fresh ids after cutover and after rollback."""
+    conn, schema = pg_conn, pg_schema
+    conn.execute(
+        "CREATE TABLE chunks (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+        " text text, embedding vector(16))"
+    )
+    _fill(
+        conn,
+        "INSERT INTO chunks (text, embedding) VALUES (%s, %s)",
+        [(f"chunk {i} of {('maps', 'songs', 'tools')[i % 3]}",) for i in range(RECORDS)],
+    )
+    table = "chunks"
+    before = catalog(conn, schema, table)
+
+    job_id = _reindex_and_cut_over(guard, _uri(pg_dsn, schema, table), candidate)
+    assert before == catalog(conn, schema, table)
+    insert = "INSERT INTO chunks (text) VALUES ('new') RETURNING id"
+    assert conn.execute(insert).fetchone()[0] == RECORDS + 1
+
+    code, _, err = guard("rollback", job_id)
+    assert code == 0, err
+    assert before == catalog(conn, schema, table)
+    assert conn.execute(insert).fetchone()[0] == RECORDS + 1
