@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -441,3 +442,25 @@ def test_identity_table_keeps_its_sequence_name_and_takes_inserts(
     assert code == 0, err
     assert before == catalog(conn, schema, table)
     assert conn.execute(insert).fetchone()[0] == RECORDS + 1
+
+
+def test_two_cutovers_at_once_switch_once(
+    guard: Guard, pg_dsn: str, pg_conn: psycopg.Connection[Any], pg_schema: str, candidate: str
+) -> None:
+    """Two `guard reindex cutover` processes started together: one switches, the other
+    exits 2 with one line, and the live table is whole."""
+    conn, schema = pg_conn, pg_schema
+    _langchain_tables(conn)
+    table = "langchain_pg_embedding"
+    before = catalog(conn, schema, table)
+    job_id = _reindex(guard, _uri(pg_dsn, schema, table), candidate)
+    tables = _tables(conn, schema)
+
+    command = [str(Path(sys.executable).with_name("guard")), "reindex", "cutover", job_id]
+    runs = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errors = [run.communicate(timeout=300)[1] for run in runs]
+    results = sorted((run.returncode, error) for run, error in zip(runs, errors, strict=True))
+    assert [code for code, _ in results] == [0, 2], results
+    assert len(results[1][1].strip().splitlines()) == 1, results
+    assert before == catalog(conn, schema, table)
+    assert _tables(conn, schema) - tables == {_kept(conn, schema, table)}

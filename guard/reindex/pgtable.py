@@ -209,26 +209,33 @@ def read(conn: Conn, table: int) -> Profile:
             " WHERE d.classid = 'pg_class'::regclass AND d.refobjid = %(t)s"
             " AND d.deptype IN ('a', 'i') ORDER BY a.attname"
         ),
-        comments={
-            (str(kind), str(name)): str(text)
-            for kind, name, text in rows(
-                "SELECT * FROM ("
-                " SELECT 'TABLE', '', obj_description(%(t)s, 'pg_class')"
-                " UNION ALL SELECT 'COLUMN', attname, col_description(attrelid, attnum)"
-                "  FROM pg_attribute WHERE attrelid = %(t)s AND attnum > 0 AND NOT attisdropped"
-                " UNION ALL SELECT 'INDEX', c.relname, obj_description(c.oid, 'pg_class')"
-                "  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-                "  WHERE i.indrelid = %(t)s"
-                " UNION ALL SELECT 'CONSTRAINT', conname, obj_description(oid, 'pg_constraint')"
-                "  FROM pg_constraint WHERE conrelid = %(t)s"
-                " UNION ALL SELECT 'TRIGGER', tgname, obj_description(oid, 'pg_trigger')"
-                "  FROM pg_trigger WHERE tgrelid = %(t)s AND NOT tgisinternal"
-                " UNION ALL SELECT 'POLICY', polname, obj_description(oid, 'pg_policy')"
-                "  FROM pg_policy WHERE polrelid = %(t)s"
-                ") x(kind, name, text) WHERE text IS NOT NULL"
-            )
-        },
+        comments=comments(conn, table),
     )
+
+
+def comments(conn: Conn, table: int) -> dict[tuple[str, str], str]:
+    """The comments on a table and its columns, indexes, constraints, triggers and
+    policies, by (kind, name)."""
+    return {
+        (str(kind), str(name)): str(text)
+        for kind, name, text in conn.execute(
+            "SELECT * FROM ("
+            " SELECT 'TABLE', '', obj_description(%(t)s, 'pg_class')"
+            " UNION ALL SELECT 'COLUMN', attname, col_description(attrelid, attnum)"
+            "  FROM pg_attribute WHERE attrelid = %(t)s AND attnum > 0 AND NOT attisdropped"
+            " UNION ALL SELECT 'INDEX', c.relname, obj_description(c.oid, 'pg_class')"
+            "  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            "  WHERE i.indrelid = %(t)s"
+            " UNION ALL SELECT 'CONSTRAINT', conname, obj_description(oid, 'pg_constraint')"
+            "  FROM pg_constraint WHERE conrelid = %(t)s"
+            " UNION ALL SELECT 'TRIGGER', tgname, obj_description(oid, 'pg_trigger')"
+            "  FROM pg_trigger WHERE tgrelid = %(t)s AND NOT tgisinternal"
+            " UNION ALL SELECT 'POLICY', polname, obj_description(oid, 'pg_policy')"
+            "  FROM pg_policy WHERE polrelid = %(t)s"
+            ") x(kind, name, text) WHERE text IS NOT NULL",
+            {"t": table},
+        )
+    }
 
 
 # --- the swap -----------------------------------------------------------------------------
@@ -276,7 +283,7 @@ def swap(conn: Conn, schema: str, live: str, incoming: str, kept: str) -> None:
     _move_triggers_and_policies(conn, new, was, has)
     _move_grants(conn, new, was, has)
     _move_sequences(conn, schema, live, kept, was, has)
-    _move_comments(conn, schema, live, was.comments, read(conn, incoming_oid).comments)
+    _move_comments(conn, schema, live, was.comments, comments(conn, incoming_oid))
 
 
 def _move_indexes(
