@@ -373,6 +373,8 @@ def _move_constraints(
 def _move_triggers_and_policies(
     conn: Conn, new: sql.Identifier, was: Profile, has: Profile
 ) -> None:
+    """The incoming table's own triggers and policies go (after a rollback they are the
+    kept table's old ones); the live table's are created from their definitions."""
     for name, _, _ in has.triggers:
         _run(conn, "DROP TRIGGER {} ON {}", sql.Identifier(name), new)
     for name, definition, enabled in was.triggers:
@@ -389,7 +391,7 @@ def _move_triggers_and_policies(
             new,
             sql.SQL("PERMISSIVE" if permissive else "RESTRICTIVE"),
             sql.SQL(_COMMANDS[command]),
-            sql.SQL(", ").join(sql.Identifier(r) if r else sql.SQL("PUBLIC") for r in roles),
+            sql.SQL(", ").join(_grantee(role) for role in roles),
             sql.SQL(" USING ({})").format(sql.SQL(using)) if using else sql.SQL(""),
             sql.SQL(" WITH CHECK ({})").format(sql.SQL(check)) if check else sql.SQL(""),
         )
