@@ -576,7 +576,9 @@ class PgVectorStore:
         self._meta = None
 
     def upsert(self, batch: RecordBatch) -> None:
-        """``INSERT ... ON CONFLICT (id) DO UPDATE`` in one transaction (executemany).
+        """``INSERT ... ON CONFLICT (id) DO UPDATE`` in one transaction (executemany). Ids
+        are written as given, also into a ``GENERATED ALWAYS`` identity column (a re-index
+        copies them), hence ``OVERRIDING SYSTEM VALUE``.
 
         Payload keys that name a column go to that column; the rest go to the ``payload``
         jsonb column the guard's own tables have (an error where there is none)."""
@@ -609,7 +611,8 @@ class PgVectorStore:
         placeholders[0] = sql.SQL("%s::{}").format(t.id_type)
         placeholders[2] = sql.SQL("%s::{}").format(sql.SQL(t.vector_type))
         query = sql.SQL(
-            "INSERT INTO {t} ({cols}) VALUES ({vals}) ON CONFLICT ({id}) DO UPDATE SET {sets}"
+            "INSERT INTO {t} ({cols}) OVERRIDING SYSTEM VALUE VALUES ({vals})"
+            " ON CONFLICT ({id}) DO UPDATE SET {sets}"
         ).format(
             t=t.ident,
             cols=sql.SQL(", ").join(map(sql.Identifier, columns)),

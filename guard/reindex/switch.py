@@ -5,7 +5,9 @@ Qdrant readers must query through an alias: cutover points the alias at the targ
 collection. When the source URI names an alias, that alias is switched; when it names
 a real collection, ``--alias NAME`` says which alias the application queries (it is
 created if missing). pgvector tables are renamed in one transaction: the source becomes
-``<table>__old_<jobid8>`` and the shadow table takes the source's name.
+``<table>__old_<jobid8>`` and the shadow table takes the source's name with everything
+else the source had (names, foreign keys, triggers, grants, ...); the kept copy loses its
+foreign keys, so no cascade from the live side changes it.
 """
 
 from __future__ import annotations
@@ -128,8 +130,8 @@ def _qdrant_cutover(job: Job, alias: str | None) -> dict[str, Any]:
 def _pg_cutover(job: Job) -> dict[str, Any]:
     schema, table, shadow = _pg_location(job)
     old = f"{table}__old_{short_id(job.id)}"
-    targets.pg_build_vector_indexes(job.source_uri, schema, table, shadow)
-    targets.pg_rename(job.source_uri, schema, [(table, old), (shadow, table)])
+    targets.pg_build_indexes(job.source_uri, schema, table, shadow)
+    targets.pg_swap(job.source_uri, schema, table, shadow, old)
     return {"kind": "pg_rename", "schema": schema, "table": table, "old": old, "shadow": shadow}
 
 
@@ -156,10 +158,8 @@ def rollback(job_ref: str, *, dsn: str | None = None) -> Switched:
         targets.qdrant_switch(job.source_uri, details["alias"], details["old"])
         live, kept = f"alias {details['alias']} -> {details['old']}", details["new"]
     else:
-        targets.pg_rename(
-            job.source_uri,
-            details["schema"],
-            [(details["table"], details["shadow"]), (details["old"], details["table"])],
+        targets.pg_swap(
+            job.source_uri, details["schema"], details["table"], details["old"], details["shadow"]
         )
         live, kept = details["table"], details["shadow"]
     with connect(dsn) as conn:

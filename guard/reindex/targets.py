@@ -8,9 +8,12 @@ settings and payload indexes; readers switch through an alias in one
 ``CREATE TABLE ... (LIKE source INCLUDING ALL)`` (every column, default, constraint and
 index) plus two provenance columns (already there when the source came from an earlier
 re-index); its HNSW or IVFFlat indexes are built on the new vectors just before the
-switch, which renames both tables in one transaction under ``lock_timeout``. Views and
-foreign keys that name the source keep pointing at the old table after the rename
-(PostgreSQL binds them by oid): recreate them after cutover.
+switch. The switch renames both tables in one transaction under ``lock_timeout`` and
+moves everything else the live table had onto the one that takes its name (index and
+constraint names, foreign keys both ways, triggers, policies, grants, comments, owned
+sequences: guard.reindex.pgtable); rollback is the same switch the other way. Views
+that select from the source stay bound to the kept table (PostgreSQL binds them by
+oid): recreate them after cutover.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from psycopg import sql
 from guard.errors import ReindexError, StoreError
 from guard.pgserver import embedded_dsn
 from guard.records import StoreInfo
+from guard.reindex import pgtable
 from guard.reindex.provenance import PROVENANCE_KEYS
 from guard.stores import VectorStore, open_store
 from guard.uri import parse, redact
@@ -169,39 +173,27 @@ def _vector_indexes(
     return conn.execute(_VECTOR_INDEXES, (schema, table)).fetchall()
 
 
-def pg_build_vector_indexes(uri: str, schema: str, table: str, shadow: str) -> int:
-    """Build on the filled shadow table the HNSW and IVFFlat indexes the source has (they
-    were left out while loading: one build over every new vector beats updating the index
-    row by row, and IVFFlat lists need the data). Returns the number built; none when the
-    shadow has them already (a cutover after a rollback)."""
+def pg_build_indexes(uri: str, schema: str, table: str, shadow: str) -> int:
+    """Build on the filled shadow table each index of the source it lacks: the HNSW and
+    IVFFlat ones left out while loading (one build over every new vector beats updating
+    the index row by row, and IVFFlat lists need the data) and any made on the source
+    since. Returns the number built; none when the shadow has them all (a cutover after
+    a rollback). Done before the switch, so its transaction holds its locks briefly."""
     with _pg_connect(uri) as conn:
-        if _vector_indexes(conn, schema, shadow):
-            return 0
-        built = 0
-        for _, method, column, opclass, options in _vector_indexes(conn, schema, table):
-            # Method, opclass and options come from the catalog, not from a user.
-            with_options = (
-                sql.SQL(" WITH ({})").format(sql.SQL(", ".join(options)))
-                if options
-                else sql.SQL("")
-            )
+        pgtable.qualify_definitions(conn)
+        wanted = pgtable.indexes(conn, pgtable.oid(conn, schema, table))
+        present = pgtable.indexes(conn, pgtable.oid(conn, schema, shadow))
+        pairs, _ = pgtable.pair(wanted, present)
+        missing = [index for index, match in pairs if match is None and not index.contype]
+        for index in missing:
             try:
-                conn.execute(
-                    sql.SQL("CREATE INDEX ON {} USING {} ({} {}){}").format(
-                        sql.Identifier(schema, shadow),
-                        sql.SQL(method),
-                        sql.Identifier(column),
-                        sql.SQL(opclass),
-                        with_options,
-                    )
-                )
+                pgtable.create_index(conn, sql.Identifier(schema, shadow), index, None)
             except psycopg.Error as exc:
                 raise StoreError(
-                    f"cannot build the {method} index on {shadow!r}: {redact(str(exc))}",
+                    f"cannot build index {index.name!r} on {shadow!r}: {redact(str(exc))}",
                     uri=redact(uri),
                 ) from exc
-            built += 1
-        return built
+        return len(missing)
 
 
 # --- switching ---------------------------------------------------------------------------
@@ -253,58 +245,57 @@ def qdrant_drop(store_uri: str, collection: str) -> None:
         store.close()
 
 
-def pg_rename(uri: str, schema: str, renames: list[tuple[str, str]]) -> None:
-    """Rename tables in one transaction: readers see the old names or the new ones, never
-    a missing table. ``lock_timeout`` makes a busy table fail fast instead of queueing
-    every reader behind the rename."""
+def pg_swap(uri: str, schema: str, live: str, incoming: str, kept: str) -> None:
+    """Readers switch from ``live`` to ``incoming`` in one transaction: ``live`` becomes
+    ``kept``, ``incoming`` takes its name and everything else it had (see
+    guard.reindex.pgtable). ``lock_timeout`` makes a busy table fail fast instead of
+    queueing every reader behind the switch."""
     with _pg_connect(uri) as conn:
         try:
             with conn.transaction():
                 conn.execute(
                     sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT))
                 )
-                for old, new in renames:
-                    conn.execute(
-                        sql.SQL("ALTER TABLE {} RENAME TO {}").format(
-                            sql.Identifier(schema, old), sql.Identifier(new)
-                        )
-                    )
-                _advance_identities(conn, schema, renames)
+                pgtable.swap(conn, schema, live, incoming, kept)
+                _advance_identities(conn, schema, live)
         except psycopg.errors.LockNotAvailable as exc:
             raise ReindexError(
                 f"the table is busy (lock not granted within {LOCK_TIMEOUT}); try again"
             ) from exc
+        except psycopg.errors.ForeignKeyViolation as exc:
+            raise ReindexError(
+                f"not switched, nothing changed: {exc.diag.message_primary}; the rows that"
+                f" would become live reference rows deleted since (or rows elsewhere"
+                f" reference rows they lack): restore or delete those rows and try again"
+            ) from exc
         except psycopg.Error as exc:
-            raise StoreError(f"rename failed: {redact(str(exc))}", uri=redact(uri)) from exc
+            raise StoreError(f"switch failed: {redact(str(exc))}", uri=redact(uri)) from exc
 
 
-def _advance_identities(
-    conn: psycopg.Connection[tuple[Any, ...]], schema: str, renames: list[tuple[str, str]]
-) -> None:
+def _advance_identities(conn: psycopg.Connection[tuple[Any, ...]], schema: str, table: str) -> None:
     """Identity columns copied by LIKE got their own sequences starting at 1: move each
     past the highest id so inserts after the switch cannot collide."""
-    for _, new in renames:
-        columns = conn.execute(
-            "SELECT a.attname, pg_get_serial_sequence(quote_ident(%s) || '.' || quote_ident(%s),"
-            " a.attname) FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
-            " JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped",
-            (schema, new, schema, new),
-        ).fetchall()
-        for column, sequence in columns:
-            if sequence is None:
-                continue
-            conn.execute(
-                sql.SQL(
-                    "SELECT setval(%s::regclass, greatest((SELECT max({}) FROM {}), "
-                    "(SELECT last_value FROM {}), 1))"
-                ).format(
-                    sql.Identifier(column),
-                    sql.Identifier(schema, new),
-                    sql.SQL(sequence),  # pg_get_serial_sequence quotes it already
-                ),
-                (sequence,),
-            )
+    columns = conn.execute(
+        "SELECT a.attname, pg_get_serial_sequence(quote_ident(%s) || '.' || quote_ident(%s),"
+        " a.attname) FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped",
+        (schema, table, schema, table),
+    ).fetchall()
+    for column, sequence in columns:
+        if sequence is None:
+            continue
+        conn.execute(
+            sql.SQL(
+                "SELECT setval(%s::regclass, greatest((SELECT max({}) FROM {}), "
+                "(SELECT last_value FROM {}), 1))"
+            ).format(
+                sql.Identifier(column),
+                sql.Identifier(schema, table),
+                sql.SQL(sequence),  # pg_get_serial_sequence quotes it already
+            ),
+            (sequence,),
+        )
 
 
 def pg_drop(uri: str, schema: str, table: str, keep_sequences_for: str | None) -> None:
