@@ -3,15 +3,27 @@ cleanup, and two switches of one job at once. Real state database, real stores."
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 import uuid
 from typing import Any
 
 import psycopg
+import pytest
+import test_reindex_jobs as jobs_tests
+from fixtures_stores import STORE_KINDS
+from test_reindex_jobs import BATCH, GUARD, NO_TEXT, OLD_DIMS, RECORDS
 
-from guard.reindex.jobs import load_job
+from guard.faults import KILLED_EXIT
+from guard.reindex import targets
+from guard.reindex.jobs import load_job, plan_job
 from guard.reindex.state import connect
-from guard.reindex.worker import Ledger
+from guard.reindex.worker import Ledger, run_worker
+from guard.stores import open_store
+
+# The re-index tests' fixtures: a 60-record source, its texts and the candidate engine.
+candidate, source, texts = jobs_tests.candidate, jobs_tests.source, jobs_tests.texts
 
 
 def _bare_job(conn: psycopg.Connection[Any], batches: int) -> uuid.UUID:
@@ -61,3 +73,92 @@ def test_a_lease_taken_over_cannot_be_settled_by_its_first_holder(state_dsn: str
             "SELECT status, written FROM guard_reindex_batches WHERE job_id = %s", (job.id,)
         ).fetchone()
     assert done == ("done", 10)
+
+
+def _guard(*args: str, fault: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ}
+    env.pop("GUARD_FAULT", None)
+    if fault:
+        env["GUARD_FAULT"] = fault
+    return subprocess.run(
+        [GUARD, "reindex", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def _served(uri: str) -> tuple[int, int]:
+    """(records, dims) of what readers of ``uri`` find now."""
+    store = open_store(uri)
+    try:
+        info = store.describe()
+    finally:
+        store.close()
+    return info.count, info.dims
+
+
+def _job_row(job_id: str) -> tuple[str, Any]:
+    with connect() as conn:
+        job = load_job(conn, job_id)
+    return job.state, job.intent
+
+
+@pytest.fixture
+def cut_job(state_dsn: str, source: str, candidate: str, store_kind: str) -> tuple[str, str]:
+    """(job id, the URI readers query) of a finished job; on Qdrant the application
+    queries an alias that points at the source."""
+    job_id = plan_job(store=source, candidate=candidate, batch_size=BATCH).job_id
+    assert run_worker(job_id).stopped == "done"
+    if store_kind == "pgvector":
+        return job_id, source
+    alias = "live_" + source.split("collection=")[1]
+    targets.qdrant_switch(source, alias, source.split("collection=")[1])
+    return job_id, source.replace("collection=", "collection=live_")
+
+
+@pytest.mark.parametrize("store_kind", [k for k in STORE_KINDS if k != "qdrant-url"])
+def test_crashes_in_cutover_rollback_and_cleanup_never_lose_the_served_data(
+    cut_job: tuple[str, str], source: str, store_kind: str
+) -> None:
+    """Kill `guard reindex cutover|rollback|cleanup` after recording its intent and after
+    switching: readers always find a complete collection or table under the served name,
+    a re-run finishes what the store shows was done, and cleanup never drops what is
+    served (it refuses while a switch is unsettled)."""
+    job_id, served = cut_job
+    old, new = (RECORDS, OLD_DIMS), (RECORDS - len(NO_TEXT), 384)
+    cut = ["cutover", job_id, "--force"]
+    if store_kind != "pgvector":
+        cut += ["--alias", served.split("collection=")[1]]
+
+    assert _guard(*cut, fault="cutover.after_intent").returncode == KILLED_EXIT
+    assert (_served(served), _job_row(job_id)[0]) == (old, "active")
+    assert _guard(*cut, fault="cutover.after_switch").returncode == KILLED_EXIT
+    assert (_served(served), _job_row(job_id)[0]) == (new, "active")
+    refused = _guard("cleanup", job_id)  # the state still says active: the target is live
+    assert refused.returncode == 2, refused.stderr
+    assert "cutover of this job was interrupted" in refused.stderr
+    assert _served(served) == new
+    if store_kind != "pgvector":
+        assert _served(source) == old  # the source collection is kept too
+    finished = _guard(*cut)
+    assert finished.returncode == 0, finished.stderr
+    assert (_served(served), _job_row(job_id)) == (new, ("cut_over", None))
+
+    assert _guard("rollback", job_id, fault="rollback.after_intent").returncode == KILLED_EXIT
+    assert _served(served) == new
+    assert _guard("rollback", job_id, fault="rollback.after_switch").returncode == KILLED_EXIT
+    assert (_served(served), _job_row(job_id)[0]) == (old, "cut_over")
+    assert _guard("cleanup", job_id).returncode == 2
+    assert _served(served) == old
+    rolled = _guard("rollback", job_id)
+    assert rolled.returncode == 0, rolled.stderr
+    assert (_served(served), _job_row(job_id)) == (old, ("rolled_back", None))
+
+    again = _guard(*cut)
+    assert again.returncode == 0, again.stderr
+    assert _served(served) == new
+    assert _guard("cleanup", job_id, fault="cleanup.after_intent").returncode == KILLED_EXIT
+    assert _served(served) == new
+    assert _guard("cleanup", job_id, fault="cleanup.after_drop").returncode == KILLED_EXIT
+    assert _served(served) == new
+    cleaned = _guard("cleanup", job_id)
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert (_served(served), _job_row(job_id)) == (new, ("cleaned", None))

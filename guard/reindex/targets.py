@@ -245,12 +245,32 @@ def qdrant_alias_target(store_uri: str, name: str) -> str | None:
         store.close()
 
 
+def qdrant_aliases(store_uri: str) -> dict[str, str]:
+    """Every alias of the store's Qdrant and the collection it points at."""
+    store = open_store(store_uri)
+    try:
+        aliases = _qdrant(store).get_aliases().aliases
+        return {a.alias_name: a.collection_name for a in aliases}
+    finally:
+        store.close()
+
+
 def qdrant_drop(store_uri: str, collection: str) -> None:
     store = open_store(store_uri)
     try:
         _qdrant(store).delete_collection(collection)
     finally:
         store.close()
+
+
+def pg_oid(uri: str, schema: str, table: str) -> int | None:
+    """The oid of the table under this name now (None: no such table). Oids survive
+    renames, so they tell which table a name serves."""
+    with _pg_connect(uri) as conn:
+        row = conn.execute(
+            "SELECT to_regclass(quote_ident(%s) || '.' || quote_ident(%s))::oid", (schema, table)
+        ).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
 
 
 def pg_rename(uri: str, schema: str, renames: list[tuple[str, str]]) -> None:
