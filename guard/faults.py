@@ -2,7 +2,8 @@
 inside a window that matters (between two writes) instead of hoping a signal lands there.
 
 ``GUARD_FAULT=STEP`` ends the process at STEP as abruptly as SIGKILL would: no cleanup,
-no ``finally``, no atexit. ``GUARD_FAULT=STEP:sleep=SECONDS`` pauses it there instead.
+no ``finally``, no atexit. ``GUARD_FAULT=STEP:wait=PATH`` pauses it there until the file
+PATH exists (so a test can act while the process sits inside the window).
 Unset (as in production), a step costs one environment lookup.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 KILLED_EXIT = 137  # what a shell reports for a process killed by SIGKILL
 
@@ -22,7 +24,9 @@ def step(name: str) -> None:
     target, _, action = spec.partition(":")
     if target != name:
         return
-    if action.startswith("sleep="):
-        time.sleep(float(action.removeprefix("sleep=")))
+    if action.startswith("wait="):
+        release = Path(action.removeprefix("wait="))
+        while not release.exists():
+            time.sleep(0.05)
         return
     os._exit(KILLED_EXIT)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -19,6 +20,7 @@ from guard.faults import KILLED_EXIT
 from guard.reindex import targets
 from guard.reindex.jobs import load_job, plan_job
 from guard.reindex.state import connect
+from guard.reindex.switch import locations
 from guard.reindex.worker import Ledger, run_worker
 from guard.stores import open_store
 
@@ -162,3 +164,43 @@ def test_crashes_in_cutover_rollback_and_cleanup_never_lose_the_served_data(
     cleaned = _guard("cleanup", job_id)
     assert cleaned.returncode == 0, cleaned.stderr
     assert (_served(served), _job_row(job_id)) == (new, ("cleaned", None))
+
+
+@pytest.mark.parametrize("store_kind", [k for k in STORE_KINDS if k != "qdrant-url"])
+def test_a_second_switch_of_a_job_fails_while_one_runs(
+    cut_job: tuple[str, str], store_kind: str, tmp_path: Path
+) -> None:
+    """Two commands switching one job: while a cutover sits between its intent and its
+    switch, a second cutover, a rollback and a cleanup each exit 2 with one clear line;
+    the first then finishes and records the source as the old data."""
+    job_id, served = cut_job
+    cut = ["cutover", job_id, "--force"]
+    if store_kind != "pgvector":
+        cut += ["--alias", served.split("collection=")[1]]
+    release = tmp_path / "release"
+    env = {**os.environ, "GUARD_FAULT": f"cutover.after_intent:wait={release}"}
+    first = subprocess.Popen(
+        [GUARD, "reindex", *cut], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        while _job_row(job_id)[1] is None:
+            assert first.poll() is None, first.communicate()
+            time.sleep(0.05)
+        for second in (cut, ["rollback", job_id], ["cleanup", job_id]):
+            lost = _guard(*second)
+            assert lost.returncode == 2, lost.stderr
+            assert lost.stderr.count("\n") == 1
+            assert "another cutover, rollback or cleanup of this job is running" in lost.stderr
+        release.touch()
+        _, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 0, err
+    with connect() as conn:
+        job = load_job(conn, job_id)
+    assert (job.state, job.intent) == ("cut_over", None)
+    old_data, _ = locations(job)
+    assert _served(old_data) == (RECORDS, OLD_DIMS)
+    assert _served(served) == (RECORDS - len(NO_TEXT), 384)
