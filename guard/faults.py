@@ -3,7 +3,8 @@ inside a window that matters (between two writes) instead of hoping a signal lan
 
 ``GUARD_FAULT=STEP`` ends the process at STEP as abruptly as SIGKILL would: no cleanup,
 no ``finally``, no atexit. ``GUARD_FAULT=STEP:wait=PATH`` pauses it there until the file
-PATH exists (so a test can act while the process sits inside the window).
+PATH exists (so a test can act while the process sits inside the window);
+``GUARD_FAULT=STEP:interrupt`` raises KeyboardInterrupt there, as Ctrl-C would.
 Unset (as in production), a step costs one environment lookup.
 """
 
@@ -29,4 +30,6 @@ def step(name: str) -> None:
         while not release.exists():
             time.sleep(0.05)
         return
+    if action == "interrupt":
+        raise KeyboardInterrupt
     os._exit(KILLED_EXIT)

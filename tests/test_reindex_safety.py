@@ -14,8 +14,10 @@ import psycopg
 import pytest
 import test_reindex_jobs as jobs_tests
 from fixtures_stores import STORE_KINDS
+from psycopg.conninfo import make_conninfo
 from test_reindex_jobs import BATCH, GUARD, NO_TEXT, OLD_DIMS, RECORDS
 
+from guard.errors import ReindexError, StoreError
 from guard.faults import KILLED_EXIT
 from guard.reindex import targets
 from guard.reindex.jobs import load_job, plan_job
@@ -204,3 +206,51 @@ def test_a_second_switch_of_a_job_fails_while_one_runs(
     old_data, _ = locations(job)
     assert _served(old_data) == (RECORDS, OLD_DIMS)
     assert _served(served) == (RECORDS - len(NO_TEXT), 384)
+
+
+def test_qdrant_switch_errors_reach_users_as_one_line(state_dsn: str) -> None:
+    """An unreachable Qdrant during cutover, rollback or cleanup is a StoreError (one
+    line, exit 2), not qdrant-client's or httpx's traceback."""
+    dead = "qdrant+http://127.0.0.1:9/docs"
+    for call in (
+        lambda: targets.qdrant_alias_target(dead, "docs"),
+        lambda: targets.qdrant_switch(dead, "live", "docs"),
+        lambda: targets.qdrant_drop(dead, "docs"),
+    ):
+        with pytest.raises(StoreError, match="Qdrant unreachable"):
+            call()
+
+
+def test_a_failing_migration_closes_its_connection_and_says_so(pg_dsn: str) -> None:
+    """A state database whose schema conflicts with a migration: one ReindexError, and
+    the connection that tried is closed, not leaked."""
+    name = f"state_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        dsn = make_conninfo(pg_dsn, dbname=name)
+        try:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("CREATE TABLE guard_reindex_jobs (id integer)")
+            with pytest.raises(ReindexError, match="cannot migrate the state database") as err:
+                connect(dsn)
+            assert err.value is not None  # the traceback (and any leaked connection) lives
+            backends = admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (name,)
+            ).fetchone()
+            assert backends == (0,)
+        finally:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def test_an_interrupted_plan_leaves_no_job(state_dsn: str, source: str, candidate: str) -> None:
+    """Ctrl-C (or any error, not only a GuardError) while the target is being created:
+    the job and its batches are removed again."""
+    env = {**os.environ, "GUARD_FAULT": "plan.create_target:interrupt"}
+    planned = subprocess.run(
+        [GUARD, "reindex", "plan", "--store", source, "--candidate", candidate],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert planned.returncode != 0
+    with connect() as conn:
+        jobs = conn.execute("SELECT count(*) FROM guard_reindex_jobs").fetchone()
+    assert jobs == (0,)

@@ -19,8 +19,9 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from guard import faults
 from guard.engines import EmbeddingEngine, open_engine
-from guard.errors import ConfigError, GuardError, ReindexError, TextTooLongError
+from guard.errors import ConfigError, ReindexError, TextTooLongError
 from guard.logs import get_logger
 from guard.records import RecordId
 from guard.reindex.provenance import (
@@ -226,8 +227,9 @@ def plan_job(
                 _cut(source_store, batch_size),
             )  # fmt: skip
             try:
+                faults.step("plan.create_target")
                 create_target(store, target, dims, info)
-            except GuardError:
+            except BaseException:  # any failure, Ctrl-C too: no job without a target
                 conn.execute("DELETE FROM guard_reindex_jobs WHERE id = %s", (job_id,))
                 raise
             total = conn.execute(
