@@ -512,11 +512,11 @@ def test_an_expired_lease_goes_to_another_worker(state_dsn: str) -> None:
         job = load_job(conn, _bare_job(conn, 2).hex)
         dead = Ledger(conn, job, "dead-worker", lease_seconds=1)
         alive = Ledger(conn, job, "live-worker", lease_seconds=30)
-        assert dead.lease()[0] == 0  # type: ignore[index]
-        assert alive.lease()[0] == 1  # type: ignore[index]
+        assert dead.lease().seq == 0  # type: ignore[union-attr]
+        assert alive.lease().seq == 1  # type: ignore[union-attr]
         assert alive.lease() is None
         time.sleep(1.2)
-        assert alive.lease()[0] == 0  # type: ignore[index]
+        assert alive.lease().seq == 0  # type: ignore[union-attr]
         attempts, error, owner = conn.execute(
             "SELECT attempts, last_error, lease_owner FROM guard_reindex_batches"
             " WHERE job_id = %s AND seq = 0",

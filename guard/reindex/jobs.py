@@ -19,8 +19,9 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from guard import faults
 from guard.engines import EmbeddingEngine, open_engine
-from guard.errors import ConfigError, GuardError, ReindexError, TextTooLongError
+from guard.errors import ConfigError, ReindexError, TextTooLongError
 from guard.logs import get_logger
 from guard.records import RecordId
 from guard.reindex.provenance import (
@@ -43,7 +44,7 @@ DEFAULT_MAX_ATTEMPTS = 5
 JOB_COLUMNS = (
     "id, created_at, source_uri, target_uri, candidate_uri, fingerprint_hash, dims, distance,"
     " total_records, batch_size, max_attempts, window_start, window_end, max_rate,"
-    " measured_rate, paused, state, cutover, started_at, finished_at"
+    " measured_rate, paused, state, cutover, started_at, finished_at, intent"
 )
 
 
@@ -71,6 +72,8 @@ class Job:
     cutover: dict[str, Any] | None
     started_at: datetime | None
     finished_at: datetime | None
+    # A switch begun and not yet recorded as ended: {"step": ..., "from": state}.
+    intent: dict[str, Any] | None = None
 
     @property
     def short(self) -> str:
@@ -80,11 +83,11 @@ class Job:
     def from_row(cls, row: Sequence[Any]) -> Job:
         (job_id, created, source, target, candidate, fp_hash, dims, distance, total, size,
          attempts, w_start, w_end, max_rate, measured, paused, state, cutover, started,
-         finished) = row  # fmt: skip
+         finished, intent) = row  # fmt: skip
         return cls(
             job_id, created, source, target, candidate, fp_hash, dims, distance, total, size,
             attempts, Window(w_start, w_end) if w_start is not None else None, max_rate,
-            measured, paused, state, cutover, started, finished,
+            measured, paused, state, cutover, started, finished, intent,
         )  # fmt: skip
 
 
@@ -224,8 +227,9 @@ def plan_job(
                 _cut(source_store, batch_size),
             )  # fmt: skip
             try:
+                faults.step("plan.create_target")
                 create_target(store, target, dims, info)
-            except GuardError:
+            except BaseException:  # any failure, Ctrl-C too: no job without a target
                 conn.execute("DELETE FROM guard_reindex_jobs WHERE id = %s", (job_id,))
                 raise
             total = conn.execute(

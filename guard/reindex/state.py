@@ -111,6 +111,14 @@ def connect(dsn: str | None = None) -> Conn:
     except psycopg.Error as exc:
         raise ReindexError(f"cannot connect to the state database {redact(dsn)}: {exc}") from exc
     if dsn not in _MIGRATED:
-        apply_migrations(conn)
+        try:
+            apply_migrations(conn)
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, psycopg.Error):
+                raise ReindexError(
+                    f"cannot migrate the state database {redact(dsn)}: {redact(str(exc))}"
+                ) from exc
+            raise
         _MIGRATED.add(dsn)
     return conn

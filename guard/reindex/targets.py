@@ -18,6 +18,8 @@ oid): recreate them after cutover.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -52,6 +54,18 @@ def _qdrant_store(store: VectorStore) -> QdrantStore:
 def _qdrant(store: VectorStore) -> Any:
     """The adapter's qdrant-client (shared per local folder, so no second lock)."""
     return _qdrant_store(store).client
+
+
+@contextmanager
+def _qdrant_call(store_uri: str) -> Iterator[Any]:
+    """The qdrant-client of the store at ``store_uri``, its errors (qdrant-client's,
+    httpx's) turned into one-line StoreErrors by the adapter's own map."""
+    store = _qdrant_store(open_store(store_uri))
+    try:
+        with store._errors():  # the adapter's one error map, shared with its reads
+            yield store.client
+    finally:
+        store.close()
 
 
 def create_target(source_uri: str, target_uri: str, dims: int, info: StoreInfo) -> None:
@@ -204,45 +218,46 @@ def qdrant_switch(store_uri: str, alias: str, to: str) -> str | None:
     pointed at before (None when it did not exist)."""
     from qdrant_client import models
 
-    store = open_store(store_uri)
-    try:
-        client = _qdrant(store)
-        try:
-            before = {a.alias_name: a.collection_name for a in client.get_aliases().aliases}
-            operations: list[Any] = []
-            if alias in before:
-                operations.append(
-                    models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias))
-                )
+    with _qdrant_call(store_uri) as client:
+        before = {a.alias_name: a.collection_name for a in client.get_aliases().aliases}
+        operations: list[Any] = []
+        if alias in before:
             operations.append(
-                models.CreateAliasOperation(
-                    create_alias=models.CreateAlias(collection_name=to, alias_name=alias)
-                )
+                models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias))
             )
-            client.update_collection_aliases(change_aliases_operations=operations)
-        except (ValueError, RuntimeError) as exc:
-            raise StoreError(f"cannot switch alias {alias!r}: {exc}", uri=store.uri) from exc
-        return before.get(alias)
-    finally:
-        store.close()
+        operations.append(
+            models.CreateAliasOperation(
+                create_alias=models.CreateAlias(collection_name=to, alias_name=alias)
+            )
+        )
+        client.update_collection_aliases(change_aliases_operations=operations)
+    return before.get(alias)
 
 
 def qdrant_alias_target(store_uri: str, name: str) -> str | None:
     """The collection ``name`` points at when it is an alias, else None."""
-    store = open_store(store_uri)
-    try:
-        aliases = _qdrant(store).get_aliases().aliases
-        return next((a.collection_name for a in aliases if a.alias_name == name), None)
-    finally:
-        store.close()
+    return qdrant_aliases(store_uri).get(name)
+
+
+def qdrant_aliases(store_uri: str) -> dict[str, str]:
+    """Every alias of the store's Qdrant and the collection it points at."""
+    with _qdrant_call(store_uri) as client:
+        return {a.alias_name: a.collection_name for a in client.get_aliases().aliases}
 
 
 def qdrant_drop(store_uri: str, collection: str) -> None:
-    store = open_store(store_uri)
-    try:
-        _qdrant(store).delete_collection(collection)
-    finally:
-        store.close()
+    with _qdrant_call(store_uri) as client:
+        client.delete_collection(collection)
+
+
+def pg_oid(uri: str, schema: str, table: str) -> int | None:
+    """The oid of the table under this name now (None: no such table). Oids survive
+    renames, so they tell which table a name serves."""
+    with _pg_connect(uri) as conn:
+        row = conn.execute(
+            "SELECT to_regclass(quote_ident(%s) || '.' || quote_ident(%s))::oid", (schema, table)
+        ).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
 
 
 def pg_swap(uri: str, schema: str, live: str, incoming: str, kept: str) -> None:

@@ -15,7 +15,6 @@ another worker (or the same one restarted) redoes those batches from their start
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import queue
 import signal
@@ -23,7 +22,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import FrameType
@@ -58,9 +57,10 @@ _END = object()
 
 @dataclass(frozen=True)
 class Lease:
-    """One leased batch; ``token`` tells this lease from a later lease of the same batch."""
+    """One leased batch; ``token`` tells this lease from any later lease of the same batch,
+    by this worker or another, so only the current holder can settle it."""
 
-    token: int
+    token: uuid.UUID
     seq: int
     after: RecordId | None
     last: RecordId | None
@@ -133,7 +133,7 @@ class Ledger:
         self.worker = worker
         self.lease_seconds = lease_seconds
 
-    def lease(self) -> tuple[int, RecordId | None, RecordId | None] | None:
+    def lease(self) -> Lease | None:
         """Take the next pending batch, or one whose lease expired; expired leases count
         as attempts, so a batch that keeps killing its worker ends up failed."""
         with self.conn.transaction():
@@ -154,50 +154,58 @@ class Ledger:
                 "  attempts = b.attempts + (b.status = 'leased')::int,"
                 "  last_error = CASE WHEN b.status = 'leased'"
                 "   THEN 'lease of ' || b.lease_owner || ' expired' ELSE b.last_error END,"
-                "  status = 'leased', lease_owner = %(me)s,"
+                "  status = 'leased', lease_owner = %(me)s, lease_token = %(token)s,"
                 "  lease_expires_at = now() + make_interval(secs => %(secs)s)"
                 " FROM next WHERE b.job_id = %(job)s AND b.seq = next.seq"
-                " RETURNING b.seq, b.after_id, b.last_id",
-                {"job": self.job.id, "me": self.worker, "secs": self.lease_seconds},
+                " RETURNING b.seq, b.after_id, b.last_id, b.lease_token",
+                {
+                    "job": self.job.id,
+                    "me": self.worker,
+                    "token": uuid.uuid4(),
+                    "secs": self.lease_seconds,
+                },
             ).fetchone()
-        return None if row is None else (int(row[0]), row[1], row[2])
+        return None if row is None else Lease(row[3], int(row[0]), row[1], row[2])
 
-    def renew(self) -> int:
+    def renew(self, tokens: Collection[uuid.UUID]) -> int:
+        """Extend the leases still held under ``tokens``; one taken over is not extended."""
         cursor = self.conn.execute(
             "UPDATE guard_reindex_batches"
             " SET lease_expires_at = now() + make_interval(secs => %s)"
-            " WHERE job_id = %s AND lease_owner = %s AND status = 'leased'",
-            (self.lease_seconds, self.job.id, self.worker),
+            " WHERE job_id = %s AND lease_token = ANY(%s) AND status = 'leased'",
+            (self.lease_seconds, self.job.id, list(tokens)),
         )
         return cursor.rowcount
 
-    def done(self, seq: int, written: int, skipped: int) -> bool:
+    def done(self, lease: Lease, written: int, skipped: int) -> bool:
         """Mark a batch done (``lease_owner`` stays, saying who did it); False when the
-        lease was lost and another worker redoes the batch."""
+        lease was lost, even if the batch came back to this worker under a later lease."""
         cursor = self.conn.execute(
             "UPDATE guard_reindex_batches SET status = 'done', written = %s, skipped = %s,"
             " done_at = now(), lease_expires_at = NULL"
-            " WHERE job_id = %s AND seq = %s AND lease_owner = %s AND status = 'leased'",
-            (written, skipped, self.job.id, seq, self.worker),
+            " WHERE job_id = %s AND seq = %s AND lease_token = %s AND status = 'leased'",
+            (written, skipped, self.job.id, lease.seq, lease.token),
         )
         return cursor.rowcount == 1
 
-    def fail(self, seq: int, error: str) -> None:
-        """Count a failed attempt: retry later with exponential backoff, or give up."""
+    def fail(self, lease: Lease, error: str) -> None:
+        """Count a failed attempt: retry later with exponential backoff, or give up. A
+        lease already lost counts nothing: the batch belongs to its current holder."""
         self.conn.execute(
             "UPDATE guard_reindex_batches SET attempts = attempts + 1, last_error = %s,"
             " status = CASE WHEN attempts + 1 >= %s THEN 'failed' ELSE 'pending' END,"
             " next_attempt_at = now() + make_interval(secs => least(%s, 2 ^ attempts)),"
-            " lease_owner = NULL, lease_expires_at = NULL"
-            " WHERE job_id = %s AND seq = %s AND lease_owner = %s AND status = 'leased'",
-            (error[:2000], self.job.max_attempts, MAX_BACKOFF_S, self.job.id, seq, self.worker),
-        )
+            " lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
+            " WHERE job_id = %s AND seq = %s AND lease_token = %s AND status = 'leased'",
+            (error[:2000], self.job.max_attempts, MAX_BACKOFF_S, self.job.id, lease.seq,
+             lease.token),
+        )  # fmt: skip
 
     def release_all(self) -> None:
         """Give back every lease still held, so a restart need not wait for expiry."""
         self.conn.execute(
             "UPDATE guard_reindex_batches SET status = 'pending', lease_owner = NULL,"
-            " lease_expires_at = NULL"
+            " lease_token = NULL, lease_expires_at = NULL"
             " WHERE job_id = %s AND lease_owner = %s AND status = 'leased'",
             (self.job.id, self.worker),
         )
@@ -367,8 +375,9 @@ class _Worker:
         self.lease_seconds = lease_seconds
         self.dsn = dsn
         self.stop = stop
-        self.dead: set[int] = set()  # lease tokens whose batch failed: drop their chunks
-        self.tokens = itertools.count()
+        self.dead: set[uuid.UUID] = set()  # leases whose batch failed: drop their chunks
+        self.held: set[uuid.UUID] = set()  # leases not yet settled: the heartbeat renews them
+        self.held_lock = threading.Lock()
         self.stopped = "done"
         self.errors: list[BaseException] = []
         self.batches_done = self.written = self.skipped = 0
@@ -467,9 +476,15 @@ class _Worker:
     def _failed(self, ledger: Ledger, lease: Lease, error: GuardError) -> None:
         """Drop the batch's chunks still in the pipeline and count a failed attempt."""
         self.dead.add(lease.token)
-        ledger.fail(lease.seq, str(error))
+        self._settle(lease)
+        ledger.fail(lease, str(error))
         self.settled.set()
         log.warning("batch failed", job=self.job.short, batch=lease.seq, error=str(error))
+
+    def _settle(self, lease: Lease) -> None:
+        """The lease is being reported: the heartbeat stops renewing it."""
+        with self.held_lock:
+            self.held.discard(lease.token)
 
     # -- the stages -----------------------------------------------------------------------
 
@@ -482,8 +497,8 @@ class _Worker:
                     self.stopped = halt
                     break
                 self.settled.clear()
-                leased = ledger.lease()
-                if leased is None:
+                lease = ledger.lease()
+                if lease is None:
                     remaining, _ = ledger.open_batches()
                     if remaining == 0:
                         break
@@ -492,7 +507,8 @@ class _Worker:
                     # waiting out a retry backoff (both rechecked every second or so).
                     self.settled.wait(min(1.0, self.lease_seconds / 4))
                     continue
-                lease = Lease(next(self.tokens), *leased)
+                with self.held_lock:
+                    self.held.add(lease.token)
                 log.info("batch leased", job=self.job.short, batch=lease.seq)
                 try:
                     finished = self._read_batch(ledger, source, lease)
@@ -564,7 +580,7 @@ class _Worker:
 
     def _write(self, target: VectorStore) -> None:
         ledger = self._ledger()
-        counts: dict[int, list[int]] = {}
+        counts: dict[uuid.UUID, list[int]] = {}
         try:
             while True:
                 item = self._get(self.to_write)
@@ -577,7 +593,8 @@ class _Worker:
                 written, skipped = counts.setdefault(token, [0, 0])
                 if item.final:
                     del counts[token]
-                    finished = ledger.done(item.lease.seq, written, skipped)
+                    self._settle(item.lease)
+                    finished = ledger.done(item.lease, written, skipped)
                     self.settled.set()
                     if finished:
                         self.batches_done += 1
@@ -606,6 +623,8 @@ class _Worker:
         ledger = self._ledger()
         try:
             while not self.stop.wait(self.lease_seconds / 3):
-                ledger.renew()
+                with self.held_lock:
+                    held = list(self.held)
+                ledger.renew(held)
         finally:
             ledger.conn.close()
