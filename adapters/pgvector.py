@@ -455,14 +455,19 @@ class PgVectorStore:
             pages = max(int(row[0]) if row else 0, 1)
             percent = min(100.0, 100.0 * SAMPLE_SPREAD * n / pages)
             query = sql.SQL(
-                "SELECT {id} FROM {t} TABLESAMPLE SYSTEM (%s) REPEATABLE (%s) WHERE {v} IS NOT NULL"
+                "SELECT {id} FROM {t} TABLESAMPLE SYSTEM (%s) REPEATABLE (%s)"
+                " WHERE {v} IS NOT NULL AND {where}"
             ).format(
                 id=sql.Identifier(t.id_column),
                 t=t.ident,
                 v=sql.Identifier(t.vector_column),
+                where=t.where,
             )
             while True:
-                ids = [r[0] for r in self._conn.execute(query, [percent, seed]).fetchall()]
+                ids = [
+                    r[0]
+                    for r in self._conn.execute(query, [percent, seed, *t.where_params]).fetchall()
+                ]
                 if len(ids) >= SAMPLE_SPREAD * n or percent >= 100.0:
                     break
                 percent = min(100.0, percent * max(2.0, 1.25 * SAMPLE_SPREAD * n / (len(ids) or 1)))

@@ -73,6 +73,8 @@ def test_pgvector_collection_selects_one_langchain_collection_on_every_read(
     info = store.describe()
     assert (info.count, info.details["collection"]) == (2, "b")
     assert sorted(store.sample(10, seed=1).ids) == ids["b"]
+    # n drawn from the collection's rows, not from the table's (then cut to the collection)
+    assert [len(store.sample(2, seed=seed)) for seed in range(8)] == [2] * 8
     assert [list(page.ids) for page in store.scan(batch_size=10)] == [ids["b"]]
     assert store.fetch(ids["a"] + ids["b"]).ids == tuple(ids["b"])
     every = store.fetch(ids["b"]).vectors
