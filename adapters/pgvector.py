@@ -4,7 +4,10 @@
     pgserver:PATH?table=T
 
 Options: ``schema``, ``text_column``, ``id_column``, ``vector_column`` (``text_field`` and
-``vector`` are accepted as aliases); they are stripped before the URI reaches libpq. The
+``vector`` are accepted as aliases), ``collection`` (one LangChain PGVector collection of
+the shared table), ``filter=FIELD:VALUE`` (rows whose column, or key of the layout's json
+metadata column, equals VALUE) and ``embed_text=TEMPLATE``; they are stripped before the
+URI reaches libpq, and any other parameter that is not a libpq keyword is refused. The
 password may sit in the URI or in PGPASSWORD; it never appears in a message.
 
 Every identifier goes through ``psycopg.sql.Identifier`` and every value is a parameter.
@@ -30,7 +33,7 @@ from pgvector.psycopg import register_vector
 from psycopg import errors, sql
 from psycopg.types.json import Jsonb
 
-from adapters.layouts import TableLayout, table_layout
+from adapters.layouts import TEXT_TYPES, EmbedTemplate, TableLayout, table_layout
 from guard.errors import ConfigError, StoreError
 from guard.pgserver import embedded_dsn
 from guard.records import (
@@ -43,7 +46,7 @@ from guard.records import (
     Vectors,
     as_vectors,
 )
-from guard.uri import ParsedURI, redact
+from guard.uri import ParsedURI, parse_filter, redact, refuse_unknown
 
 CONNECT_TIMEOUT_S = 4
 GUARD_PARAMS = (
@@ -54,6 +57,9 @@ GUARD_PARAMS = (
     "id_column",
     "vector_column",
     "vector",
+    "collection",
+    "filter",
+    "embed_text",
 )
 OPERATORS: dict[Distance, str] = {"cosine": "<=>", "dot": "<#>", "l2": "<->", "l1": "<+>"}
 _OPS: tuple[tuple[str, Distance], ...] = (
@@ -74,6 +80,8 @@ ID_LIST_MAX = 100_000  # rows up to which sample() reads every id (exact, and ch
 DENSE_IDS = 0.1  # integer ids filling this share of their range are drawn directly
 MAX_DRAW_ROUNDS = 50
 
+ALL_ROWS = sql.SQL("TRUE")
+
 _json_dumps = partial(json.dumps, default=str)
 
 
@@ -92,10 +100,18 @@ class _Table:
     dims: int
     distance: Distance
     distance_source: str
+    # The rows this URI selects (collection=, filter=): a condition with %s placeholders
+    # and its values, added to every read (ALL_ROWS and () without them).
+    where: sql.Composable
+    where_params: tuple[Any, ...]
 
     @property
     def ident(self) -> sql.Identifier:
         return sql.Identifier(self.schema, self.name)
+
+    @property
+    def filtered(self) -> bool:
+        return bool(self.where_params)
 
     @property
     def id_type(self) -> sql.SQL:
@@ -103,13 +119,22 @@ class _Table:
 
     @property
     def payload_columns(self) -> list[str]:
-        core = {self.id_column, self.layout.text_column, self.vector_column}
+        """Every column but id and vector; the text column too where the embedded text is
+        built from several columns (a re-index copies the stored text, not the built one)."""
+        core = {self.id_column, self.vector_column}
+        if not self.layout.derived:
+            core.add(self.layout.text_column)
         return [name for name in self.columns if name not in core]
 
-    def select(self, *, with_payload: bool) -> sql.Composed:
-        """``SELECT id, text, vector[, the other columns] FROM table``."""
-        names = [self.id_column, self.layout.text_column, self.vector_column]
+    def read_columns(self, *, with_payload: bool) -> list[str]:
+        """id, vector, the columns the embedded text is built from[, the payload columns]."""
+        names = [self.id_column, self.vector_column, *self.layout.source_columns]
         names += self.payload_columns if with_payload else []
+        return list(dict.fromkeys(names))
+
+    def select(self, *, with_payload: bool) -> sql.Composed:
+        """``SELECT id, vector, text columns[, the other columns] FROM table``."""
+        names = self.read_columns(with_payload=with_payload)
         return sql.SQL("SELECT {} FROM {}").format(
             sql.SQL(", ").join(map(sql.Identifier, names)), self.ident
         )
@@ -126,7 +151,13 @@ class PgVectorStore:
             raise ConfigError(f"no table named in {self.uri} (add ?table=NAME)")
         self.table = table
         self.schema = params.get("schema") or None
+        refuse_unknown(parsed, GUARD_PARAMS, extra=_libpq_keywords(parsed.scheme))
         self._text_column = params.get("text_column") or params.get("text_field")
+        self._template = (
+            EmbedTemplate.parse(params["embed_text"]) if "embed_text" in params else None
+        )
+        self._collection = params.get("collection") or None
+        self._filter = parse_filter(params["filter"]) if "filter" in params else None
         self._id_column = params.get("id_column")
         self._vector_column = params.get("vector_column") or params.get("vector")
         if parsed.scheme == "pgserver":
@@ -146,8 +177,13 @@ class PgVectorStore:
 
     @property
     def _conn(self) -> psycopg.Connection[Any]:
+        return self._connect(create=False)
+
+    def _connect(self, *, create: bool) -> psycopg.Connection[Any]:
+        """The connection; only writes (``create``, ``drop``) may make a new embedded
+        cluster: a read of a mistyped ``pgserver:`` folder is an error."""
         if self._connection is None or self._connection.closed:
-            dsn = embedded_dsn(self._datadir) if self._datadir else self._conninfo
+            dsn = embedded_dsn(self._datadir, create=create) if self._datadir else self._conninfo
             with self._errors():
                 conn = psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
                 self._connection = conn
@@ -221,14 +257,21 @@ class PgVectorStore:
         columns = {str(r[0]): str(r[2]) for r in rows}
         typenames = {str(r[0]): str(r[1]) for r in rows}
         vector_column = self._pick_vector_column(typenames)
-        layout = table_layout(self.table, list(columns), self._text_column)
+        layout = table_layout(self.table, list(columns), self._text_column, self._template)
         if layout is None:
             raise self._fail(
                 f"no text column found (columns: {', '.join(columns)}); name it with text_column="
             )
-        if layout.text_column not in columns:
-            raise self._fail(f"column {layout.text_column!r} not found in {self.table!r}")
+        for name in layout.source_columns:
+            if name not in columns:
+                raise self._fail(f"column {name!r} not found in {self.table!r}")
+        if typenames[layout.text_column] not in TEXT_TYPES:
+            raise self._fail(
+                f"column {layout.text_column!r} is {columns[layout.text_column]}, not text;"
+                " name the column that holds the text with text_column="
+            )
         id_column = self._pick_id_column(oid, layout, columns)
+        selection, where_params = self._selection(schema, columns, layout)
         typmod = next(int(r[3]) for r in rows if r[0] == vector_column)
         dims = typmod if typmod > 0 else self._dims_from_data(schema, vector_column)
         distance, source = self._index_distance(oid, vector_column)
@@ -244,7 +287,59 @@ class PgVectorStore:
             dims=dims,
             distance=distance,
             distance_source=source,
+            where=selection,
+            where_params=where_params,
         )
+
+    def _selection(
+        self, schema: str, columns: dict[str, str], layout: TableLayout
+    ) -> tuple[sql.Composable, tuple[Any, ...]]:
+        """The condition that selects the rows of ``collection=`` and ``filter=``."""
+        conditions: list[sql.Composable] = []
+        values: list[Any] = []
+        if self._collection is not None:
+            conditions.append(sql.SQL("{} = %s").format(sql.Identifier("collection_id")))
+            values.append(self._collection_uuid(schema, columns))
+        if self._filter is not None:
+            name, wanted = self._filter
+            head, _, rest = name.partition(".")
+            if name in columns and not columns[name].startswith("json"):
+                # The column's own type from the catalog, so its index can answer.
+                cast = sql.SQL(columns[name])
+                conditions.append(sql.SQL("{} = %s::{}").format(sql.Identifier(name), cast))
+                values.append(wanted)
+            else:
+                column, path = (head, rest) if rest and head in columns else (None, name)
+                column = column or layout.metadata_column
+                if column is None or not columns.get(column, "").startswith("json") or not path:
+                    raise self._fail(
+                        f"filter field {name!r} is not a column of {self.table!r}"
+                        " (a key inside a json column is written COLUMN.KEY)"
+                    )
+                conditions.append(sql.SQL("{} #>> %s = %s").format(sql.Identifier(column)))
+                values += [path.split("."), wanted]
+        if not conditions:
+            return ALL_ROWS, ()
+        return sql.SQL(" AND ").join(conditions), tuple(values)
+
+    def _collection_uuid(self, schema: str, columns: dict[str, str]) -> Any:
+        """The uuid of LangChain's collection named ``collection=`` (langchain_pg_collection)."""
+        if "collection_id" not in columns:
+            raise self._fail(
+                f"collection= selects a LangChain PGVector collection, but {self.table!r} has"
+                " no collection_id column (use filter=FIELD:VALUE)"
+            )
+        names = sql.Identifier(schema, "langchain_pg_collection")
+        found = self._conn.execute(
+            sql.SQL("SELECT uuid FROM {} WHERE name = %s").format(names), [self._collection]
+        ).fetchone()
+        if found is None:
+            known = self._conn.execute(
+                sql.SQL("SELECT name FROM {} ORDER BY name").format(names)
+            ).fetchall()
+            listed = ", ".join(str(r[0]) for r in known) or "none"
+            raise self._fail(f"collection {self._collection!r} not found (has: {listed})")
+        return found[0]
 
     def _pick_vector_column(self, typenames: dict[str, str]) -> str:
         vectors = [name for name, typ in typenames.items() if typ in VECTOR_TYPES]
@@ -322,8 +417,9 @@ class PgVectorStore:
                 sql.SQL(
                     "SELECT count(*) FILTER (WHERE {v} IS NOT NULL),"
                     " count(*) FILTER (WHERE {v} IS NOT NULL AND ({x} IS NULL OR {x}::text = '')),"
-                    " count(*) FILTER (WHERE {v} IS NULL) FROM {t}"
-                ).format(v=vector, x=text, t=t.ident)
+                    " count(*) FILTER (WHERE {v} IS NULL) FROM {t} WHERE {where}"
+                ).format(v=vector, x=text, t=t.ident, where=t.where),
+                t.where_params,
             ).fetchone()
         count, without_text, without_vector = row if row else (0, 0, 0)
         details: dict[str, Any] = {
@@ -334,6 +430,12 @@ class PgVectorStore:
             "vector_type": t.vector_type,
             "distance_source": t.distance_source,
         }
+        if self._collection is not None:
+            details["collection"] = self._collection
+        if self._filter is not None:
+            details["filter"] = ":".join(self._filter)
+        if t.layout.template is not None:
+            details["embed_text"] = t.layout.template.source
         if without_vector:
             details["rows_without_vector"] = int(without_vector)
         return StoreInfo(
@@ -380,20 +482,27 @@ class PgVectorStore:
         return Sample.of(self._fetch_raw(picks, with_payload=True), method)
 
     def _row_estimate(self, t: _Table) -> int:
-        """The planner's row count, or an exact count where the table was never analysed."""
+        """The planner's row count, or an exact count where the table was never analysed
+        or ``collection=``/``filter=`` selects part of it."""
         row = self._conn.execute(
             "SELECT reltuples FROM pg_class WHERE oid = %s", [t.oid]
         ).fetchone()
-        if row and row[0] is not None and row[0] >= 0:
+        if not t.filtered and row and row[0] is not None and row[0] >= 0:
             return int(row[0])
-        counted = self._conn.execute(sql.SQL("SELECT count(*) FROM {}").format(t.ident)).fetchone()
+        query = sql.SQL("SELECT count(*) FROM {} WHERE {}").format(t.ident, t.where)
+        counted = self._conn.execute(query, t.where_params).fetchone()
         return int(counted[0]) if counted else 0
 
     def _all_ids(self, t: _Table) -> list[Any]:
-        query = sql.SQL("SELECT {id} FROM {t} WHERE {v} IS NOT NULL ORDER BY {id}").format(
-            id=sql.Identifier(t.id_column), t=t.ident, v=sql.Identifier(t.vector_column)
+        query = sql.SQL(
+            "SELECT {id} FROM {t} WHERE {v} IS NOT NULL AND {where} ORDER BY {id}"
+        ).format(
+            id=sql.Identifier(t.id_column),
+            t=t.ident,
+            v=sql.Identifier(t.vector_column),
+            where=t.where,
         )
-        return [r[0] for r in self._conn.execute(query).fetchall()]
+        return [r[0] for r in self._conn.execute(query, t.where_params).fetchall()]
 
     def _dense_id_span(self, t: _Table, rows: int) -> tuple[int, int] | None:
         """(lowest id, span) for an indexed integer id filling a tenth of its range."""
@@ -401,7 +510,10 @@ class PgVectorStore:
             return None
         ident = sql.Identifier(t.id_column)
         found = self._conn.execute(
-            sql.SQL("SELECT min({id}), max({id}) FROM {t}").format(id=ident, t=t.ident)
+            sql.SQL("SELECT min({id}), max({id}) FROM {t} WHERE {where}").format(
+                id=ident, t=t.ident, where=t.where
+            ),
+            t.where_params,
         ).fetchone()
         if found is None or found[0] is None:
             return None
@@ -424,8 +536,13 @@ class PgVectorStore:
     ) -> list[Any]:
         """Uniform random ids in ``[low, low + span)`` in draw order, kept where a row with
         a vector exists, until ``n`` are found: each row equally likely (rejection)."""
-        query = sql.SQL("SELECT {id} FROM {t} WHERE {id} = ANY(%s) AND {v} IS NOT NULL").format(
-            id=sql.Identifier(t.id_column), t=t.ident, v=sql.Identifier(t.vector_column)
+        query = sql.SQL(
+            "SELECT {id} FROM {t} WHERE {id} = ANY(%s) AND {v} IS NOT NULL AND {where}"
+        ).format(
+            id=sql.Identifier(t.id_column),
+            t=t.ident,
+            v=sql.Identifier(t.vector_column),
+            where=t.where,
         )
         chosen: list[int] = []
         tried: set[int] = set()
@@ -436,7 +553,8 @@ class PgVectorStore:
             drawn = (low + rng.integers(0, span, size=want, dtype=np.int64)).tolist()
             fresh = [i for i in dict.fromkeys(drawn) if i not in tried]
             tried.update(fresh)
-            exists = {int(r[0]) for r in self._conn.execute(query, [fresh]).fetchall()}
+            found = self._conn.execute(query, [fresh, *t.where_params]).fetchall()
+            exists = {int(r[0]) for r in found}
             chosen += [i for i in fresh if i in exists][: n - len(chosen)]
         return chosen
 
@@ -449,10 +567,17 @@ class PgVectorStore:
         pages = max(int(row[0]) if row else 0, 1)
         percent = min(100.0, 100.0 * SAMPLE_SPREAD * n / pages)
         query = sql.SQL(
-            "SELECT {id} FROM {t} TABLESAMPLE SYSTEM (%s) REPEATABLE (%s) WHERE {v} IS NOT NULL"
-        ).format(id=sql.Identifier(t.id_column), t=t.ident, v=sql.Identifier(t.vector_column))
+            "SELECT {id} FROM {t} TABLESAMPLE SYSTEM (%s) REPEATABLE (%s)"
+            " WHERE {v} IS NOT NULL AND {where}"
+        ).format(
+            id=sql.Identifier(t.id_column),
+            t=t.ident,
+            v=sql.Identifier(t.vector_column),
+            where=t.where,
+        )
         while True:
-            ids = [r[0] for r in self._conn.execute(query, [percent, seed]).fetchall()]
+            found = self._conn.execute(query, [percent, seed, *t.where_params]).fetchall()
+            ids = [r[0] for r in found]
             if len(ids) >= SAMPLE_SPREAD * n or percent >= 100.0:
                 return sorted(ids)
             percent = min(100.0, percent * max(2.0, 1.25 * SAMPLE_SPREAD * n / (len(ids) or 1)))
@@ -460,27 +585,31 @@ class PgVectorStore:
     def _fetch_raw(self, ids: Sequence[Any], *, with_payload: bool = False) -> RecordBatch:
         """Rows by id in the order given; ids may be strings for uuid columns."""
         t = self._table()
-        query = sql.SQL("{} WHERE {} = ANY(%s::{}[]) AND {} IS NOT NULL").format(
+        query = sql.SQL("{} WHERE {} = ANY(%s::{}[]) AND {} IS NOT NULL AND {}").format(
             t.select(with_payload=with_payload),
             sql.Identifier(t.id_column),
             t.id_type,
             sql.Identifier(t.vector_column),
+            t.where,
         )
         with self._errors(), self._conn.cursor(binary=True) as cur:
-            rows = cur.execute(query, [list(ids)]).fetchall()
+            rows = cur.execute(query, [list(ids), *t.where_params]).fetchall()
         by_id = {_out_id(r[0]): r for r in rows}
         ordered = [by_id[key] for key in dict.fromkeys(map(_out_id, ids)) if key in by_id]
         return self._batch(ordered, t, with_payload)
 
     def _batch(self, rows: Sequence[Any], t: _Table, with_payload: bool) -> RecordBatch:
+        """Rows as ``t.read_columns`` orders them: id, vector, text sources, payload."""
         if not rows:
             return RecordBatch.empty(t.dims)
+        names = t.read_columns(with_payload=with_payload)
+        records = [dict(zip(names, r, strict=True)) for r in rows]
         payload_columns = t.payload_columns
         return RecordBatch(
             ids=tuple(_out_id(r[0]) for r in rows),
-            texts=tuple(_text(r[1]) for r in rows),
-            vectors=as_vectors([np.asarray(r[2].to_numpy(), np.float32) for r in rows]),
-            payloads=tuple(dict(zip(payload_columns, r[3:], strict=True)) for r in rows)
+            texts=tuple(t.layout.embedded(record) for record in records),
+            vectors=as_vectors([_array(r[1]) for r in rows]),
+            payloads=tuple({name: record[name] for name in payload_columns} for record in records)
             if with_payload
             else (),
         )
@@ -491,19 +620,19 @@ class PgVectorStore:
         """Keyset pages: ``WHERE id > last ORDER BY id LIMIT batch_size`` (no OFFSET)."""
         t = self._table()
         ident, vector = sql.Identifier(t.id_column), sql.Identifier(t.vector_column)
-        first = sql.SQL("{} WHERE {} IS NOT NULL ORDER BY {} LIMIT %s").format(
-            t.select(with_payload=with_payload), vector, ident
+        first = sql.SQL("{} WHERE {} IS NOT NULL AND {} ORDER BY {} LIMIT %s").format(
+            t.select(with_payload=with_payload), vector, t.where, ident
         )
-        following = sql.SQL("{} WHERE {} IS NOT NULL AND {} > %s::{} ORDER BY {} LIMIT %s").format(
-            t.select(with_payload=with_payload), vector, ident, t.id_type, ident
-        )
+        following = sql.SQL(
+            "{} WHERE {} IS NOT NULL AND {} AND {} > %s::{} ORDER BY {} LIMIT %s"
+        ).format(t.select(with_payload=with_payload), vector, t.where, ident, t.id_type, ident)
         last: Any = after
         while True:
             with self._errors(), self._conn.cursor(binary=True) as cur:
                 if last is None:
-                    rows = cur.execute(first, [batch_size]).fetchall()
+                    rows = cur.execute(first, [*t.where_params, batch_size]).fetchall()
                 else:
-                    rows = cur.execute(following, [last, batch_size]).fetchall()
+                    rows = cur.execute(following, [*t.where_params, last, batch_size]).fetchall()
             if not rows:
                 return
             yield self._batch(rows, t, with_payload)
@@ -516,12 +645,17 @@ class PgVectorStore:
 
     def search(self, vectors: Vectors, k: int) -> list[list[RecordId]]:
         """``ORDER BY vector <op> query LIMIT k`` with the index's operator, so the table's
-        own index answers (hnsw.ef_search raised to k when k is above its default)."""
+        own index answers (hnsw.ef_search raised to k when k is above its default). With
+        ``collection=``/``filter=``, only the selected rows answer: pgvector 0.8's iterative
+        index scan keeps scanning until k of them are found."""
         t = self._table()
         queries = as_vectors(vectors, dims=t.dims)
-        query = sql.SQL("SELECT {id} FROM {t} ORDER BY {v} {op} %s::{vt} LIMIT %s").format(
+        query = sql.SQL(
+            "SELECT {id} FROM {t} WHERE {where} ORDER BY {v} {op} %s::{vt} LIMIT %s"
+        ).format(
             id=sql.Identifier(t.id_column),
             t=t.ident,
+            where=t.where,
             v=sql.Identifier(t.vector_column),
             op=sql.SQL(OPERATORS[t.distance]),
             vt=sql.SQL(t.vector_type),
@@ -530,8 +664,12 @@ class PgVectorStore:
         with self._errors(), self._conn.transaction(), self._conn.cursor(binary=True) as cur:
             if k > HNSW_DEFAULT_EF:
                 cur.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(k)))
+            if t.filtered and cur.execute(
+                "SELECT current_setting('hnsw.iterative_scan', true)"
+            ).fetchone() not in (None, (None,)):
+                cur.execute("SET LOCAL hnsw.iterative_scan = strict_order")
             for vector in queries:
-                rows = cur.execute(query, [vector, k]).fetchall()
+                rows = cur.execute(query, [*t.where_params, vector, k]).fetchall()
                 results.append([_out_id(r[0]) for r in rows])
         return results
 
@@ -554,6 +692,7 @@ class PgVectorStore:
             "vector": sql.Identifier(self._vector_column or "embedding"),
         }
         opclass = next(op for op, d in OPCLASS_DISTANCES.items() if d == distance)
+        self._connect(create=True)
         with self._errors(), self._conn.transaction():
             if not self._conn.execute(
                 "SELECT 1 FROM pg_extension WHERE extname = 'vector'"
@@ -581,7 +720,9 @@ class PgVectorStore:
         copies them), hence ``OVERRIDING SYSTEM VALUE``.
 
         Payload keys that name a column go to that column; the rest go to the ``payload``
-        jsonb column the guard's own tables have (an error where there is none)."""
+        jsonb column the guard's own tables have (an error where there is none). Where
+        the embedded text is built from several columns, the text column takes the
+        payload's stored text (a re-index copies it), not the built one."""
         if not len(batch):
             return
         t = self._table()
@@ -598,6 +739,8 @@ class PgVectorStore:
             zip(batch.ids, batch.texts, batch.vectors, strict=True)
         ):
             payload = batch.payloads[index] if batch.payloads else {}
+            if t.layout.derived and t.layout.text_column in payload:
+                text = payload[t.layout.text_column]
             values: list[Any] = [point_id, text, vector] + [payload.get(key) for key in direct]
             if extra:
                 values.append({key: payload[key] for key in extra if key in payload})
@@ -638,7 +781,9 @@ class PgVectorStore:
     def drop(self) -> None:
         """Drop the table; dropping one that does not exist is a no-op."""
         with self._errors():
-            self._conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(self._ident()))
+            self._connect(create=True).execute(
+                sql.SQL("DROP TABLE IF EXISTS {}").format(self._ident())
+            )
         self._meta = None
 
     def close(self) -> None:
@@ -647,19 +792,27 @@ class PgVectorStore:
             self._connection = None
 
 
+def _libpq_keywords(scheme: str) -> tuple[str, ...]:
+    """The connection parameters libpq takes in a ``postgresql://`` URI's query."""
+    if scheme == "pgserver":
+        return ()
+    return tuple(
+        option.keyword.decode() for option in psycopg.pq.Conninfo.get_defaults() if option.keyword
+    )
+
+
 def _out_id(value: Any) -> RecordId:
     """Integer ids stay ints; uuid and other keys travel as strings."""
     return value if isinstance(value, int | str) else str(value)
+
+
+def _array(value: Any) -> Any:
+    """A vector as float32: pgvector-python 0.4+ loads ``Vector``/``HalfVector`` objects,
+    0.3 (which langchain-postgres pins) loads ``vector`` as a numpy array already."""
+    return np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value, np.float32)
 
 
 def _id_kind(type_name: str) -> str:
     if type_name in ("smallint", "integer", "bigint"):
         return "int"
     return "uuid" if type_name == "uuid" else "str"
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = value if isinstance(value, str) else str(value)
-    return text or None

@@ -4,7 +4,9 @@
     qdrant+https://HOST:6333/COLLECTION?api_key_env=QDRANT_API_KEY
     qdrant+local:PATH?collection=NAME
 
-Options: ``vector=`` (named vector), ``text_field=``, ``api_key_env=``. Point ids are
+Options: ``vector=`` (named vector), ``text_field=``, ``api_key_env=``,
+``filter=FIELD:VALUE`` (points whose payload field equals VALUE; ``meta.tenant`` for a
+nested key) and ``embed_text=TEMPLATE``; any other is refused. Point ids are
 unsigned integers or UUIDs (Qdrant allows nothing else); UUIDs come back as strings.
 Every driver error leaves through ``QdrantStore._errors`` as a ``StoreError``.
 """
@@ -31,7 +33,7 @@ from qdrant_client.common.client_exceptions import QdrantException
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 from qdrant_client.local.persistence import STORAGE_FILE_NAME
 
-from adapters.layouts import DEFAULT_PAYLOAD_LAYOUT, PayloadLayout, payload_layout
+from adapters.layouts import DEFAULT_PAYLOAD_LAYOUT, EmbedTemplate, PayloadLayout, payload_layout
 from guard.errors import ConfigError, StoreError
 from guard.records import (
     Distance,
@@ -42,7 +44,7 @@ from guard.records import (
     Vectors,
     as_vectors,
 )
-from guard.uri import ParsedURI
+from guard.uri import ParsedURI, parse_filter, refuse_unknown
 
 CONNECT_TIMEOUT_S = 4.0
 READ_TIMEOUT_S = 60  # whole pages of vectors and upserts of a batch must fit
@@ -56,6 +58,9 @@ DISTANCES: dict[models.Distance, Distance] = {
     models.Distance.MANHATTAN: "l1",
 }
 QDRANT_DISTANCES = {ours: theirs for theirs, ours in DISTANCES.items()}
+OPTIONS = ("vector", "vector_column", "text_field", "text_column", "filter", "embed_text")
+LOCAL_OPTIONS = (*OPTIONS, "collection")
+SERVER_OPTIONS = (*OPTIONS, "api_key_env")
 
 MAX_DRAW_ROUNDS = 50
 ID_LIST_MAX = 100_000  # points up to which sample() lists every id (exact, and cheap)
@@ -121,8 +126,16 @@ class QdrantStore:
     def __init__(self, parsed: ParsedURI) -> None:
         self.uri = parsed.redacted
         params = parsed.params
+        local = parsed.scheme == "qdrant+local"
+        refuse_unknown(parsed, LOCAL_OPTIONS if local else SERVER_OPTIONS)
         self._vector_name: str | None = params.get("vector") or params.get("vector_column")
         self._text_field = params.get("text_field") or params.get("text_column")
+        template = params.get("embed_text")
+        self._template = EmbedTemplate.parse(template) if template is not None else None
+        self._filter_text = params.get("filter")
+        self._filter: models.Filter | None = None
+        if self._filter_text is not None:
+            self._filter = _payload_filter(*parse_filter(self._filter_text))
         self._local_path: Path | None = None
         self._url = ""
         self._api_key: str | None = None
@@ -152,7 +165,14 @@ class QdrantStore:
 
     @property
     def client(self) -> QdrantClient:
+        return self._connect(create=False)
+
+    def _connect(self, *, create: bool) -> QdrantClient:
+        """The client; only writes (``create``, ``drop``) may make a new local folder: a
+        read of a mistyped ``qdrant+local:`` folder is an error."""
         if self._client is None:
+            if self._local_path is not None and not create and not self._local_path.is_dir():
+                raise StoreError(f"no Qdrant local folder at {self._local_path}", uri=self.uri)
             with self._errors():
                 if self._local_path is not None:
                     self._client = _acquire_local(self._local_path)
@@ -232,9 +252,17 @@ class QdrantStore:
             raise StoreError(f"{wanted} (has: {', '.join(sorted(named))})", uri=self.uri)
         return named[self._vector_name], self._vector_name
 
+    def _where(self, flt: models.Filter | None = None) -> models.Filter | None:
+        """``flt`` within the points this URI selects (``filter=``)."""
+        if self._filter is None or flt is None:
+            return flt or self._filter
+        return models.Filter(must=[self._filter, flt])
+
     def _count(self, flt: models.Filter | None = None) -> int:
         with self._errors():
-            return self.client.count(self.collection, count_filter=flt, exact=True).count
+            return self.client.count(
+                self.collection, count_filter=self._where(flt), exact=True
+            ).count
 
     def _text_layout(self, hint: Sequence[Mapping[str, Any]] = ()) -> PayloadLayout:
         """Detected from the first stored points; an empty collection takes the layout of
@@ -242,9 +270,11 @@ class QdrantStore:
         if self._layout is not None:
             return self._layout
         with self._errors():
-            points, _ = self.client.scroll(self.collection, limit=LAYOUT_PROBE)
+            points, _ = self.client.scroll(
+                self.collection, scroll_filter=self._where(), limit=LAYOUT_PROBE
+            )
         stored = [p.payload or {} for p in points]
-        layout = payload_layout(stored or hint, self._text_field)
+        layout = payload_layout(stored or hint, self._text_field, self._template)
         if not stored:
             return layout or DEFAULT_PAYLOAD_LAYOUT
         if layout is None:
@@ -269,7 +299,7 @@ class QdrantStore:
         layout = self._text_layout()
         count = self._count()
         without_text: int | None = None
-        if layout.name != "llamaindex":  # its text is inside a JSON string: not filterable
+        if layout.name != "llamaindex" and layout.template is None:  # built, not filterable
             key = models.PayloadField(key=layout.field)
             without_text = self._count(
                 models.Filter(
@@ -281,8 +311,14 @@ class QdrantStore:
                 )
             )
         with self._errors():
-            first, _ = self.client.scroll(self.collection, limit=1, with_payload=False)
+            first, _ = self.client.scroll(
+                self.collection, scroll_filter=self._where(), limit=1, with_payload=False
+            )
         details: dict[str, Any] = {"collection": self.collection}
+        if self._filter_text is not None:
+            details["filter"] = self._filter_text
+        if layout.template is not None:
+            details["embed_text"] = layout.template.source
         if first:
             details["id_type"] = "int" if isinstance(first[0].id, int) else "uuid"
         return StoreInfo(
@@ -342,7 +378,9 @@ class QdrantStore:
             picks = [ids[i] for i in rng.choice(len(ids), size=min(n, len(ids)), replace=False)]
             return Sample.of(self._retrieve(picks, with_payload=True), "uniform_id_list")
         with self._errors():
-            first, _ = self.client.scroll(self.collection, limit=1, with_payload=False)
+            first, _ = self.client.scroll(
+                self.collection, scroll_filter=self._where(), limit=1, with_payload=False
+            )
         low = _position(first[0].id)
         high = self._last_position(low)
         span = high - low + 1
@@ -353,13 +391,14 @@ class QdrantStore:
         return Sample.of(self._batch(points, params.size, True), "keyset_probes")
 
     def _all_ids(self) -> list[RecordId]:
-        """Every point id in Qdrant's order, without payloads or vectors."""
+        """Every point id ``filter=`` selects, in Qdrant's order, without payloads or vectors."""
         ids: list[RecordId] = []
         offset: Any = None
         while True:
             with self._errors():
                 points, offset = self.client.scroll(
                     self.collection,
+                    scroll_filter=self._where(),
                     offset=offset,
                     limit=ID_PAGE,
                     with_payload=False,
@@ -376,6 +415,7 @@ class QdrantStore:
         with self._errors():
             points, _ = self.client.scroll(
                 self.collection,
+                scroll_filter=self._where(),
                 offset=offset,
                 limit=1,
                 with_payload=full,
@@ -413,10 +453,7 @@ class QdrantStore:
                 if i not in tried
             ]
             tried.update(fresh)
-            with self._errors():
-                found = self.client.retrieve(
-                    self.collection, fresh, with_payload=True, with_vectors=self._with_vectors
-                )
+            found = self._get(fresh)
             by_id = {p.id: p for p in found}
             for point_id in fresh:
                 if point_id in by_id and len(chosen) < n:
@@ -446,7 +483,11 @@ class QdrantStore:
         while True:
             with self._errors():
                 points, offset = self.client.scroll(
-                    self.collection, offset=offset, limit=size, with_vectors=self._with_vectors
+                    self.collection,
+                    scroll_filter=self._where(),
+                    offset=offset,
+                    limit=size,
+                    with_vectors=self._with_vectors,
                 )
             if points:
                 yield points
@@ -469,18 +510,39 @@ class QdrantStore:
         params, _ = self._vector_params()
         with self._errors():
             wanted = list(dict.fromkeys(_normal_id(i) for i in ids))
-            found = self.client.retrieve(
-                self.collection, wanted, with_payload=True, with_vectors=self._with_vectors
-            )
+        found = self._get(wanted)
         by_id = {p.id: p for p in found}
         order = [by_id[i] for i in wanted if i in by_id]
         return self._batch(order, params.size, with_payload)
+
+    def _get(self, ids: Sequence[RecordId]) -> list[Any]:
+        """The points with these ids (payload and vector) that ``filter=`` selects."""
+        with self._errors():
+            if self._filter is None:
+                found: list[Any] = self.client.retrieve(
+                    self.collection, ids, with_payload=True, with_vectors=self._with_vectors
+                )
+                return found
+            if not ids:
+                return []
+            points, _ = self.client.scroll(
+                self.collection,
+                scroll_filter=self._where(
+                    models.Filter(must=[models.HasIdCondition(has_id=list(ids))])
+                ),
+                limit=len(ids),
+                with_payload=True,
+                with_vectors=self._with_vectors,
+            )
+            return list(points)
 
     def search(self, vectors: Vectors, k: int) -> list[list[RecordId]]:
         params, name = self._vector_params()
         queries = as_vectors(vectors, dims=params.size)
         requests = [
-            models.QueryRequest(query=q.tolist(), using=name, limit=k, with_payload=False)
+            models.QueryRequest(
+                query=q.tolist(), using=name, filter=self._where(), limit=k, with_payload=False
+            )
             for q in queries
         ]
         with self._errors():
@@ -494,6 +556,7 @@ class QdrantStore:
 
         ``like`` is not needed: payloads copied from the source keep its layout."""
         config = models.VectorParams(size=dims, distance=QDRANT_DISTANCES[distance])
+        self._connect(create=True)
         with self._errors():
             if self.client.collection_exists(self.collection):
                 raise StoreError(f"collection {self.collection!r} already exists", uri=self.uri)
@@ -555,8 +618,9 @@ class QdrantStore:
 
     def drop(self) -> None:
         """Delete the collection; dropping one that does not exist is a no-op."""
+        client = self._connect(create=True)
         with self._errors():
-            self.client.delete_collection(self.collection)
+            client.delete_collection(self.collection)
         self._layout = None
 
     def close(self) -> None:
@@ -567,6 +631,19 @@ class QdrantStore:
         else:
             self._client.close()
         self._client = None
+
+
+def _payload_filter(field: str, value: str) -> models.Filter:
+    """``filter=FIELD:VALUE``: the payload field equals VALUE, read as a string, or as the
+    integer or boolean it spells (a URI cannot say which type the payload holds)."""
+    values: list[str | int | bool] = [value]
+    if value.lstrip("-").isdigit():
+        values.append(int(value))
+    if value.lower() in ("true", "false"):
+        values.append(value.lower() == "true")
+    return models.Filter(
+        should=[models.FieldCondition(key=field, match=models.MatchValue(value=v)) for v in values]
+    )
 
 
 def _uniform(rng: np.random.Generator, span: int) -> int:

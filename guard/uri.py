@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -11,9 +12,7 @@ from guard.errors import ConfigError
 # Query parameters whose values are secrets wherever they appear.
 SECRET_PARAMS = frozenset({"password", "api_key", "apikey", "key", "token", "secret"})
 _USERINFO_PASSWORD = re.compile(r"(://[^:/@\s]+):[^@/\s]*@")
-_SECRET_QUERY_VALUE = re.compile(
-    r"(?i)([?&](?:" + "|".join(sorted(SECRET_PARAMS)) + r")=)[^&\s]*"
-)
+_SECRET_QUERY_VALUE = re.compile(r"(?i)([?&](?:" + "|".join(sorted(SECRET_PARAMS)) + r")=)[^&\s]*")
 
 
 @dataclass(frozen=True)
@@ -76,3 +75,23 @@ def as_int(
     if number < minimum:
         raise ConfigError(f"option {name} must be at least {minimum}, not {number}")
     return number
+
+
+def refuse_unknown(parsed: ParsedURI, known: Iterable[str], extra: Iterable[str] = ()) -> None:
+    """Refuse query parameters nobody reads, so a typo such as ``text_feild=`` is not
+    silently ignored; ``extra`` are accepted too but not listed (libpq's keywords)."""
+    names = set(known)
+    unknown = sorted(set(parsed.params) - names - set(extra))
+    if unknown:
+        raise ConfigError(
+            f"unknown store option(s) {', '.join(unknown)} in {parsed.redacted}"
+            f" (known: {', '.join(sorted(names))})"
+        )
+
+
+def parse_filter(value: str) -> tuple[str, str]:
+    """``filter=FIELD:VALUE`` as (field, value): an equality on one field."""
+    name, colon, wanted = value.partition(":")
+    if not colon or not name:
+        raise ConfigError(f"filter={value!r}: write it as filter=FIELD:VALUE")
+    return name, wanted

@@ -333,16 +333,21 @@ def test_qdrant_detects_framework_payloads(case: str, qdrant_writer: Writer) -> 
     if layout != "llamaindex":  # its text sits inside a JSON string: not countable by filter
         assert info.records_without_text == 1
     drawn = store.sample(10, seed=0)
-    assert sorted(text or "" for text in drawn.texts) == sorted(TEXTS)
+    # LlamaIndex embedded its metadata lines with the text (MetadataMode.EMBED).
+    embedded = [f"file_name: a.txt\n\n{t}" if t and layout == "llamaindex" else t for t in TEXTS]
+    assert sorted(text or "" for text in drawn.texts) == sorted(embedded)
     store.close()
 
 
 def test_qdrant_upsert_keeps_the_llamaindex_layout(qdrant_writer: Writer) -> None:
-    """Copied payloads keep ``_node_content``; a new text is written inside it."""
+    """Copied payloads are kept byte for byte; a new text is written inside
+    ``_node_content``, under the node's metadata lines."""
     store = open_store(qdrant_writer([llamaindex_payload(t) for t in TEXTS], ("text-dense",), {}))
     page = next(store.scan(batch_size=10, with_payload=True))
+    store.upsert(RecordBatch(page.ids[1:2], page.texts[1:2], page.vectors[1:2], page.payloads[1:2]))
+    assert next(store.scan(batch_size=10, with_payload=True)).payloads[1] == page.payloads[1]
     store.upsert(RecordBatch(page.ids[:1], ("rewritten",), page.vectors[:1], page.payloads[:1]))
-    assert store.fetch(page.ids[:1]).texts == ("rewritten",)
+    assert store.fetch(page.ids[:1]).texts == ("file_name: a.txt\n\nrewritten",)
     assert store.describe().layout == "llamaindex"
     store.close()
 

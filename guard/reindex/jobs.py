@@ -34,7 +34,7 @@ from guard.reindex.provenance import (
 from guard.reindex.state import Conn, connect
 from guard.reindex.targets import create_target, is_qdrant, qdrant_alias_target
 from guard.stores import VectorStore, open_store
-from guard.uri import redact
+from guard.uri import parse, redact
 
 log = get_logger(__name__)
 
@@ -192,6 +192,7 @@ def plan_job(
             )
     if not store:
         raise ConfigError("give the store with --store or --from-report")
+    _refuse_a_part(store)
     if not candidate:
         raise ConfigError("give the candidate engine URI with --candidate")
     if batch_size < 1:
@@ -256,6 +257,20 @@ def plan_job(
     )
     log.info("re-index planned", job=plan.job_id, target=plan.target, records=records)
     return plan
+
+
+def _refuse_a_part(store: str) -> None:
+    """A re-index replaces the whole table or collection, so it must not run on a URI that
+    selects part of one: it would re-embed the other collections' rows with this engine."""
+    parsed = parse(store)
+    options = ("filter",) if parsed.scheme.startswith("qdrant") else ("collection", "filter")
+    given = [name for name in options if name in parsed.params]
+    if given:
+        raise ConfigError(
+            f"re-indexing one part of a store ({', '.join(f'{n}=' for n in given)}) is not"
+            " supported yet: it would re-embed every row of the table or collection; re-index"
+            " the whole store, or write the part to a store of its own"
+        )
 
 
 def _switch_notes(store: str) -> list[str]:
