@@ -643,6 +643,12 @@ class PgVectorStore:
     def fetch(self, ids: Sequence[RecordId]) -> RecordBatch:
         return self._fetch_raw(ids) if ids else RecordBatch.empty(self._table().dims)
 
+    def selection(self) -> tuple[sql.Composable, tuple[Any, ...]]:
+        """The condition (unqualified column names, ``%s`` placeholders) and values that
+        select this URI's rows: a re-index of one collection copies the others by it."""
+        t = self._table()
+        return t.where, t.where_params
+
     def search(self, vectors: Vectors, k: int) -> list[list[RecordId]]:
         """``ORDER BY vector <op> query LIMIT k`` with the index's operator, so the table's
         own index answers (hnsw.ef_search raised to k when k is above its default). With

@@ -258,6 +258,11 @@ class QdrantStore:
             return flt or self._filter
         return models.Filter(must=[self._filter, flt])
 
+    def others(self) -> models.Filter | None:
+        """The points this URI does not select (None: it selects them all): a re-index of
+        one tenant copies them unchanged."""
+        return None if self._filter is None else models.Filter(must_not=[self._filter])
+
     def _count(self, flt: models.Filter | None = None) -> int:
         with self._errors():
             return self.client.count(

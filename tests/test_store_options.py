@@ -243,16 +243,6 @@ def test_read_only_check_never_creates_a_folder_or_cluster(tmp_path: Path) -> No
     assert sorted(path.name for path in tmp_path.iterdir()) == []
 
 
-def test_reindex_plan_refuses_a_part_of_a_store(pg_dsn: str, pg_schema: str) -> None:
-    """Until one collection can be re-indexed alone, never re-embed the others."""
-    for uri in (
-        pg_uri(pg_dsn, pg_schema, "langchain_pg_embedding", collection="a"),
-        "qdrant+local:/tmp/x?collection=docs&filter=tenant:a",
-    ):
-        result = guard("reindex", "plan", "--store", uri, "--candidate", "llamacpp:/m.gguf")
-        assert "re-indexing one part of a store" in assert_one_line_error(result)
-
-
 def test_an_embedded_server_started_elsewhere_is_left_running(tmp_path: Path) -> None:
     """Another process started the server (and stays up without a pgserver handle): a
     guard read on that folder must not stop it when it exits."""

@@ -18,6 +18,7 @@ from guard.engines import EmbeddingEngine, open_engine
 from guard.errors import ReindexError
 from guard.logs import get_logger
 from guard.records import RecordBatch, RecordId, as_vectors
+from guard.reindex import parts
 from guard.reindex.jobs import Job, load_job
 from guard.reindex.provenance import (
     FINGERPRINT_KEY,
@@ -44,6 +45,7 @@ class CatchUp:
     deleted: int = 0
     unchanged: int = 0
     skipped: int = 0
+    others_copied: int = 0  # rows outside a re-indexed collection copied again
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +55,7 @@ class CatchUp:
             "deleted": self.deleted,
             "unchanged": self.unchanged,
             "skipped": self.skipped,
+            "others_copied": self.others_copied,
         }
 
 
@@ -103,6 +106,8 @@ class _CatchUp:
             engine.close()
             target.close()
             source.close()
+        if parts.is_part(self.job.source_uri):
+            self.result.others_copied = parts.copy_others(self.job.source_uri, self.job.target_uri)
         log.info("catch-up done", job=self.job.short, **self.result.as_dict())
         return self.result
 

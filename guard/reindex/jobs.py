@@ -24,6 +24,7 @@ from guard.engines import EmbeddingEngine, open_engine
 from guard.errors import ConfigError, ReindexError, TextTooLongError
 from guard.logs import get_logger
 from guard.records import RecordId
+from guard.reindex.parts import copy_others, is_part, refuse_other_dims
 from guard.reindex.provenance import (
     Window,
     fingerprint_hash,
@@ -34,7 +35,7 @@ from guard.reindex.provenance import (
 from guard.reindex.state import Conn, connect
 from guard.reindex.targets import create_target, is_qdrant, qdrant_alias_target
 from guard.stores import VectorStore, open_store
-from guard.uri import parse, redact
+from guard.uri import redact
 
 log = get_logger(__name__)
 
@@ -192,7 +193,6 @@ def plan_job(
             )
     if not store:
         raise ConfigError("give the store with --store or --from-report")
-    _refuse_a_part(store)
     if not candidate:
         raise ConfigError("give the candidate engine URI with --candidate")
     if batch_size < 1:
@@ -220,6 +220,9 @@ def plan_job(
                 "check this candidate first"
             )
         dims, rate = _measure(engine, source_store)
+        part = is_part(store)
+        if part:
+            refuse_other_dims(info.dims, dims)
         notes += _switch_notes(store)
         with connect(dsn) as conn:
             batches = _insert_job(
@@ -230,6 +233,12 @@ def plan_job(
             try:
                 faults.step("plan.create_target")
                 create_target(store, target, dims, info)
+                if part:
+                    copied = copy_others(store, target)
+                    notes.append(
+                        f"{copied} rows outside the selection copied into the target unchanged;"
+                        " cutover copies those written meanwhile again"
+                    )
             except BaseException:  # any failure, Ctrl-C too: no job without a target
                 conn.execute("DELETE FROM guard_reindex_jobs WHERE id = %s", (job_id,))
                 raise
@@ -257,20 +266,6 @@ def plan_job(
     )
     log.info("re-index planned", job=plan.job_id, target=plan.target, records=records)
     return plan
-
-
-def _refuse_a_part(store: str) -> None:
-    """A re-index replaces the whole table or collection, so it must not run on a URI that
-    selects part of one: it would re-embed the other collections' rows with this engine."""
-    parsed = parse(store)
-    options = ("filter",) if parsed.scheme.startswith("qdrant") else ("collection", "filter")
-    given = [name for name in options if name in parsed.params]
-    if given:
-        raise ConfigError(
-            f"re-indexing one part of a store ({', '.join(f'{n}=' for n in given)}) is not"
-            " supported yet: it would re-embed every row of the table or collection; re-index"
-            " the whole store, or write the part to a store of its own"
-        )
 
 
 def _switch_notes(store: str) -> list[str]:

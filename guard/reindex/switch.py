@@ -30,7 +30,7 @@ from psycopg.types.json import Jsonb
 from guard import faults
 from guard.errors import ReindexError
 from guard.logs import get_logger
-from guard.reindex import targets
+from guard.reindex import parts, targets
 from guard.reindex.jobs import Job, load_job
 from guard.reindex.provenance import short_id, store_name
 from guard.reindex.state import Conn, connect
@@ -196,7 +196,9 @@ def cutover(
         if job.state not in ("active", "rolled_back"):
             raise ReindexError(f"the job is {job.state}; nothing to cut over", job_id=job.short)
         if not force:
-            check = verify_job(str(job.id), sample=32, accept_skipped=accept_skipped, dsn=dsn)
+            check = verify_job(
+                str(job.id), sample=32, accept_skipped=accept_skipped, others=False, dsn=dsn
+            )  # the rows outside a re-indexed collection are copied again below
             if not check.ok:
                 raise ReindexError(
                     "verify failed, not switching: " + "; ".join(check.reasons),
@@ -206,6 +208,8 @@ def cutover(
             details = _qdrant_cutover(job, alias)
             _begin(conn, job, "cutover", details)
             faults.step("cutover.after_intent")
+            if parts.is_part(job.source_uri):
+                parts.copy_others(job.source_uri, job.target_uri)
             targets.qdrant_switch(job.source_uri, details["alias"], details["new"])
         else:
             details = _pg_cutover(job)
@@ -215,7 +219,7 @@ def cutover(
                 details["schema"], details["table"], details["old"], details["shadow"]
             )  # fmt: skip
             targets.pg_build_indexes(job.source_uri, schema, table, shadow)
-            targets.pg_swap(job.source_uri, schema, table, shadow, old)
+            targets.pg_swap(job.source_uri, schema, table, shadow, old, _pg_part(job))
         faults.step("cutover.after_switch")
         _finish(conn, job, "cutover", "cut_over")
         switched = _switched(load_job(conn, job.id.hex))
@@ -267,6 +271,11 @@ def _pg_cutover(job: Job) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _pg_part(job: Job) -> parts.PgPart | None:
+    """The selection of a job that re-indexes one collection (None: the whole table)."""
+    return parts.pg_part(job.source_uri) if parts.is_part(job.source_uri) else None
+
+
 def _pg_location(job: Job) -> tuple[str, str, str]:
     store = open_store(job.source_uri)
     try:
@@ -293,10 +302,15 @@ def rollback(job_ref: str, *, dsn: str | None = None) -> Switched:
         _begin(conn, job, "rollback")
         faults.step("rollback.after_intent")
         if details["kind"] == "qdrant_alias":
+            if parts.is_part(job.source_uri):  # writes to the others since cutover stay
+                old_uri, live_uri = locations(job)
+                parts.copy_others(live_uri, old_uri)
             targets.qdrant_switch(job.source_uri, details["alias"], details["old"])
         else:
-            schema, table = details["schema"], details["table"]
-            targets.pg_swap(job.source_uri, schema, table, details["old"], details["shadow"])
+            schema, table, old, shadow = (
+                details["schema"], details["table"], details["old"], details["shadow"]
+            )  # fmt: skip
+            targets.pg_swap(job.source_uri, schema, table, old, shadow, _pg_part(job))
         faults.step("rollback.after_switch")
         _finish(conn, job, "rollback", "rolled_back")
         switched = _switched(load_job(conn, job.id.hex))

@@ -28,7 +28,7 @@ from psycopg import sql
 from guard.errors import ReindexError, StoreError
 from guard.pgserver import embedded_dsn
 from guard.records import StoreInfo
-from guard.reindex import pgtable
+from guard.reindex import parts, pgtable
 from guard.reindex.provenance import PROVENANCE_KEYS
 from guard.stores import VectorStore, open_store
 from guard.uri import parse, redact
@@ -260,17 +260,23 @@ def pg_oid(uri: str, schema: str, table: str) -> int | None:
     return None if row is None or row[0] is None else int(row[0])
 
 
-def pg_swap(uri: str, schema: str, live: str, incoming: str, kept: str) -> None:
+def pg_swap(
+    uri: str, schema: str, live: str, incoming: str, kept: str, part: parts.PgPart | None = None
+) -> None:
     """Readers switch from ``live`` to ``incoming`` in one transaction: ``live`` becomes
     ``kept``, ``incoming`` takes its name and everything else it had (see
     guard.reindex.pgtable). ``lock_timeout`` makes a busy table fail fast instead of
-    queueing every reader behind the switch."""
+    queueing every reader behind the switch. With ``part`` (one collection re-indexed),
+    the rows outside it are first copied from ``live`` into ``incoming`` under a lock
+    that holds writers off until the switch commits."""
     with _pg_connect(uri) as conn:
         try:
             with conn.transaction():
                 conn.execute(
                     sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT))
                 )
+                if part is not None:
+                    parts.pg_copy_locked(conn, part, live, incoming)
                 pgtable.swap(conn, schema, live, incoming, kept)
                 _advance_identities(conn, schema, live)
         except psycopg.errors.LockNotAvailable as exc:
