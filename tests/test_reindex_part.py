@@ -132,7 +132,7 @@ def test_pgvector_reindex_of_one_collection_leaves_the_other_as_it_was(
     """collection=a of a two-collection table: afterwards a's rows carry the candidate's
     vectors, b's rows are byte-identical, a row written to b between run and cutover is
     live after cutover, b still approves with b's engine, and rollback restores the
-    table."""
+    table, keeping a row written to b after cutover."""
     conn = pg_conn
     table = "langchain_pg_embedding"
     a_before, b_before = _md5s(conn, langchain["a"]), _md5s(conn, langchain["b"])
@@ -161,8 +161,11 @@ def test_pgvector_reindex_of_one_collection_leaves_the_other_as_it_was(
     result = guard("check", "--store", b_uri, "--candidate", engines["b"], "--sample", "200")
     assert result.returncode == 0, result.stdout + result.stderr
 
+    after = "a note written to collection b after the cutover"
+    _langchain_insert(conn, langchain["b"], "b-after", after, _embed(engines["b"], [after])[0])
+    written = _md5s(conn, langchain["b"])["b-after"]
     _ok("reindex", "rollback", job_id)
-    assert table_before == _md5s(conn)
+    assert {**table_before, "b-after": written} == _md5s(conn)
 
 
 # --- Qdrant: one tenant of a shared collection, filter= ------------------------------------
@@ -228,7 +231,7 @@ def test_qdrant_reindex_of_one_tenant_leaves_the_other_as_it_was(
     """filter=tenant:a of a shared collection: through the alias, a's points carry the
     candidate's vectors and b's are the same points as before (plus one written to b
     between run and cutover); b still approves with b's engine; rollback points the
-    alias back at the collection as it was."""
+    alias back at the collection as it was, plus a point written to b after cutover."""
     folder = tenants
     store = f"qdrant+local:{folder}?collection=docs&filter=tenant:a"
     before = _points(folder, "docs")
@@ -256,8 +259,16 @@ def test_qdrant_reindex_of_one_tenant_leaves_the_other_as_it_was(
     result = guard("check", "--store", b_uri, "--candidate", engines["b"], "--sample", "200")
     assert result.returncode == 0, result.stdout + result.stderr
 
+    after = "a note written for tenant b after the cutover"
+    after_point = models.PointStruct(
+        id=6000,
+        vector=_embed(engines["b"], [after])[0].tolist(),
+        payload={"text": after, "tenant": "b"},
+    )
+    _upsert(folder, "docs_live", [after_point])
+    written = _points(folder, "docs_live")[6000]
     _ok("reindex", "rollback", job_id)
-    _same(before, _points(folder, "docs_live"))
+    _same({**before, 6000: written}, _points(folder, "docs_live"))
 
 
 def test_reindex_of_one_collection_refuses_a_candidate_of_another_size(
