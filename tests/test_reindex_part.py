@@ -130,9 +130,10 @@ def test_pgvector_reindex_of_one_collection_leaves_the_other_as_it_was(
     state_dsn: str,
 ) -> None:
     """collection=a of a two-collection table: afterwards a's rows carry the candidate's
-    vectors, b's rows are byte-identical, a row written to b between run and cutover is
-    live after cutover, b still approves with b's engine, and rollback restores the
-    table, keeping a row written to b after cutover."""
+    vectors, b's rows are byte-identical, rows written to b between run and cutover are
+    live after cutover (copied by catch-up, or else by cutover), b still approves with
+    b's engine, and rollback restores the table, keeping a row written to b after
+    cutover."""
     conn = pg_conn
     table = "langchain_pg_embedding"
     a_before, b_before = _md5s(conn, langchain["a"]), _md5s(conn, langchain["b"])
@@ -140,14 +141,21 @@ def test_pgvector_reindex_of_one_collection_leaves_the_other_as_it_was(
     job_id = _plan_run_verify(
         pg_uri(pg_dsn, pg_schema, table, collection="a"), engines["candidate"]
     )
-    late = "a note written to collection b while collection a was being re-indexed"
-    _langchain_insert(conn, langchain["b"], "b-late", late, _embed(engines["b"], [late])[0])
+    for key in ("b-late", "b-later"):  # caught up by catch-up, then by cutover itself
+        late = f"a note {key} written to collection b while a was being re-indexed"
+        _langchain_insert(conn, langchain["b"], key, late, _embed(engines["b"], [late])[0])
+        _verify_fails_on_others(job_id)
+        if key == "b-late":
+            assert (
+                json.loads(_ok("reindex", "catch-up", job_id, "--format", "json"))["others_copied"]
+                == 1
+            )
+            _ok("reindex", "verify", job_id)
     b_before = _md5s(conn, langchain["b"])
     table_before = _md5s(conn)
-    _verify_fails_on_others(job_id)
     _ok("reindex", "cutover", job_id)
 
-    assert b_before == _md5s(conn, langchain["b"])  # b-late included
+    assert b_before == _md5s(conn, langchain["b"])  # b-late and b-later included
     a_after = _md5s(conn, langchain["a"])
     assert sorted(a_after) == sorted(a_before)
     assert all(a_after[key] != a_before[key] for key in a_before)

@@ -214,7 +214,12 @@ def catch_up(job_id: JobId, output_format: FormatOption = Format.text) -> None:
         return
     out.print(
         f"inserted {result.inserted}, updated {result.updated}, deleted {result.deleted}, "
-        f"unchanged {result.unchanged}, skipped {result.skipped}",
+        f"unchanged {result.unchanged}, skipped {result.skipped}"
+        + (
+            f", rows of other collections copied {result.others_copied}"
+            if result.others_copied
+            else ""
+        ),
         highlight=False,
     )
 
@@ -224,8 +229,10 @@ def cutover(
     job_id: JobId,
     alias: Annotated[
         str | None,
-        typer.Option(help="Qdrant: the alias the application queries (when the source "
-                     "URI names a real collection)."),
+        typer.Option(
+            help="Qdrant: the alias the application queries (when the source "
+            "URI names a real collection)."
+        ),
     ] = None,
     force: Annotated[bool, typer.Option(help="Switch without verifying first.")] = False,
     accept_skipped: Annotated[
