@@ -7,17 +7,22 @@
      │    └── TextTooLongError  a text over the token limit, with truncate=false
      └── ReindexError           a re-index job cannot proceed
 
-Messages never contain secrets: whoever raises passes URIs through
-``guard.uri.redact`` first, and the CLI prints only ``str(error)``.
+Messages never contain secrets: every message (and URI) goes through
+``guard.secrets.redact`` here, whoever builds it, and the CLI prints only ``str(error)``.
 """
 
 from __future__ import annotations
+
+from guard.secrets import redact
 
 
 class GuardError(Exception):
     """Base of every error the guard reports to a user."""
 
     exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
 
 
 class ConfigError(GuardError):
@@ -29,7 +34,7 @@ class StoreError(GuardError):
 
     def __init__(self, message: str, *, uri: str | None = None) -> None:
         super().__init__(f"{message} [{uri}]" if uri else message)
-        self.uri = uri
+        self.uri = redact(uri) if uri else uri
 
 
 class EngineError(GuardError):
@@ -37,7 +42,7 @@ class EngineError(GuardError):
 
     def __init__(self, message: str, *, engine: str | None = None) -> None:
         super().__init__(f"{message} [{engine}]" if engine else message)
-        self.engine = engine
+        self.engine = redact(engine) if engine else engine
 
 
 class TextTooLongError(EngineError):

@@ -9,7 +9,7 @@ from typing import Any
 
 import structlog
 
-from guard.uri import redact
+from guard.secrets import redact
 
 _SECRET_KEYS = frozenset({"password", "api_key", "apikey", "token", "secret", "authorization"})
 

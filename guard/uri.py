@@ -1,18 +1,15 @@
-"""Parsing of store and engine URIs, and redaction of the secrets they may carry."""
+"""Parsing of store and engine URIs; ``redact`` is guard.secrets' (re-exported here)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from guard.errors import ConfigError
+from guard.secrets import redact
 
-# Query parameters whose values are secrets wherever they appear.
-SECRET_PARAMS = frozenset({"password", "api_key", "apikey", "key", "token", "secret"})
-_USERINFO_PASSWORD = re.compile(r"(://[^:/@\s]+):[^@/\s]*@")
-_SECRET_QUERY_VALUE = re.compile(r"(?i)([?&](?:" + "|".join(sorted(SECRET_PARAMS)) + r")=)[^&\s]*")
+__all__ = ["ParsedURI", "as_bool", "as_int", "parse", "parse_filter", "redact", "refuse_unknown"]
 
 
 @dataclass(frozen=True)
@@ -44,12 +41,6 @@ def parse(uri: str) -> ParsedURI:
         raise ConfigError(f"not a URI (expected scheme:...): {redact(uri)!r}")
     params = dict(parse_qsl(parts.query, keep_blank_values=True))
     return ParsedURI(uri, parts.scheme.lower(), parts.netloc, parts.path, params)
-
-
-def redact(text: str) -> str:
-    """Remove passwords in user-info and secret query values from any string."""
-    text = _USERINFO_PASSWORD.sub(r"\1:***@", text)
-    return _SECRET_QUERY_VALUE.sub(r"\1***", text)
 
 
 def as_bool(value: str | None, *, name: str, default: bool | None = None) -> bool | None:

@@ -1,9 +1,9 @@
 """Re-index jobs: planning one (job row, keyset batches, empty target), reading its
 status, pausing and resuming it.
 
-A job stores the source URI as given so that workers on other machines can reconnect;
-it is never printed or logged unredacted. Passwords belong in the environment
-(``PGPASSWORD``, ``api_key_env=``) rather than in the URI.
+A job stores its URIs without their passwords (``guard.secrets.strip``): the state
+database is read by every worker and operator. Workers on any machine reconnect with the
+secret from their environment (``PGPASSWORD`` or ``~/.pgpass``, ``api_key_env=``).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from guard.reindex.provenance import (
 )
 from guard.reindex.state import Conn, connect
 from guard.reindex.targets import create_target, is_qdrant, qdrant_alias_target
+from guard.secrets import strip
 from guard.stores import VectorStore, open_store
 from guard.uri import redact
 
@@ -51,8 +52,8 @@ JOB_COLUMNS = (
 
 @dataclass(frozen=True)
 class Job:
-    """A job row. ``source_uri``, ``target_uri`` and ``candidate_uri`` may hold secrets:
-    print only their ``redact``ed forms."""
+    """A job row. ``source_uri``, ``target_uri`` and ``candidate_uri`` are stored
+    without passwords (jobs planned before that may hold some): print them redacted."""
 
     id: uuid.UUID
     created_at: datetime
@@ -223,11 +224,11 @@ def plan_job(
         part = is_part(store)
         if part:
             refuse_other_dims(info.dims, dims)
-        notes += _switch_notes(store)
+        notes += _switch_notes(store) + _secret_notes(store, candidate)
         with connect(dsn) as conn:
             batches = _insert_job(
-                conn, job_id, store, target, candidate, fingerprint, dims, info.distance,
-                batch_size, max_attempts, parsed_window, max_rate, rate,
+                conn, job_id, strip(store), strip(target), strip(candidate), fingerprint,
+                dims, info.distance, batch_size, max_attempts, parsed_window, max_rate, rate,
                 _cut(source_store, batch_size),
             )  # fmt: skip
             try:
@@ -279,6 +280,22 @@ def _switch_notes(store: str) -> list[str]:
         f"{name!r} is a real collection: readers can only switch atomically through an "
         f"alias, so give cutover --alias NAME, the alias your application queries"
     ]
+
+
+def _secret_notes(store: str, candidate: str) -> list[str]:
+    """Where later commands find the secrets the state database does not keep."""
+    notes = []
+    if strip(store) != store:
+        notes.append(
+            "the store URI's password is not kept: give it to run, verify, catch-up and"
+            " cutover through the environment (PGPASSWORD or ~/.pgpass)"
+        )
+    if strip(candidate) != candidate:
+        notes.append(
+            "the candidate URI's secret is not kept: give the key through the environment"
+            " variable named by api_key_env="
+        )
+    return notes
 
 
 def _measure(engine: EmbeddingEngine, store: VectorStore) -> tuple[int, float]:
