@@ -19,6 +19,7 @@ from test_reindex_jobs import BATCH, GUARD, NO_TEXT, OLD_DIMS, RECORDS
 
 from guard.errors import ReindexError, StoreError
 from guard.faults import KILLED_EXIT
+from guard.records import StoreInfo
 from guard.reindex import targets
 from guard.reindex.jobs import load_job, plan_job
 from guard.reindex.state import connect
@@ -219,6 +220,15 @@ def test_qdrant_switch_errors_reach_users_as_one_line(state_dsn: str) -> None:
     ):
         with pytest.raises(StoreError, match="Qdrant unreachable"):
             call()
+
+
+def test_qdrant_target_creation_errors_reach_users_as_one_line() -> None:
+    """An unreachable Qdrant while `plan` creates the target collection is a StoreError
+    (one line, exit 2), not qdrant-client's or httpx's traceback."""
+    dead = "qdrant+http://127.0.0.1:9/docs"
+    info = StoreInfo(dead, 60, 16, "cosine", "plain", "text", None)
+    with pytest.raises(StoreError, match="Qdrant unreachable"):
+        targets.create_target(dead, dead + "__0badc0de", 384, info)
 
 
 def test_a_failing_migration_closes_its_connection_and_says_so(pg_dsn: str) -> None:

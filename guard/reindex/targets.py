@@ -51,11 +51,6 @@ def _qdrant_store(store: VectorStore) -> QdrantStore:
     return store
 
 
-def _qdrant(store: VectorStore) -> Any:
-    """The adapter's qdrant-client (shared per local folder, so no second lock)."""
-    return _qdrant_store(store).client
-
-
 @contextmanager
 def _qdrant_call(store_uri: str) -> Iterator[Any]:
     """The qdrant-client of the store at ``store_uri``, its errors (qdrant-client's,
@@ -84,31 +79,33 @@ def create_target(source_uri: str, target_uri: str, dims: int, info: StoreInfo) 
 def _create_qdrant(source: VectorStore, target: VectorStore, dims: int) -> None:
     from qdrant_client import models
 
-    client = _qdrant(source)
-    name, new = _qdrant_store(source).collection, _qdrant_store(target).collection
-    try:
-        if client.collection_exists(new):
-            raise ReindexError(f"the target collection {new!r} already exists")
-        config = client.get_collection(name)
-        vectors = config.config.params.vectors
-        if isinstance(vectors, models.VectorParams):
-            vectors_config: Any = vectors.model_copy(update={"size": dims})
-        else:
-            vectors_config = {
-                key: value.model_copy(update={"size": dims}) for key, value in vectors.items()
-            }
-        hnsw = config.config.hnsw_config
-        client.create_collection(
-            new,
-            vectors_config=vectors_config,
-            hnsw_config=models.HnswConfigDiff(**hnsw.model_dump()) if hnsw else None,
-            on_disk_payload=config.config.params.on_disk_payload,
-        )
-        for field, schema in (config.payload_schema or {}).items():
-            client.create_payload_index(new, field, field_schema=schema.data_type)
-        _qdrant_store(target).use_wal_journal()
-    except (ValueError, RuntimeError) as exc:
-        raise StoreError(f"cannot create the target collection: {exc}", uri=target.uri) from exc
+    store = _qdrant_store(source)
+    client, name, new = store.client, store.collection, _qdrant_store(target).collection
+    with store._errors():  # the adapter's one error map (as _qdrant_call), on the open store
+        try:
+            if client.collection_exists(new):
+                raise ReindexError(f"the target collection {new!r} already exists")
+            config = client.get_collection(name)
+            vectors = config.config.params.vectors
+            if isinstance(vectors, models.VectorParams):
+                vectors_config: Any = vectors.model_copy(update={"size": dims})
+            else:
+                vectors_config = {
+                    key: value.model_copy(update={"size": dims})
+                    for key, value in (vectors or {}).items()  # None: sparse vectors only
+                }
+            hnsw = config.config.hnsw_config
+            client.create_collection(
+                new,
+                vectors_config=vectors_config,
+                hnsw_config=models.HnswConfigDiff(**hnsw.model_dump()) if hnsw else None,
+                on_disk_payload=config.config.params.on_disk_payload,
+            )
+            for field, schema in (config.payload_schema or {}).items():
+                client.create_payload_index(new, field, field_schema=schema.data_type)
+            _qdrant_store(target).use_wal_journal()
+        except (ValueError, RuntimeError) as exc:
+            raise StoreError(f"cannot create the target collection: {exc}", uri=target.uri) from exc
 
 
 def pg_dsn(uri: str) -> str:
