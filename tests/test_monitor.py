@@ -30,6 +30,7 @@ from fixtures_models import free_port
 from guard.config import GuardConfig
 from guard.corpus import demo_corpus
 from guard.engines import open_engine
+from guard.faults import KILLED_EXIT
 from guard.monitor.service import MonitorService, exit_code
 from guard.records import RecordBatch, Vectors
 from guard.stores import open_store
@@ -496,3 +497,56 @@ def _answers(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
     except httpx.TransportError:
         return False
+
+
+@pytest.mark.parametrize("kind", ["pgvector-int-ids", "qdrant-uuid-ids"])
+def test_a_run_killed_before_it_is_recorded_leaves_its_new_records_to_the_next_run(
+    kind: str,
+    state_dsn: str,
+    pg_dsn: str,
+    qdrant_dir: Path,
+    gguf_f16: Path,
+    texts: list[str],
+    f16_vectors: Vectors,
+    tmp_path: Path,
+) -> None:
+    """`guard monitor --once` killed after the population check and before its run is
+    recorded moves no watermark: the next run counts and checks the records the killed
+    run saw as new."""
+    if kind.startswith("pgvector"):
+        uri = f"{pg_dsn}&table=t_{uuid.uuid4().hex[:12]}"
+        ids: list[Any] = list(range(OLD + NEW))
+    else:
+        uri = f"qdrant+local:{qdrant_dir}?collection=watermark"
+        ids = [str(uuid.UUID(int=n * 0x9E3779B97F4A7C15 + 1)) for n in range(OLD + NEW)]
+    fill(uri, ids[:OLD], texts[:OLD], f16_vectors[:OLD], create=True)
+    toml = tmp_path / "guard.toml"
+    toml.write_text(
+        f'[monitor]\nstate_dsn = "{state_dsn}"\n\n[[watch]]\nname = "{kind}"\n'
+        f'store = "{uri}"\nengine = "llamacpp:{gguf_f16}"\nsample = 8\n',
+        encoding="utf-8",
+    )
+
+    def once(fault: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if k != "GUARD_FAULT"}
+        env |= {"GUARD_FAULT": fault} if fault else {}
+        command = ["monitor", "--config", str(toml), "--once", "--format", "json"]
+        guard = str(Path(sys.executable).with_name("guard"))
+        return subprocess.run(
+            [guard, *command], capture_output=True, text=True, env=env, timeout=300
+        )
+
+    try:
+        assert once().returncode == 0, "the first run takes the snapshot"
+        fill(uri, ids[OLD:], texts[OLD:], f16_vectors[OLD:], create=False)
+        killed = once("monitor.before_record")
+        assert killed.returncode == KILLED_EXIT, killed.stderr
+        after = once()
+        assert after.returncode == 0, after.stderr
+        run = json.loads(after.stdout)["runs"][0]
+        assert (run["status"], run["new_records"]) == ("ok", NEW)
+        assert run["population"] is not None
+    finally:
+        store = open_store(uri)
+        store.drop()
+        store.close()

@@ -45,6 +45,16 @@ class WatchState:
     known: bool  # False before the watch's first recorded run
 
 
+@dataclass(frozen=True)
+class Watermark:
+    """Where the next run's "written since" starts: the largest integer id seen, or (with
+    other ids) the ids seen. Saved only with the run that saw them (``History.record``),
+    so a run that fails or dies before it is recorded leaves them new for the next."""
+
+    max_int_id: int | None
+    seen_ids: tuple[str, ...] = ()
+
+
 class History:
     """Reads and writes one watch's rows over a connection of its own (one per thread)."""
 
@@ -60,7 +70,7 @@ class History:
             return WatchState("ok", None, known=False)
         return WatchState(row[0], row[1], known=True)
 
-    def save_watermark(self, watch: str, max_int_id: int | None) -> None:
+    def _save_watermark(self, watch: str, max_int_id: int | None) -> None:
         self._conn.execute(
             "INSERT INTO guard_monitor_watches (watch, max_int_id) VALUES (%s, %s) "
             "ON CONFLICT (watch) DO UPDATE SET max_int_id = EXCLUDED.max_int_id, "
@@ -82,7 +92,7 @@ class History:
         ).fetchall()
         return {str(row[0]) for row in rows}
 
-    def add_seen_ids(self, watch: str, ids: Iterable[str]) -> None:
+    def _add_seen_ids(self, watch: str, ids: Iterable[str]) -> None:
         with (
             self._conn.cursor() as cursor,
             cursor.copy("COPY guard_monitor_seen_ids (watch, record_id) FROM STDIN") as copy,
@@ -91,7 +101,15 @@ class History:
                 copy.write_row((watch, record_id))
 
     def record(self, run: RunResult, alert: str) -> int:
-        """Store one run; return its id."""
+        """Store one run and move its watch's watermark, in one transaction; return the
+        run's id."""
+        with self._conn.transaction():
+            if run.watermark is not None:
+                self._save_watermark(run.watch, run.watermark.max_int_id)
+                self._add_seen_ids(run.watch, run.watermark.seen_ids)
+            return self._insert(run, alert)
+
+    def _insert(self, run: RunResult, alert: str) -> int:
         sample = run.sample
         row = self._conn.execute(
             """

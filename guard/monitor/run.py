@@ -32,7 +32,7 @@ from guard.core.stats import bound
 from guard.engines import EmbeddingEngine, open_engine
 from guard.errors import GuardError, StoreError
 from guard.logs import get_logger
-from guard.monitor.history import History
+from guard.monitor.history import History, Watermark
 from guard.records import RecordId, StoreInfo, Vectors
 from guard.stores import VectorStore, open_store
 from guard.uri import redact
@@ -73,6 +73,7 @@ class RunResult:
     population: PopulationDrift | None
     reasons: tuple[str, ...]
     error: str | None = None
+    watermark: Watermark | None = None  # saved with the run; None when it failed
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -106,7 +107,9 @@ def run_watch(
         if info.count == 0:
             raise StoreError("the store is empty", uri=store.uri)
         sample = sample_check(store, engine, info, thresholds, watch.sample, seed)
-        new, population = population_check(store, history, watch.name, population_sample, seed)
+        new, population, watermark = population_check(
+            store, history, watch.name, population_sample, seed
+        )
     except Exception as exc:  # a run's failure is recorded and alerted, never raised
         message = str(exc) if isinstance(exc, GuardError) else f"{type(exc).__name__}: {exc}"
         log.warning("monitor.run_failed", watch=watch.name, error=redact(message))
@@ -143,6 +146,7 @@ def run_watch(
         new,
         population,
         tuple(reasons),
+        watermark=watermark,
     )
 
 
@@ -206,30 +210,30 @@ def sample_check(
 
 def population_check(
     store: VectorStore, history: History, watch: str, cap: int, seed: int
-) -> tuple[int | None, PopulationDrift | None]:
+) -> tuple[int | None, PopulationDrift | None, Watermark]:
     """The number of records written since the previous run and, when there are enough,
-    how their vectors compare with a sample of older ones. Moves the watermark on."""
+    how their vectors compare with a sample of older ones; and the watermark that
+    recording this run moves on to (nothing is written here)."""
     state = history.state(watch)
     if state.max_int_id is not None:
         new_ids, new_vectors, largest = _scan_after(store, state.max_int_id, cap, seed)
-        history.save_watermark(watch, largest)
+        watermark = Watermark(largest)
     else:
         seen = history.seen_ids(watch) if state.known else set()
         new_ids, new_vectors, all_int, largest_seen = _scan_unseen(store, seen, cap, seed)
         if all_int:  # from now on the cheap way: ids above the largest one seen
-            history.save_watermark(watch, largest_seen)
+            watermark = Watermark(largest_seen)
         else:
-            history.save_watermark(watch, None)
-            history.add_seen_ids(watch, (str(i) for i in new_ids))
+            watermark = Watermark(None, tuple(str(i) for i in new_ids))
     if not state.known:
-        return None, None
+        return None, None, watermark
     if not new_ids:
-        return 0, None
+        return 0, None, watermark
     fresh = set(new_ids)
     older = store.sample(cap + min(len(fresh), cap), seed=seed)
     keep = [i for i, record_id in enumerate(older.ids) if record_id not in fresh][:cap]
     drift = population_drift(older.vectors[keep], new_vectors, seed=seed)
-    return len(new_ids), drift
+    return len(new_ids), drift, watermark
 
 
 def _scan_after(

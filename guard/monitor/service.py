@@ -20,6 +20,7 @@ from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEv
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from guard import faults
 from guard.config import GuardConfig, WatchConfig, thresholds_from
 from guard.errors import ConfigError, GuardError
 from guard.logs import get_logger
@@ -77,6 +78,7 @@ class MonitorService:
                         self.metrics.alerts.labels(watch.name, delivery).inc()
                     if delivery != "failed":
                         history.save_alerted(watch.name, run.status)
+                faults.step("monitor.before_record")
                 history.record(run, delivery)
         except GuardError as exc:  # the state database itself: nothing can be recorded
             now = datetime.now(UTC)
