@@ -4,6 +4,7 @@ cleanup, and two switches of one job at once. Real state database, real stores."
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 import uuid
@@ -220,6 +221,41 @@ def test_qdrant_switch_errors_reach_users_as_one_line(state_dsn: str) -> None:
     ):
         with pytest.raises(StoreError, match="Qdrant unreachable"):
             call()
+
+
+@pytest.mark.parametrize("store_kind", ["pgvector"])
+def test_sigterm_stops_the_services_reindex_worker_and_gives_its_leases_back(
+    state_dsn: str, source: str, candidate: str, tmp_path: Path
+) -> None:
+    """`guard monitor` running a paced job (a batch every 2 s) on its re-index timer:
+    SIGTERM after the first batch stops it before the job is done, exit 0, and no batch
+    is left leased (before, it finished the whole job first)."""
+    job_id = plan_job(store=source, candidate=candidate, batch_size=BATCH, max_rate=5).job_id
+    config = tmp_path / "guard.toml"
+    config.write_text("[monitor]\nport = 0\nreindex_every_seconds = 1\n", encoding="utf-8")
+    service = subprocess.Popen(
+        [GUARD, "monitor", "--config", str(config)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while jobs_tests._batches_done(job_id) == 0:
+            assert service.poll() is None and time.monotonic() < deadline, "no progress"
+            time.sleep(0.05)
+    finally:
+        service.send_signal(signal.SIGTERM)
+        _, logs = service.communicate(timeout=120)
+    assert service.returncode == 0, logs
+    with connect() as conn:
+        batches = dict(
+            conn.execute(
+                "SELECT status, count(*) FROM guard_reindex_batches WHERE job_id = %s"
+                " GROUP BY status",
+                (uuid.UUID(job_id),),
+            ).fetchall()
+        )
+    assert "leased" not in batches
+    assert batches.get("pending", 0) > 0
 
 
 def test_qdrant_target_creation_errors_reach_users_as_one_line() -> None:

@@ -43,6 +43,7 @@ class MonitorService:
         self.metrics = MonitorMetrics()
         self._last: dict[str, RunResult] = {}
         self._scheduler: BackgroundScheduler | None = None
+        self._reindex_stop = threading.Event()  # set on stop: the re-index run ends too
         self._server: ThreadingHTTPServer | None = None
 
     @property
@@ -131,7 +132,7 @@ class MonitorService:
             scheduler.add_job(
                 run_due_jobs,
                 IntervalTrigger(seconds=settings.reindex_every_seconds, timezone=UTC),
-                kwargs={"dsn": settings.state_dsn},
+                kwargs={"dsn": settings.state_dsn, "stop": self._reindex_stop},
                 id="reindex",
                 name="re-index jobs due",
                 coalesce=True,
@@ -147,7 +148,9 @@ class MonitorService:
         )
 
     def stop(self) -> None:
-        """Stop scheduling, wait for runs in progress, stop serving."""
+        """Stop scheduling, stop a re-index run (its leases given back), wait for runs in
+        progress, stop serving."""
+        self._reindex_stop.set()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None

@@ -8,6 +8,7 @@ minutes (APScheduler's ``max_instances=1`` keeps calls from overlapping).
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime
 
 from guard.errors import GuardError
@@ -17,6 +18,7 @@ from guard.reindex.state import connect
 from guard.reindex.worker import RunResult, run_worker
 
 log = get_logger(__name__)
+
 
 def due_jobs(*, now: datetime | None = None, dsn: str | None = None) -> list[Job]:
     """Active, unpaused jobs with batches left whose window contains ``now``."""
@@ -32,12 +34,18 @@ def due_jobs(*, now: datetime | None = None, dsn: str | None = None) -> list[Job
     return [job for job in jobs if job.window is None or job.window.contains(moment)]
 
 
-def run_due_jobs(*, lease_seconds: float = 60.0, dsn: str | None = None) -> list[RunResult]:
-    """Run each due job in turn until it stops; one job's failure does not stop the rest."""
+def run_due_jobs(
+    *, lease_seconds: float = 60.0, dsn: str | None = None, stop: threading.Event | None = None
+) -> list[RunResult]:
+    """Run each due job in turn until it stops; one job's failure does not stop the rest.
+    Setting ``stop`` (the service's SIGTERM) ends the running job as SIGTERM ends
+    `guard reindex run`, leases given back, and starts no other."""
     results = []
     for job in due_jobs(dsn=dsn):
+        if stop is not None and stop.is_set():
+            break
         try:
-            results.append(run_worker(str(job.id), lease_seconds=lease_seconds, dsn=dsn))
+            results.append(run_worker(str(job.id), lease_seconds=lease_seconds, dsn=dsn, stop=stop))
         except GuardError as exc:
             log.error("scheduled re-index failed", job=job.short, error=str(exc))
     return results
