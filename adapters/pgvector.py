@@ -79,6 +79,7 @@ SAMPLE_SPREAD = 2  # pages read per record drawn, so that picks rarely share a p
 ID_LIST_MAX = 100_000  # rows up to which sample() reads every id (exact, and cheap)
 DENSE_IDS = 0.1  # integer ids filling this share of their range are drawn directly
 MAX_DRAW_ROUNDS = 50
+C_COLLATION, POSIX_COLLATION = 950, 951  # pg_collation oids, fixed in every PostgreSQL
 
 ALL_ROWS = sql.SQL("TRUE")
 
@@ -104,6 +105,17 @@ class _Table:
     # and its values, added to every read (ALL_ROWS and () without them).
     where: sql.Composable
     where_params: tuple[Any, ...]
+    # Whether ids compare in a collation other than "C" (a text id under en_US, ICU...).
+    id_collated: bool = False
+
+    @property
+    def id_order(self) -> sql.Composable:
+        """The id as keyset pages order and compare it: in code-point order (``COLLATE
+        "C"``), the order the re-index's batch bounds, verify and catch-up use in Python.
+        Under another collation this costs the primary key's ordering (each page sorts);
+        an index on ``(id COLLATE "C")`` gives it back."""
+        ident = sql.Identifier(self.id_column)
+        return sql.SQL('{} COLLATE "C"').format(ident) if self.id_collated else ident
 
     @property
     def ident(self) -> sql.Identifier:
@@ -249,10 +261,11 @@ class PgVectorStore:
             raise self._fail(f"table {where!r} not found")
         oid, schema = int(found[0]), str(found[1])
         rows = conn.execute(
-            "SELECT a.attname, t.typname, format_type(a.atttypid, a.atttypmod), a.atttypmod"
+            "SELECT a.attname, t.typname, format_type(a.atttypid, a.atttypmod), a.atttypmod,"
+            " a.attcollation NOT IN (0, %s, %s)"
             " FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
             " WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-            [oid],
+            [C_COLLATION, POSIX_COLLATION, oid],
         ).fetchall()
         columns = {str(r[0]): str(r[2]) for r in rows}
         typenames = {str(r[0]): str(r[1]) for r in rows}
@@ -289,6 +302,7 @@ class PgVectorStore:
             distance_source=source,
             where=selection,
             where_params=where_params,
+            id_collated=next(bool(r[4]) for r in rows if r[0] == id_column),
         )
 
     def _selection(
@@ -619,13 +633,13 @@ class PgVectorStore:
     ) -> Iterator[RecordBatch]:
         """Keyset pages: ``WHERE id > last ORDER BY id LIMIT batch_size`` (no OFFSET)."""
         t = self._table()
-        ident, vector = sql.Identifier(t.id_column), sql.Identifier(t.vector_column)
+        order, vector = t.id_order, sql.Identifier(t.vector_column)
         first = sql.SQL("{} WHERE {} IS NOT NULL AND {} ORDER BY {} LIMIT %s").format(
-            t.select(with_payload=with_payload), vector, t.where, ident
+            t.select(with_payload=with_payload), vector, t.where, order
         )
         following = sql.SQL(
             "{} WHERE {} IS NOT NULL AND {} AND {} > %s::{} ORDER BY {} LIMIT %s"
-        ).format(t.select(with_payload=with_payload), vector, t.where, ident, t.id_type, ident)
+        ).format(t.select(with_payload=with_payload), vector, t.where, order, t.id_type, order)
         last: Any = after
         while True:
             with self._errors(), self._conn.cursor(binary=True) as cur:

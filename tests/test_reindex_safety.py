@@ -3,9 +3,12 @@ cleanup, and two switches of one job at once. Real state database, real stores."
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -14,17 +17,22 @@ from typing import Any
 import psycopg
 import pytest
 import test_reindex_jobs as jobs_tests
-from fixtures_stores import STORE_KINDS
+from fixtures_stores import STORE_KINDS, unit_vectors
+from pgvector.psycopg import register_vector
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from test_reindex_jobs import BATCH, GUARD, NO_TEXT, OLD_DIMS, RECORDS
 
 from guard.errors import ReindexError, StoreError
 from guard.faults import KILLED_EXIT
+from guard.pgserver import embedded_dsn
 from guard.records import StoreInfo
 from guard.reindex import targets
+from guard.reindex.catchup import catch_up
 from guard.reindex.jobs import load_job, plan_job
 from guard.reindex.state import connect
 from guard.reindex.switch import locations
+from guard.reindex.verify import verify_job
 from guard.reindex.worker import Ledger, run_worker
 from guard.stores import open_store
 
@@ -256,6 +264,78 @@ def test_sigterm_stops_the_services_reindex_worker_and_gives_its_leases_back(
         )
     assert "leased" not in batches
     assert batches.get("pending", 0) > 0
+
+
+# Ids whose order differs between a linguistic collation and code points (case, '_').
+COLLATED_IDS = [f"{stem}{i}" for stem in ("a", "B", "b", "_x", "Z", "A-", "ab") for i in range(3)]
+
+
+@pytest.fixture(scope="module")
+def en_us_dsn() -> str:
+    """A PostgreSQL of its own whose collation ``en_us`` (glibc's en_US.UTF-8, compiled
+    with localedef: the embedded build has no ICU and the machine may have no locales)
+    orders COLLATED_IDS otherwise than code points."""
+    # Readable by the server's own user too (pgserver drops root to run it).
+    locales = Path(tempfile.mkdtemp(prefix="vmg-loc-", dir="/tmp"))
+    locales.chmod(0o755)
+    atexit.register(shutil.rmtree, locales, ignore_errors=True)
+    subprocess.run(
+        ["localedef", "-i", "en_US", "-f", "UTF-8", str(locales / "en_US.UTF-8")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    datadir = Path(tempfile.mkdtemp(prefix="vmg-en-", dir="/tmp"))  # short socket path
+    atexit.register(shutil.rmtree, datadir, ignore_errors=True)
+    before = os.environ.get("LOCPATH")
+    os.environ["LOCPATH"] = str(locales)  # the server reads it as it starts
+    try:
+        dsn = embedded_dsn(datadir)
+    finally:
+        if before is None:
+            del os.environ["LOCPATH"]
+        else:
+            os.environ["LOCPATH"] = before
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        conn.execute("CREATE COLLATION en_us (provider = libc, locale = 'en_US.UTF-8')")
+        row = conn.execute(
+            "SELECT array_agg(i ORDER BY i COLLATE en_us) FROM unnest(%s::text[]) i",
+            (COLLATED_IDS,),
+        ).fetchone()
+    assert row is not None and row[0] != sorted(COLLATED_IDS)
+    return dsn
+
+
+def test_text_ids_under_a_linguistic_collation_are_copied_exactly_once(
+    state_dsn: str, en_us_dsn: str, candidate: str, texts: list[str]
+) -> None:
+    """A text id column collated en_US: batches cut, scanned and checked in one order
+    (code points), so plan, run, verify and catch-up copy every id exactly once."""
+    table = f"t_{uuid.uuid4().hex[:12]}"
+    vectors = unit_vectors(len(COLLATED_IDS), 16, seed=4)
+    with psycopg.connect(en_us_dsn, autocommit=True) as conn:
+        register_vector(conn)
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE {} (id text COLLATE en_us PRIMARY KEY, text text,"
+                " embedding vector(16))"
+            ).format(sql.Identifier(table))
+        )
+        with conn.cursor() as cursor:
+            cursor.executemany(
+                sql.SQL("INSERT INTO {} VALUES (%s, %s, %s)").format(sql.Identifier(table)),
+                [(i, texts[n], vectors[n]) for n, i in enumerate(COLLATED_IDS)],
+            )
+    uri = f"{en_us_dsn}&table={table}"
+    job_id = plan_job(store=uri, candidate=candidate, batch_size=4).job_id
+    assert run_worker(job_id).stopped == "done"
+    verified = verify_job(job_id, sample=1000).as_dict()
+    assert (verified["reasons"], verified["target_records"]) == ([], len(COLLATED_IDS))
+    caught = catch_up(job_id).as_dict()
+    assert (caught["inserted"], caught["updated"], caught["deleted"]) == (0, 0, 0)
+    with psycopg.connect(en_us_dsn, autocommit=True) as conn:
+        target = sql.Identifier(f"{table}__{job_id.replace('-', '')[:8]}")
+        copied = [row[0] for row in conn.execute(sql.SQL("SELECT id FROM {}").format(target))]
+    assert sorted(copied) == sorted(COLLATED_IDS)  # each id once
 
 
 def test_qdrant_target_creation_errors_reach_users_as_one_line() -> None:
