@@ -42,8 +42,8 @@ def id_key(record_id: RecordId) -> tuple[int, int | str]:
     """The order ``VectorStore.scan`` walks ids in: integers first, then strings.
 
     Canonical lower-case UUID strings compare like their 128-bit values, which is
-    Qdrant's order; pgvector text ids compare by code point, which matches the adapter's
-    ``ORDER BY`` under the C collation.
+    Qdrant's order; pgvector text ids compare by code point, as the adapter's keyset
+    SQL orders and compares them (``COLLATE "C"``, whatever the column's collation).
     """
     return (0, record_id) if isinstance(record_id, int) else (1, str(record_id))
 
