@@ -1,8 +1,9 @@
 """How far the two inexact sampling methods are from a uniform sample, measured.
 
-    python bench/sample_bias.py [--records 20000] [--seeds 200] [--n 400]
+    python bench/sample_bias.py [--records 20000] [--qdrant-records 5000] [--seeds 50] [--n 400]
 
-Both stores hold ``--records`` records, of which the last 30% written form one group
+The stores hold ``--records`` records (Qdrant ``--qdrant-records``: local mode answers
+each keyset probe slowly), of which the last 30% written form one group
 (think: the records another engine wrote). Each method draws ``--n`` records under
 ``--seeds`` seeds, with the id-list method switched off as it is for stores above its
 size limit. Printed per method: the group's mean share in the samples (uniform: 30%),
@@ -70,7 +71,10 @@ def time_ordered(records: int) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=20_000)
-    parser.add_argument("--seeds", type=int, default=200)
+    parser.add_argument(
+        "--qdrant-records", type=int, default=5_000, help="local mode probes slowly"
+    )
+    parser.add_argument("--seeds", type=int, default=50)
     parser.add_argument("--n", type=int, default=400)
     args = parser.parse_args()
     configure()
@@ -81,23 +85,29 @@ def main() -> None:
     dsn = embedded_dsn(folder / "pg")
     cases = {
         "pgvector, random UUIDs": (f"{dsn}{'&' if '?' in dsn else '?'}table=bias", random_ids),
-        "qdrant, random UUIDs": (f"qdrant+local:{folder / 'q'}?collection=v4", random_ids),
+        "qdrant, random UUIDs": (
+            f"qdrant+local:{folder / 'q'}?collection=v4",
+            [str(uuid.uuid4()) for _ in range(args.qdrant_records)],
+        ),
         "qdrant, time-ordered UUIDs": (
             f"qdrant+local:{folder / 'q'}?collection=v7",
-            time_ordered(args.records),
+            time_ordered(args.qdrant_records),
         ),
     }
     print(
-        f"{args.records:,} records, the last {GROUP:.0%} written as one group; samples of "
+        f"the last {GROUP:.0%} of the records written as one group; samples of "
         f"{args.n} under {args.seeds} seeds"
     )
-    print(f"{'store, ids':<28} {'method':<20} {'group share':>11} {'design effect':>13}")
+    print(
+        f"{'store, ids':<28} {'records':>8} {'method':<20} {'group share':>11} "
+        f"{'design effect':>13}"
+    )
     for name, (uri, ids) in cases.items():
         store = open_store(uri)
         fill(store, ids)
         group = set(ids[round(len(ids) * (1 - GROUP)) :])
         method, share, effect = measure(store, group, args.n, args.seeds)
-        print(f"{name:<28} {method:<20} {share:>11.1%} {effect:>13.2f}")
+        print(f"{name:<28} {len(ids):>8,} {method:<20} {share:>11.1%} {effect:>13.2f}")
         store.close()
     shutil.rmtree(folder, ignore_errors=True)
 

@@ -579,7 +579,7 @@ def test_workers_stay_out_of_the_window(state_dsn: str, source: str, candidate: 
 def test_the_scheduler_runs_only_due_jobs(state_dsn: str, source: str, candidate: str) -> None:
     """Jobs inside their window (or without one) are due; paused jobs and jobs outside
     their window are not; running the due ones finishes them."""
-    from guard.reindex.schedule import due_jobs, run_due_jobs
+    from guard.reindex.due import due_jobs, run_due_jobs
 
     later = datetime.now() + timedelta(hours=2)
     anytime = plan(source, candidate)

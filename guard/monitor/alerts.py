@@ -17,7 +17,7 @@ import httpx
 
 from guard import __version__
 from guard.logs import get_logger
-from guard.monitor.run import RunResult, Status
+from guard.monitor.results import WatchRun, WatchStatus
 
 log = get_logger(__name__)
 
@@ -25,11 +25,11 @@ Delivery = Literal["sent", "failed", "none"]
 TIMEOUT_S = 10.0
 
 
-def should_alert(previous: Status, run: RunResult) -> bool:
+def should_alert(previous: WatchStatus, run: WatchRun) -> bool:
     return run.status != previous
 
 
-def payload(run: RunResult, previous: Status) -> dict[str, Any]:
+def payload(run: WatchRun, previous: WatchStatus) -> dict[str, Any]:
     """The JSON body: what changed, why, and the run's numbers."""
     return {
         "event": "recovered" if run.status == "ok" else run.status,

@@ -11,12 +11,10 @@ import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from guard.monitor.results import WatchRun, WatchStatus
 from guard.reindex.state import Conn, connect
-
-if TYPE_CHECKING:
-    from guard.monitor.run import RunResult, Status
 
 # Trend columns, in the order `guard monitor history` prints them.
 TREND_FIELDS = (
@@ -40,19 +38,9 @@ TREND_FIELDS = (
 class WatchState:
     """What the previous runs left for the next one."""
 
-    alerted_status: Status
+    alerted_status: WatchStatus
     max_int_id: int | None
     known: bool  # False before the watch's first recorded run
-
-
-@dataclass(frozen=True)
-class Watermark:
-    """Where the next run's "written since" starts: the largest integer id seen, or (with
-    other ids) the ids seen. Saved only with the run that saw them (``History.record``),
-    so a run that fails or dies before it is recorded leaves them new for the next."""
-
-    max_int_id: int | None
-    seen_ids: tuple[str, ...] = ()
 
 
 class History:
@@ -78,7 +66,7 @@ class History:
             (watch, max_int_id),
         )
 
-    def save_alerted(self, watch: str, status: Status) -> None:
+    def save_alerted(self, watch: str, status: WatchStatus) -> None:
         self._conn.execute(
             "INSERT INTO guard_monitor_watches (watch, alerted_status) VALUES (%s, %s) "
             "ON CONFLICT (watch) DO UPDATE SET alerted_status = EXCLUDED.alerted_status, "
@@ -100,7 +88,7 @@ class History:
             for record_id in ids:
                 copy.write_row((watch, record_id))
 
-    def record(self, run: RunResult, alert: str) -> int:
+    def record(self, run: WatchRun, alert: str) -> int:
         """Store one run and move its watch's watermark, in one transaction; return the
         run's id."""
         with self._conn.transaction():
@@ -109,7 +97,7 @@ class History:
                 self._add_seen_ids(run.watch, run.watermark.seen_ids)
             return self._insert(run, alert)
 
-    def _insert(self, run: RunResult, alert: str) -> int:
+    def _insert(self, run: WatchRun, alert: str) -> int:
         sample = run.sample
         row = self._conn.execute(
             """

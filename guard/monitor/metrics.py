@@ -16,7 +16,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import generate_latest
 
-from guard.monitor.run import RunResult
+from guard.monitor.results import WatchRun
 
 STATUSES = ("ok", "drift", "error")
 
@@ -60,7 +60,7 @@ class MonitorMetrics:
             registry=self.registry,
         )
 
-    def observe(self, run: RunResult) -> None:
+    def observe(self, run: WatchRun) -> None:
         watch = run.watch
         for status in STATUSES:
             self.status.labels(watch, status).set(1.0 if run.status == status else 0.0)

@@ -17,9 +17,7 @@ only takes that snapshot (a scan of every id, once).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Literal
 
 import numpy as np
 
@@ -32,69 +30,21 @@ from guard.core.stats import bound
 from guard.engines import EmbeddingEngine, open_engine
 from guard.errors import GuardError, StoreError
 from guard.logs import get_logger
-from guard.monitor.history import History, Watermark
+from guard.monitor.history import History
+from guard.monitor.results import SampleCheck, WatchRun, WatchStatus, Watermark
 from guard.records import RecordId, StoreInfo, Vectors
 from guard.stores import VectorStore, open_store
 from guard.uri import redact
 
-Status = Literal["ok", "drift", "error"]
 log = get_logger(__name__)
 
 OVERLAP_QUERIES = 20
 SCAN_BATCH = 1000
 
 
-@dataclass(frozen=True)
-class SampleCheck:
-    """The per-record comparison of one run (metrics are None when dimensions differ)."""
-
-    n: int
-    failures: int
-    cosine_p1: float | None
-    cosine_median: float | None
-    bound_upper: float | None
-    bound_lower: float | None
-    overlap: float | None
-    drifted: bool
-    mixed_store: str | None = None  # the evidence, when part of the store fails as a group
-
-
-@dataclass(frozen=True)
-class RunResult:
-    watch: str
-    store: str  # redacted
-    engine: str  # redacted
-    status: Status
-    started_at: datetime
-    finished_at: datetime
-    seed: int
-    sample: SampleCheck | None
-    new_records: int | None  # None on the first run, or when the run failed before
-    population: PopulationDrift | None
-    reasons: tuple[str, ...]
-    error: str | None = None
-    watermark: Watermark | None = None  # saved with the run; None when it failed
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "watch": self.watch,
-            "status": self.status,
-            "store": self.store,
-            "engine": self.engine,
-            "started_at": self.started_at.isoformat(),
-            "finished_at": self.finished_at.isoformat(),
-            "seed": self.seed,
-            "sample": asdict(self.sample) if self.sample else None,
-            "new_records": self.new_records,
-            "population": self.population.as_dict() if self.population else None,
-            "reasons": list(self.reasons),
-            "error": self.error,
-        }
-
-
 def run_watch(
     watch: WatchConfig, history: History, *, thresholds: Thresholds, population_sample: int
-) -> RunResult:
+) -> WatchRun:
     """Measure one watch; every failure becomes a run with status ``error``, never raises."""
     started = datetime.now(UTC)
     seed = time.time_ns() % 2**31  # a fresh, recorded sample each run
@@ -113,7 +63,7 @@ def run_watch(
     except Exception as exc:  # a run's failure is recorded and alerted, never raised
         message = str(exc) if isinstance(exc, GuardError) else f"{type(exc).__name__}: {exc}"
         log.warning("monitor.run_failed", watch=watch.name, error=redact(message))
-        return RunResult(
+        return WatchRun(
             watch.name,
             redact(watch.store),
             redact(watch.engine),
@@ -133,8 +83,8 @@ def run_watch(
         if store is not None:
             store.close()
     reasons = _reasons(sample, population, thresholds)
-    status: Status = "drift" if reasons else "ok"
-    return RunResult(
+    status: WatchStatus = "drift" if reasons else "ok"
+    return WatchRun(
         watch.name,
         redact(watch.store),
         redact(watch.engine),

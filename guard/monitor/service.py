@@ -27,9 +27,10 @@ from guard.logs import get_logger
 from guard.monitor import alerts
 from guard.monitor.history import open_history
 from guard.monitor.metrics import MonitorMetrics, serve
-from guard.monitor.run import RunResult, run_watch
+from guard.monitor.results import WatchRun
+from guard.monitor.run import run_watch
 from guard.monitor.schedule import parse_schedule
-from guard.reindex.schedule import run_due_jobs
+from guard.reindex.due import run_due_jobs
 from guard.uri import redact
 
 log = get_logger(__name__)
@@ -41,7 +42,7 @@ class MonitorService:
             raise ConfigError("no [[watch]] tables in the config: nothing to monitor")
         self.config = config
         self.metrics = MonitorMetrics()
-        self._last: dict[str, RunResult] = {}
+        self._last: dict[str, WatchRun] = {}
         self._scheduler: BackgroundScheduler | None = None
         self._reindex_stop = threading.Event()  # set on stop: the re-index run ends too
         self._server: ThreadingHTTPServer | None = None
@@ -53,7 +54,7 @@ class MonitorService:
             raise RuntimeError("the service is not started")
         return int(self._server.server_address[1])
 
-    def execute(self, watch: WatchConfig) -> RunResult:
+    def execute(self, watch: WatchConfig) -> WatchRun:
         """One run of ``watch``: measure, alert on a change of status, record, observe."""
         settings = self.config.monitor
         thresholds = thresholds_from(watch.thresholds, base=thresholds_from(self.config.thresholds))
@@ -85,7 +86,7 @@ class MonitorService:
             now = datetime.now(UTC)
             error = redact(str(exc))
             log.error("monitor.state_unavailable", watch=watch.name, error=error)
-            run = RunResult(
+            run = WatchRun(
                 watch.name, redact(watch.store), redact(watch.engine), "error",
                 now, now, 0, None, None, None, (), error,
             )  # fmt: skip
@@ -102,7 +103,7 @@ class MonitorService:
         )
         return run
 
-    def run_once(self) -> list[RunResult]:
+    def run_once(self) -> list[WatchRun]:
         """Every watch once, in config order (for cron and Kubernetes CronJob users)."""
         return [self.execute(watch) for watch in self.config.watch]
 
@@ -184,7 +185,7 @@ class MonitorService:
         }
 
 
-def exit_code(runs: Sequence[RunResult]) -> int:
+def exit_code(runs: Sequence[WatchRun]) -> int:
     """`guard monitor --once`: 2 when any run failed, else 1 when any drifted, else 0."""
     statuses = {run.status for run in runs}
     return 2 if "error" in statuses else 1 if "drift" in statuses else 0

@@ -402,7 +402,7 @@ def _json(record_id: RecordId | None) -> Jsonb | None:
 
 
 @dataclass(frozen=True)
-class Status:
+class JobStatus:
     job_id: str
     state: str
     paused: bool
@@ -449,7 +449,7 @@ class Status:
         }
 
 
-def job_status(job_ref: str, *, dsn: str | None = None) -> Status:
+def job_status(job_ref: str, *, dsn: str | None = None) -> JobStatus:
     with connect(dsn) as conn:
         job = load_job(conn, job_ref)
         by_status: dict[str, int] = dict(
@@ -491,7 +491,7 @@ def job_status(job_ref: str, *, dsn: str | None = None) -> Status:
         eta = 0.0
     elif rate:
         eta = int(planned_left) / rate
-    return Status(
+    return JobStatus(
         job_id=str(job.id),
         state=job.state,
         paused=job.paused,

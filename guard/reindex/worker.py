@@ -100,7 +100,7 @@ class _Item:
 
 
 @dataclass(frozen=True)
-class RunResult:
+class WorkerResult:
     job_id: str
     worker: str
     batches_done: int
@@ -331,7 +331,7 @@ def run_worker(
     lease_seconds: float = 60.0,
     dsn: str | None = None,
     stop: threading.Event | None = None,
-) -> RunResult:
+) -> WorkerResult:
     """Work on a job until it is done, paused, outside its window, or stopped.
 
     SIGTERM and SIGINT (when called from the main thread) stop it cleanly: in-flight
@@ -389,7 +389,7 @@ class _Worker:
     def _ledger(self) -> Ledger:
         return Ledger(connect(self.dsn), self.job, self.worker, self.lease_seconds)
 
-    def run(self) -> RunResult:
+    def run(self) -> WorkerResult:
         started = time.perf_counter()
         source = open_store(self.job.source_uri)
         target = open_store(self.job.target_uri)
@@ -442,7 +442,7 @@ class _Worker:
             source.close()
         busy = self.embedding_s / max(time.perf_counter() - started, 1e-9)
         log.info("worker stopped", job=self.job.short, reason=self.stopped, engine_busy=busy)
-        return RunResult(
+        return WorkerResult(
             str(self.job.id), self.worker, self.batches_done, self.written, self.skipped,
             self.stopped, failed, busy,
         )  # fmt: skip

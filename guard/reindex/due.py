@@ -15,7 +15,7 @@ from guard.errors import GuardError
 from guard.logs import get_logger
 from guard.reindex.jobs import JOB_COLUMNS, Job
 from guard.reindex.state import connect
-from guard.reindex.worker import RunResult, run_worker
+from guard.reindex.worker import WorkerResult, run_worker
 
 log = get_logger(__name__)
 
@@ -36,7 +36,7 @@ def due_jobs(*, now: datetime | None = None, dsn: str | None = None) -> list[Job
 
 def run_due_jobs(
     *, lease_seconds: float = 60.0, dsn: str | None = None, stop: threading.Event | None = None
-) -> list[RunResult]:
+) -> list[WorkerResult]:
     """Run each due job in turn until it stops; one job's failure does not stop the rest.
     Setting ``stop`` (the service's SIGTERM) ends the running job as SIGTERM ends
     `guard reindex run`, leases given back, and starts no other."""
