@@ -29,7 +29,6 @@ from qdrant_client import QdrantClient, models
 from test_interop import GuardLangChainEmbeddings, GuardLlamaIndexEmbedding, sqlalchemy_url
 
 from guard.engines import EmbeddingEngine, open_engine
-from guard.reindex.provenance import PROVENANCE_KEYS
 
 TEXTS = 40
 PROBES = (0, 13, 27, 39)  # corpus texts used as queries
@@ -248,16 +247,11 @@ def test_langchain_qdrant_approves_and_round_trips(
 class HaystackApp:
     """Haystack's document embedder (the component that takes an embedding function: the
     guard's engine) writing with ``meta_fields_to_embed=["title"]``, its retriever reading.
+    Haystack turns every column and payload key it does not know into ``meta``: after a
+    cutover its documents would show anything the re-index added to the records."""
 
-    Haystack turns every column or payload key it does not know into ``meta``, so after a
-    cutover its documents show the re-index's provenance fields too (a known limitation,
-    README "Layouts"): ``search`` takes them out of ``meta`` and adds their names to
-    ``provenance``, for the test to pin."""
-
-    def __init__(
-        self, store: Any, retriever: Any, engine: EmbeddingEngine, provenance: set[str]
-    ) -> None:
-        self.store, self.retriever, self.provenance = store, retriever, provenance
+    def __init__(self, store: Any, retriever: Any, engine: EmbeddingEngine) -> None:
+        self.store, self.retriever = store, retriever
 
         def embed(text: str) -> list[float]:
             return [float(x) for x in engine.embed([text])[0]]
@@ -276,12 +270,7 @@ class HaystackApp:
     def search(self, text: str, k: int) -> list[Hit]:
         vector = self.query.run(text=text)["embedding"]
         docs = self.retriever.run(query_embedding=vector, top_k=k)["documents"]
-        hits = []
-        for doc in docs:
-            self.provenance.update(key for key in PROVENANCE_KEYS if key in doc.meta)
-            meta = {k: v for k, v in doc.meta.items() if k not in PROVENANCE_KEYS}
-            hits.append(_hit(doc.id, doc.content, meta))
-        return hits
+        return [_hit(doc.id, doc.content, doc.meta) for doc in docs]
 
     def add(self, texts: list[str]) -> list[str]:
         return self.write(texts, [{"title": "Added"} for _ in texts])
@@ -298,16 +287,14 @@ class HaystackApp:
             connection.close()
 
 
-def haystack_qdrant(
-    folder: Path, index: str, engine: EmbeddingEngine, provenance: set[str]
-) -> HaystackApp:
+def haystack_qdrant(folder: Path, index: str, engine: EmbeddingEngine) -> HaystackApp:
     from haystack_integrations.components.retrievers.qdrant import QdrantEmbeddingRetriever
     from haystack_integrations.document_stores.qdrant import QdrantDocumentStore
 
     store = QdrantDocumentStore(
         path=str(folder), index=index, embedding_dim=384, progress_bar=False
     )
-    return HaystackApp(store, QdrantEmbeddingRetriever(document_store=store), engine, provenance)
+    return HaystackApp(store, QdrantEmbeddingRetriever(document_store=store), engine)
 
 
 def haystack_meta(n: int) -> list[dict[str, Any]]:
@@ -324,8 +311,7 @@ def test_haystack_qdrant_approves_with_embed_text_and_round_trips(
     texts: list[str],
 ) -> None:
     """Haystack embedded the title with the content; ``embed_text=`` says so."""
-    provenance: set[str] = set()
-    app = haystack_qdrant(qdrant_dir, "docs_v1", f16, provenance)
+    app = haystack_qdrant(qdrant_dir, "docs_v1", f16)
     app.write(texts, haystack_meta(TEXTS))
     app.close()
     alias_collection(qdrant_dir, "docs_v1", "docs")
@@ -334,18 +320,15 @@ def test_haystack_qdrant_approves_with_embed_text_and_round_trips(
     assert code == 0, f"{out}{err}"
     round_trip(
         guard,
-        lambda engine: haystack_qdrant(qdrant_dir, "docs", engine, provenance),
+        lambda engine: haystack_qdrant(qdrant_dir, "docs", engine),
         uri,
         texts,
         (f16, q8),
         f"llamacpp:{gguf_q8_0}",
     )
-    assert provenance == set(PROVENANCE_KEYS)  # shown while cut over: see HaystackApp
 
 
-def haystack_pg(
-    pg_dsn: str, schema: str, engine: EmbeddingEngine, provenance: set[str]
-) -> HaystackApp:
+def haystack_pg(pg_dsn: str, schema: str, engine: EmbeddingEngine) -> HaystackApp:
     from haystack.utils import Secret
     from haystack_integrations.components.retrievers.pgvector import PgvectorEmbeddingRetriever
     from haystack_integrations.document_stores.pgvector import PgvectorDocumentStore
@@ -356,7 +339,7 @@ def haystack_pg(
         embedding_dimension=384,
         search_strategy="hnsw",
     )
-    return HaystackApp(store, PgvectorEmbeddingRetriever(document_store=store), engine, provenance)
+    return HaystackApp(store, PgvectorEmbeddingRetriever(document_store=store), engine)
 
 
 def test_haystack_pgvector_approves_with_embed_text_and_round_trips(
@@ -369,8 +352,7 @@ def test_haystack_pgvector_approves_with_embed_text_and_round_trips(
     pg_schema: str,
     texts: list[str],
 ) -> None:
-    provenance: set[str] = set()
-    app = haystack_pg(pg_dsn, pg_schema, f16, provenance)
+    app = haystack_pg(pg_dsn, pg_schema, f16)
     app.write(texts, haystack_meta(TEXTS))
     app.close()
     uri = (
@@ -381,13 +363,12 @@ def test_haystack_pgvector_approves_with_embed_text_and_round_trips(
     assert code == 0, f"{out}{err}"
     round_trip(
         guard,
-        lambda engine: haystack_pg(pg_dsn, pg_schema, engine, provenance),
+        lambda engine: haystack_pg(pg_dsn, pg_schema, engine),
         uri,
         texts,
         (f16, q8),
         f"llamacpp:{gguf_q8_0}",
     )
-    assert provenance == set(PROVENANCE_KEYS)  # shown while cut over: see HaystackApp
 
 
 # --- LangChain PGVector: one shared table, a collection table with a cascading FK -------
