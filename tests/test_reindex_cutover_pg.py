@@ -23,8 +23,6 @@ import pytest
 from fixtures_stores import unit_vectors
 from psycopg import sql
 
-from guard.reindex.provenance import PROVENANCE_KEYS
-
 RECORDS = 12
 OLD_DIMS = 16
 Guard = Callable[..., tuple[int, str, str]]
@@ -73,8 +71,8 @@ def _fill(conn: psycopg.Connection[Any], insert: str, rows: list[tuple[Any, ...]
 
 def catalog(conn: psycopg.Connection[Any], schema: str, table: str) -> dict[str, Any]:
     """Everything about a table that an application or a framework relies on, read from
-    the catalog. The provenance columns the re-index adds and the vector's dimensions
-    are left out: they change by design."""
+    the catalog. The vector's dimensions are left out: they change by design. Every
+    column is in: the re-index adds none (Haystack would show it in ``meta``)."""
     oid = conn.execute(
         "SELECT (quote_ident(%s) || '.' || quote_ident(%s))::regclass::oid", (schema, table)
     ).fetchone()[0]
@@ -92,7 +90,6 @@ def catalog(conn: psycopg.Connection[Any], schema: str, table: str) -> dict[str,
             " ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
             " WHERE a.attrelid = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped"
         )
-        if name not in PROVENANCE_KEYS
     ]
     return {
         "columns": columns,
@@ -134,7 +131,6 @@ def catalog(conn: psycopg.Connection[Any], schema: str, table: str) -> dict[str,
                 "SELECT attname, pg_get_serial_sequence(%(oid)s::regclass::text, attname)"
                 " FROM pg_attribute WHERE attrelid = %(oid)s AND attnum > 0 AND NOT attisdropped"
             )
-            if row[0] not in PROVENANCE_KEYS
         ],
     }
 

@@ -1,10 +1,11 @@
 """``guard reindex catch-up``: bring the target level with the source after the job ran.
 
 The application kept writing to the source during the job. One merged pass over both
-stores in id order finds what changed, by id set and text hash: ids only in the source
-are embedded, ids only in the target are deleted, ids whose text hash or engine
-fingerprint differ are re-embedded. Records already embedded from the same text by the
-same fingerprint are left alone, so running it twice costs a scan and no embedding.
+stores in id order finds what changed, by id set and text: ids only in the source are
+embedded, ids only in the target are deleted, ids whose text differs from the target's
+copy are re-embedded. Records already embedded from the same text are left alone (the
+target holds only what the job's engine wrote), so running it twice costs a scan and no
+embedding.
 """
 
 from __future__ import annotations
@@ -21,13 +22,10 @@ from guard.records import RecordBatch, RecordId, as_vectors
 from guard.reindex import parts
 from guard.reindex.jobs import Job, load_job
 from guard.reindex.provenance import (
-    FINGERPRINT_KEY,
-    TEXT_HASH_KEY,
     Row,
     has_text,
     merge,
     rows,
-    text_hash,
 )
 from guard.reindex.state import Conn, connect
 from guard.reindex.worker import RECORD_SKIP, check_engine, embed_records
@@ -119,11 +117,7 @@ class _CatchUp:
             if tgt is not None:  # its text was removed: the old vector no longer describes it
                 self.deletes.append(tgt.id)
             self.pending.append((src, tgt is not None))
-        elif (
-            tgt is not None
-            and tgt.payload.get(TEXT_HASH_KEY) == text_hash(str(src.text))
-            and tgt.payload.get(FINGERPRINT_KEY) == self.job.fingerprint_hash
-        ):
+        elif tgt is not None and tgt.text == src.text:
             self.result.unchanged += 1
         else:
             self.pending.append((src, tgt is not None))
@@ -138,7 +132,7 @@ class _CatchUp:
             tuple(dict(row.payload) for row, _ in self.pending),
         )
         existed = {row.id: present for row, present in self.pending}
-        records, skipped = embed_records(engine, batch, self.job.fingerprint_hash)
+        records, skipped = embed_records(engine, batch)
         target.upsert(records)
         for record_id in records.ids:
             if existed[record_id]:

@@ -1,8 +1,11 @@
-"""Pure helpers of the re-index: provenance hashes, id order, target names, time windows.
+"""Pure helpers of the re-index: text and fingerprint hashes, id order, target names,
+time windows.
 
-Each target record carries the sha256 of its text and of the engine fingerprint, so a
-rerun or a catch-up skips exactly the records embedded from the same text by the same
-engine settings; keying on the text alone would miss a model change.
+Target records carry nothing of the guard's (frameworks such as Haystack show every
+payload key and column to the application): a target record is a copy of its source
+record, text included, written only by the job's worker with the job's engine, so
+catch-up and verify compare its text with the source's. The state database keeps the
+engine fingerprint's hash per job and the text hash of each skipped record.
 """
 
 from __future__ import annotations
@@ -18,10 +21,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from guard.errors import ConfigError
 from guard.records import RecordBatch, RecordId
-
-TEXT_HASH_KEY = "guard_text_sha256"
-FINGERPRINT_KEY = "guard_fingerprint_sha256"
-PROVENANCE_KEYS = (TEXT_HASH_KEY, FINGERPRINT_KEY)
 
 
 def text_hash(text: str) -> str:
@@ -130,9 +129,7 @@ def rows(batches: Iterator[RecordBatch]) -> Iterator[Row]:
             yield Row(record_id, text, payload)
 
 
-def merge(
-    source: Iterator[Row], target: Iterator[Row]
-) -> Iterator[tuple[Row | None, Row | None]]:
+def merge(source: Iterator[Row], target: Iterator[Row]) -> Iterator[tuple[Row | None, Row | None]]:
     """Walk two ascending id streams together: (source, target) pairs where a missing
     side is None. Memory stays at one row per side, whatever the collection size."""
     left, right = next(source, None), next(target, None)

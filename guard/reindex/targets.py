@@ -6,14 +6,14 @@ Qdrant: the target is a new collection with the source's vector names, distance,
 settings and payload indexes; readers switch through an alias in one
 ``update_collection_aliases`` call. pgvector: the target is a shadow table made with
 ``CREATE TABLE ... (LIKE source INCLUDING ALL)`` (every column, default, constraint and
-index) plus two provenance columns (already there when the source came from an earlier
-re-index); its HNSW or IVFFlat indexes are built on the new vectors just before the
-switch. The switch renames both tables in one transaction under ``lock_timeout`` and
-moves everything else the live table had onto the one that takes its name (index and
-constraint names, foreign keys both ways, triggers, policies, grants, comments, owned
-sequences: guard.reindex.pgtable); rollback is the same switch the other way. Views
-that select from the source stay bound to the kept table (PostgreSQL binds them by
-oid): recreate them after cutover.
+index) and nothing else: frameworks that read every column (Haystack) would show any
+column of the guard's to the application after cutover. Its HNSW or IVFFlat indexes are
+built on the new vectors just before the switch. The switch renames both tables in one
+transaction under ``lock_timeout`` and moves everything else the live table had onto
+the one that takes its name (index and constraint names, foreign keys both ways,
+triggers, policies, grants, comments, owned sequences: guard.reindex.pgtable); rollback
+is the same switch the other way. Views that select from the source stay bound to the
+kept table (PostgreSQL binds them by oid): recreate them after cutover.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from guard.errors import ReindexError, StoreError
 from guard.pgserver import embedded_dsn
 from guard.records import StoreInfo
 from guard.reindex import parts, pgtable
-from guard.reindex.provenance import PROVENANCE_KEYS
 from guard.stores import VectorStore, open_store
 from guard.uri import parse, redact
 
@@ -150,15 +149,6 @@ def _create_pg(source_uri: str, target_uri: str, dims: int, info: StoreInfo) -> 
                     )
                 for index, *_ in _vector_indexes(conn, schema, shadow):
                     conn.execute(sql.SQL("DROP INDEX {}").format(sql.SQL(index)))
-                conn.execute(
-                    sql.SQL("ALTER TABLE {} {}").format(
-                        dst,
-                        sql.SQL(", ").join(
-                            sql.SQL("ADD COLUMN IF NOT EXISTS {} text").format(sql.Identifier(key))
-                            for key in PROVENANCE_KEYS
-                        ),
-                    )
-                )
         except psycopg.Error as exc:
             raise StoreError(
                 f"cannot create the shadow table {shadow!r}: {redact(str(exc))}",

@@ -1,9 +1,11 @@
 """``guard reindex verify``: prove the target complete and right before anyone switches.
 
 Three checks: every batch done; the target holds exactly the source ids, each with the
-sha256 of the source's current text and the job's engine fingerprint (one merged pass
-over both stores in id order, so memory does not grow with the collection); and a random
-sample of target vectors equals fresh embeddings of their texts by the candidate.
+source's current text (the target's record is a copy of the source's, made when it was
+embedded; one merged pass over both stores in id order, so memory does not grow with the
+collection); and a random sample of target vectors equals fresh embeddings of their
+texts by the candidate. Only this job's worker writes the target before cutover, with
+the job's engine (a worker refuses another fingerprint), so the text decides.
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ from guard.records import RecordId
 from guard.reindex import parts
 from guard.reindex.jobs import Job, load_job
 from guard.reindex.provenance import (
-    FINGERPRINT_KEY,
-    TEXT_HASH_KEY,
     Row,
     has_text,
     id_key,
@@ -50,7 +50,6 @@ class Verification:
     missing: list[RecordId] = field(default_factory=list)
     extra: list[RecordId] = field(default_factory=list)
     text_mismatch: list[RecordId] = field(default_factory=list)
-    fingerprint_mismatch: list[RecordId] = field(default_factory=list)
     duplicates: list[RecordId] = field(default_factory=list)
     skipped: int = 0
     sampled: int = 0
@@ -81,7 +80,6 @@ class Verification:
                     ("missing", self.missing),
                     ("extra", self.extra),
                     ("text_mismatch", self.text_mismatch),
-                    ("fingerprint_mismatch", self.fingerprint_mismatch),
                     ("duplicates", self.duplicates),
                     ("vector_mismatch", self.vector_mismatch),
                     ("others_differ", self.others_differ),
@@ -191,12 +189,8 @@ def _check_ids_and_hashes(
             elif src is None:
                 result.extra.append(tgt.id)
             else:
-                if not has_text(src.text) or tgt.payload.get(TEXT_HASH_KEY) != text_hash(
-                    str(src.text)
-                ):
+                if not has_text(src.text) or tgt.text != src.text:
                     result.text_mismatch.append(src.id)
-                if tgt.payload.get(FINGERPRINT_KEY) != job.fingerprint_hash:
-                    result.fingerprint_mismatch.append(src.id)
     finally:
         target.close()
         source.close()
@@ -204,7 +198,6 @@ def _check_ids_and_hashes(
         (result.missing, "source records missing from the target"),
         (result.extra, "target records not in the source (run catch-up)"),
         (result.text_mismatch, "records whose source text changed (run catch-up)"),
-        (result.fingerprint_mismatch, "records embedded with another engine fingerprint"),
         (result.duplicates, "ids repeated or out of order in a scan"),
     ):
         if ids:

@@ -37,8 +37,6 @@ from guard.logs import get_logger
 from guard.records import RecordBatch, RecordId, as_vectors
 from guard.reindex.jobs import Job, load_job
 from guard.reindex.provenance import (
-    FINGERPRINT_KEY,
-    TEXT_HASH_KEY,
     fingerprint_hash,
     has_text,
     in_range,
@@ -252,9 +250,7 @@ class Pacer:
         self.next_at = max(self.next_at, now) + records / self.rate
 
 
-def embed_records(
-    engine: EmbeddingEngine, batch: RecordBatch, fp_hash: str
-) -> tuple[RecordBatch, list[Skip]]:
+def embed_records(engine: EmbeddingEngine, batch: RecordBatch) -> tuple[RecordBatch, list[Skip]]:
     """The target records of a source chunk, and the records skipped with their reason.
 
     A text the engine refuses is isolated by embedding the chunk's texts one by one. A
@@ -290,9 +286,7 @@ def embed_records(
         out_ids.append(batch.ids[index])
         out_texts.append(text)
         out_vectors.append(vector)
-        out_payloads.append(
-            {**payloads[index], TEXT_HASH_KEY: text_hash(text), FINGERPRINT_KEY: fp_hash}
-        )
+        out_payloads.append(payloads[index])  # nothing of the guard's: frameworks show it
     dims = batch.vectors.shape[1] if not out_vectors else len(out_vectors[0])
     records = RecordBatch(
         tuple(out_ids),
@@ -567,7 +561,7 @@ class _Worker:
                 pacer.wait(len(item.batch), self.stop)
                 began = time.perf_counter()
                 try:
-                    records, skipped = embed_records(engine, item.batch, self.job.fingerprint_hash)
+                    records, skipped = embed_records(engine, item.batch)
                 except GuardError as exc:
                     self._failed(ledger, item.lease, exc)
                     continue
