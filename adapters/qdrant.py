@@ -21,7 +21,6 @@ import threading
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, closing, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -65,7 +64,6 @@ SERVER_OPTIONS = (*OPTIONS, "api_key_env")
 MAX_DRAW_ROUNDS = 50
 ID_LIST_MAX = 100_000  # points up to which sample() lists every id (exact, and cheap)
 ID_PAGE = 10_000  # ids per scroll request when listing them
-PROBE_THREADS = 16
 DENSE_IDS = 0.1  # integer ids filling this share of their range are drawn directly
 
 _MAX_UINT = 2**64 - 1
@@ -355,22 +353,20 @@ class QdrantStore:
         return [self._vector_name] if self._vector_name else True
 
     def sample(self, n: int, *, seed: int) -> Sample:
-        """Up to ``n`` distinct points drawn uniformly, in random order, reproducible for
-        a seed; never reads every vector.
-
-        Qdrant's own random sample (``SampleQuery(sample=Sample.RANDOM)``) takes no seed,
-        so the draw is made here from a seeded generator (README, "How the sample is
-        drawn"):
+        """Up to ``n`` distinct points drawn uniformly, in random order; never reads every
+        vector (README, "How the sample is drawn"):
         - ``uniform_id_list``: collections of up to ``ID_LIST_MAX`` points (or ``2 n``):
-          every id scrolled without payload or vector, ``n`` of them drawn, then fetched;
+          every id scrolled without payload or vector, ``n`` of them drawn with the seed,
+          then fetched;
         - ``uniform_ids``: larger collections whose integer ids fill at least a tenth of
-          their range: random ids fetched in batches, kept where a point exists;
-        - ``keyset_probes``: otherwise (UUIDs, sparse integers), the first point at or
-          after each of many uniform positions between the first and last id. A point's
-          chance is proportional to the gap in id space before it: content-blind for
-          random (v4) UUIDs, but a group of time-ordered ids (UUIDv7) written in a burst
-          is drawn less often than its share. One request per probe, 16 at a time on a
-          server (Qdrant has no batched keyset read).
+          their range: random ids drawn with the seed, fetched in batches, kept where a
+          point exists;
+        - ``qdrant_random``: otherwise (UUIDs, sparse integers), Qdrant's own uniform
+          random sample (``SampleQuery(sample=Sample.RANDOM)``, Qdrant 1.11 or later).
+          It takes no seed, so this draw is not reproducible. (Keyset probes at seeded
+          positions would be, but they draw a point by the id gap before it: a burst of
+          time-ordered UUIDs holding 30% of a collection came out at 4% of the sample,
+          bench/sample_bias.py.)
         A collection mixing both id kinds is drawn from the kind of its smallest id.
         """
         params, _ = self._vector_params()
@@ -387,13 +383,21 @@ class QdrantStore:
                 self.collection, scroll_filter=self._where(), limit=1, with_payload=False
             )
         low = _position(first[0].id)
-        high = self._last_position(low)
-        span = high - low + 1
-        if low < _UUIDS_AT and count / span >= DENSE_IDS:
-            points = self._draw_ids(rng, n, low, span, count)
-            return Sample.of(self._batch(points, params.size, True), "uniform_ids")
-        points = self._probe(rng, n, low, span)
-        return Sample.of(self._batch(points, params.size, True), "keyset_probes")
+        if low < _UUIDS_AT:
+            span = self._last_position(low) - low + 1
+            if count / span >= DENSE_IDS:
+                points = self._draw_ids(rng, n, low, span, count)
+                return Sample.of(self._batch(points, params.size, True), "uniform_ids")
+        with self._errors():
+            answer = self.client.query_points(
+                self.collection,
+                query=models.SampleQuery(sample=models.Sample.RANDOM),
+                query_filter=self._where(),
+                limit=n,
+                with_payload=True,
+                with_vectors=self._with_vectors,
+            )
+        return Sample.of(self._batch(answer.points, params.size, True), "qdrant_random")
 
     def _all_ids(self) -> list[RecordId]:
         """Every point id ``filter=`` selects, in Qdrant's order, without payloads or vectors."""
@@ -463,24 +467,6 @@ class QdrantStore:
             for point_id in fresh:
                 if point_id in by_id and len(chosen) < n:
                     chosen[point_id] = by_id[point_id]
-        return list(chosen.values())
-
-    def _probe(self, rng: np.random.Generator, n: int, base: int, span: int) -> list[Any]:
-        """Keyset probes at random positions in ``[base, base + span)``, the span of ids.
-
-        Positions are drawn in rounds before any request, and answers are taken in that
-        order, so running a round's requests in parallel (servers) keeps the draw seeded.
-        """
-        chosen: dict[RecordId, Any] = {}
-        workers = 1 if self._local_path is not None else PROBE_THREADS
-        with ThreadPoolExecutor(workers) as pool:
-            for _ in range(MAX_DRAW_ROUNDS):
-                if len(chosen) >= n:
-                    break
-                positions = [base + _uniform(rng, span) for _ in range(n - len(chosen) + 8)]
-                for point in pool.map(self._first_at, positions):
-                    if point is not None and len(chosen) < n:  # None: deleted meanwhile
-                        chosen.setdefault(point.id, point)
         return list(chosen.values())
 
     def _pages(self, after: RecordId | None, size: int = 256) -> Iterator[list[Any]]:

@@ -1,18 +1,19 @@
-"""How far the two inexact sampling methods are from a uniform sample, measured.
+"""How far the sampling methods that are not a seeded exact draw are from uniform.
 
     python bench/sample_bias.py [--records 20000] [--qdrant-records 5000] [--seeds 50] [--n 400]
 
-The stores hold ``--records`` records (Qdrant ``--qdrant-records``: local mode answers
-each keyset probe slowly), of which the last 30% written form one group
-(think: the records another engine wrote). Each method draws ``--n`` records under
-``--seeds`` seeds, with the id-list method switched off as it is for stores above its
-size limit. Printed per method: the group's mean share in the samples (uniform: 30%),
-and the design effect, the variance of that share over seeds divided by a uniform
-sample's (1.0: as good as uniform; 2.0: the sample is worth half its size).
+The stores hold ``--records`` records (Qdrant ``--qdrant-records``), of which the last
+30% written form one group (think: the records another engine wrote). Each method draws
+``--n`` records under ``--seeds`` seeds, with the id-list method switched off as it is
+for stores above its size limit. Printed per method: the group's mean share in the
+samples (uniform: 30%), and the design effect, the variance of that share over seeds
+divided by a uniform sample's (1.0: as good as uniform; 2.0: the sample is worth half
+its size).
 
 - ``tablesample_system`` (pgvector, UUID ids): rows written together share pages.
-- ``keyset_probes`` (Qdrant local mode), twice: random (v4) UUIDs, and time-ordered
-  UUIDs (v7-like) where the group was written in a burst, ten times denser in id space.
+- ``qdrant_random`` (Qdrant local mode), twice: random (v4) UUIDs, and time-ordered
+  UUIDs (v7-like) where the group was written in a burst, ten times denser in id space
+  (where seeded keyset probes, the method this one replaced, drew the group at 4%).
 """
 
 from __future__ import annotations

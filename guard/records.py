@@ -17,7 +17,7 @@ SampleMethod = Literal[
     "uniform_ids",  # dense integer ids: uniform random ids, fetched by id (exact)
     "uniform_id_list",  # every id listed without vectors, n drawn uniformly (exact)
     "tablesample_system",  # random pages, n rows drawn from them (uniform, page-clustered)
-    "keyset_probes",  # first id after uniform positions (weighted by the id gap before it)
+    "qdrant_random",  # Qdrant's own uniform random sample (exact, not seeded)
 ]
 
 
