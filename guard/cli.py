@@ -200,7 +200,5 @@ def main() -> None:
 
 
 def _fail(message: str, code: int) -> None:
-    stderr.print(
-        f"[bold red]error:[/] {escape(redact(message))}", highlight=False, soft_wrap=True
-    )
+    stderr.print(f"[bold red]error:[/] {escape(redact(message))}", highlight=False, soft_wrap=True)
     sys.exit(code)

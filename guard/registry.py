@@ -27,7 +27,6 @@ def instantiate(registry: Mapping[str, str], uri: str, kind: str) -> Any:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(
-            f"{kind} {parsed.scheme!r} needs an optional package that is not installed: "
-            f"{exc.name}"
+            f"{kind} {parsed.scheme!r} needs an optional package that is not installed: {exc.name}"
         ) from exc
     return getattr(module, class_name)(parsed)

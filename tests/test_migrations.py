@@ -42,9 +42,10 @@ def test_second_run_applies_nothing(state_dsn: str) -> None:
     with psycopg.connect(state_dsn) as conn:
         apply_migrations(conn)
         assert apply_migrations(conn) == []
-        assert len(migrations()) == conn.execute(
-            "SELECT count(*) FROM guard_schema_migrations"
-        ).fetchone()[0]  # type: ignore[index]
+        assert (
+            len(migrations())
+            == conn.execute("SELECT count(*) FROM guard_schema_migrations").fetchone()[0]
+        )  # type: ignore[index]
 
 
 def test_concurrent_start_ups_apply_each_file_once(state_dsn: str) -> None:

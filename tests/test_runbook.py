@@ -96,6 +96,7 @@ def guard(
     from guard import cli
 
     monkeypatch.chdir(tmp_path)
+
     def run(args: list[str]) -> tuple[int, str, str]:
         monkeypatch.setattr(sys, "argv", ["guard", *args])
         capsys.readouterr()

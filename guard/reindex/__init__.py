@@ -1,11 +1,11 @@
 """Re-index jobs: batched, resumable, verifiable, with an atomic cutover and rollback.
 
-    state     the state database (PostgreSQL) and its migrations
-    jobs      plan a job (batches, empty target), status, pause and resume
-    worker    lease batches; read, embed and write them in a pipeline
-    verify    prove the target complete and right
-    catchup   apply source changes made since the job started
-    switch    cutover, rollback, cleanup
-    targets   what each store needs beyond the VectorStore Protocol
-    cli       the ``guard reindex`` commands (mounted by guard.cli)
+state     the state database (PostgreSQL) and its migrations
+jobs      plan a job (batches, empty target), status, pause and resume
+worker    lease batches; read, embed and write them in a pipeline
+verify    prove the target complete and right
+catchup   apply source changes made since the job started
+switch    cutover, rollback, cleanup
+targets   what each store needs beyond the VectorStore Protocol
+cli       the ``guard reindex`` commands (mounted by guard.cli)
 """

@@ -78,9 +78,7 @@ def apply_migrations(conn: Conn) -> list[str]:
         for migration in migrations():
             if migration.version in done:
                 continue
-            record = sql.SQL(
-                "INSERT INTO guard_schema_migrations (version, name) VALUES (%s, %s)"
-            )
+            record = sql.SQL("INSERT INTO guard_schema_migrations (version, name) VALUES (%s, %s)")
             if migration.transactional:
                 with conn.transaction():
                     conn.execute(sql.SQL(migration.sql))
