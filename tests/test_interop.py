@@ -4,6 +4,7 @@ wrapped in each framework's embeddings interface; then ``guard check`` as users 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -160,3 +161,31 @@ def test_langchain_pgvector_each_collection_gets_its_own_verdict(
     assert check(f"{table}&collection=plain", f"llamacpp:{gguf_f16}") == 0
     assert check(f"{table}&collection=prefixed", prefixed_uri) == 0
     assert check(f"{table}&collection=prefixed", f"llamacpp:{gguf_f16}") != 0
+
+
+def test_langchain_pgvectorstore_table_approves_with_the_same_model(
+    f16: EmbeddingEngine, gguf_f16: Path, pg_dsn: str, pg_schema: str, corpus: list[str]
+) -> None:
+    """LangChain's newer ``PGVectorStore`` on a ``PGEngine`` table (``langchain_id``,
+    ``content``, ``embedding``, ``langchain_metadata``), written by langchain-postgres."""
+    from langchain_postgres import PGEngine, PGVectorStore
+
+    engine = PGEngine.from_connection_string(sqlalchemy_url(pg_dsn, "psycopg"))
+    try:
+        engine.init_vectorstore_table("docs", 384, schema_name=pg_schema)
+        store = PGVectorStore.create_sync(
+            engine, GuardLangChainEmbeddings(f16), "docs", schema_name=pg_schema
+        )
+        store.add_texts(
+            corpus[:TEXTS], metadatas=[{"source": "pydoc", "n": i} for i in range(TEXTS)]
+        )
+    finally:
+        engine._run_as_sync(engine.close())  # PGEngine has no public sync close
+    uri = f"{pg_dsn}&schema={pg_schema}&table=docs"
+    result = guard(
+        "check", "--store", uri, "--candidate", f"llamacpp:{gguf_f16}", "--format", "json"
+    )
+    assert (result.returncode, json.loads(result.stdout)["store"]["layout"]) == (
+        0,
+        "langchain",
+    ), result.stderr
