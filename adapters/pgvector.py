@@ -151,6 +151,24 @@ class _Table:
             sql.SQL(", ").join(map(sql.Identifier, names)), self.ident
         )
 
+    def select_ids(
+        self, *, sampling: sql.Composable = sql.SQL(""), condition: sql.Composable | None = None
+    ) -> sql.Composed:
+        """``SELECT id FROM table [sampling] WHERE`` the row has a vector and is selected
+        (collection=, filter=) ``[AND condition]``; the values of ``%s`` in ``sampling``
+        and ``condition`` come before the selection's."""
+        where: list[sql.Composable] = [
+            sql.SQL("{} IS NOT NULL").format(sql.Identifier(self.vector_column))
+        ]
+        where += [condition] if condition is not None else []
+        return sql.SQL("SELECT {id} FROM {t} {sampling} WHERE {where} AND {selection}").format(
+            id=sql.Identifier(self.id_column),
+            t=self.ident,
+            sampling=sampling,
+            where=sql.SQL(" AND ").join(where),
+            selection=self.where,
+        )
+
 
 class PgVectorStore:
     """One pgvector table as a ``guard.stores.VectorStore``."""
@@ -508,14 +526,7 @@ class PgVectorStore:
         return int(counted[0]) if counted else 0
 
     def _all_ids(self, t: _Table) -> list[Any]:
-        query = sql.SQL(
-            "SELECT {id} FROM {t} WHERE {v} IS NOT NULL AND {where} ORDER BY {id}"
-        ).format(
-            id=sql.Identifier(t.id_column),
-            t=t.ident,
-            v=sql.Identifier(t.vector_column),
-            where=t.where,
-        )
+        query = sql.SQL("{} ORDER BY {}").format(t.select_ids(), sql.Identifier(t.id_column))
         return [r[0] for r in self._conn.execute(query, t.where_params).fetchall()]
 
     def _dense_id_span(self, t: _Table, rows: int) -> tuple[int, int] | None:
@@ -550,14 +561,7 @@ class PgVectorStore:
     ) -> list[Any]:
         """Uniform random ids in ``[low, low + span)`` in draw order, kept where a row with
         a vector exists, until ``n`` are found: each row equally likely (rejection)."""
-        query = sql.SQL(
-            "SELECT {id} FROM {t} WHERE {id} = ANY(%s) AND {v} IS NOT NULL AND {where}"
-        ).format(
-            id=sql.Identifier(t.id_column),
-            t=t.ident,
-            v=sql.Identifier(t.vector_column),
-            where=t.where,
-        )
+        query = t.select_ids(condition=sql.SQL("{} = ANY(%s)").format(sql.Identifier(t.id_column)))
         chosen: list[int] = []
         tried: set[int] = set()
         for _ in range(MAX_DRAW_ROUNDS):
@@ -580,15 +584,7 @@ class PgVectorStore:
         ).fetchone()
         pages = max(int(row[0]) if row else 0, 1)
         percent = min(100.0, 100.0 * SAMPLE_SPREAD * n / pages)
-        query = sql.SQL(
-            "SELECT {id} FROM {t} TABLESAMPLE SYSTEM (%s) REPEATABLE (%s)"
-            " WHERE {v} IS NOT NULL AND {where}"
-        ).format(
-            id=sql.Identifier(t.id_column),
-            t=t.ident,
-            v=sql.Identifier(t.vector_column),
-            where=t.where,
-        )
+        query = t.select_ids(sampling=sql.SQL("TABLESAMPLE SYSTEM (%s) REPEATABLE (%s)"))
         while True:
             found = self._conn.execute(query, [percent, seed, *t.where_params]).fetchall()
             ids = [r[0] for r in found]
