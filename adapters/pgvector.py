@@ -220,6 +220,14 @@ class PgVectorStore:
                 self._register(conn)
         return self._connection
 
+    def session(self) -> psycopg.Connection[Any]:
+        """A connection of its own, which the caller closes: for work that changes session
+        settings or holds locks (a re-index's target and switch: adapters.pgvector_reindex),
+        apart from the reads this store serves."""
+        dsn = embedded_dsn(self._datadir) if self._datadir else self._conninfo
+        with self._errors():
+            return psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+
     @staticmethod
     def _register(conn: psycopg.Connection[Any]) -> None:
         """pgvector's types, when the extension is installed (``create`` installs it)."""

@@ -1,13 +1,16 @@
-"""The vector-store extension point: one Protocol, one registry keyed by URI scheme.
+"""The vector-store extension points, each one Protocol with one registry keyed by URI
+scheme: ``VectorStore`` (reading and writing records) and ``ReindexStore`` (the write side
+of a re-index: targets, switches, drops).
 
-Adapters live in the top-level ``adapters`` package, one module per store, and are
-imported only when a URI asks for them.
+Adapters live in the top-level ``adapters`` package, one module per store and Protocol,
+and are imported only when a URI asks for them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 from guard.records import Distance, RecordBatch, RecordId, Sample, StoreInfo, Vectors
 from guard.registry import instantiate
@@ -68,6 +71,101 @@ class VectorStore(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass
+class OthersCheck:
+    """The rows outside a re-indexed selection: how many the live side has, and which
+    differ in the target (missing, stale, extra, or re-embedded)."""
+
+    records: int = 0
+    differ: list[Any] = field(default_factory=list)
+    count: int = 0  # every differing row; ``differ`` holds the first few
+
+
+Switch = Mapping[str, Any]
+"""A switch's details as its store planned them: recorded in the job's state before
+readers move, read back by the same store to settle, undo or clean up after a crash."""
+
+
+@runtime_checkable
+class ReindexStore(Protocol):
+    """The write side of a re-index on one store, opened from the source URI.
+
+    Contract every adapter keeps (tests/test_reindex_*.py check it on each store):
+    - nothing connects in ``__init__``; driver errors come out as ``StoreError`` with
+      the redacted URI, refusals as ``ReindexError``;
+    - ``switch`` moves every reader in one atomic step, or changes nothing;
+    - the store itself, not the state database, says what is served (``serves_target``),
+      and ``plan_cleanup`` refuses to drop anything readers are served.
+    """
+
+    uri: str  # redacted form, safe to print
+
+    def name(self) -> str:
+        """The collection (or alias) or table the source URI names."""
+        ...
+
+    def renamed(self, name: str) -> str:
+        """The source URI naming another collection or table of the same store, every
+        other part kept as given."""
+        ...
+
+    def selects_part(self) -> bool:
+        """Whether the URI selects part of a table or collection (``collection=``,
+        ``filter=``): the other rows are copied unchanged, never re-embedded."""
+        ...
+
+    def create_target(self, target_uri: str, *, dims: int, info: StoreInfo) -> None:
+        """An empty target shaped like the source (``info``), with ``dims`` dimensions."""
+        ...
+
+    def copy_others(self, live_uri: str, into_uri: str) -> int:
+        """Copy (again) into ``into_uri`` the rows outside the selection that differ from
+        ``live_uri``'s; returns the number of rows written or removed."""
+        ...
+
+    def check_others(self, live_uri: str, into_uri: str) -> OthersCheck: ...
+
+    def switch_notes(self) -> list[str]:
+        """What the operator must know at plan time about how readers will switch."""
+        ...
+
+    def plan_switch(self, target_uri: str, *, kept: str, alias: str | None) -> Switch:
+        """How readers will move to the target (``kept``: a free name for the source's
+        data, ``alias``: the one the application queries, where the store has them)."""
+        ...
+
+    def serves_target(self, switch: Switch) -> bool:
+        """Whether the served name serves the target now (else the source); an error
+        when it serves neither."""
+        ...
+
+    def switch(self, switch: Switch, *, to_target: bool) -> None:
+        """Move readers to the target (cutover) or back to the source (rollback)."""
+        ...
+
+    def shown(self, switch: Switch, *, cut_over: bool) -> tuple[str, str]:
+        """(what readers see, the data kept until cleanup), as printed."""
+        ...
+
+    def locations(self, switch: Switch, target_uri: str) -> tuple[str, str]:
+        """(source data URI, target data URI) after a cutover."""
+        ...
+
+    def plan_cleanup(
+        self, switch: Switch | None, target_uri: str, *, cut_over: bool
+    ) -> tuple[str, str]:
+        """(the name that stays live, the name cleanup drops); refused when readers are
+        served the latter."""
+        ...
+
+    def drop(self, name: str, *, live: str | None) -> None:
+        """Drop collection or table ``name`` (already gone: nothing to do); ``live`` (the
+        served table after a cutover) keeps what the two share."""
+        ...
+
+    def close(self) -> None: ...
+
+
 # scheme -> "module:Class"; modules are imported lazily so that a missing optional
 # driver only matters to the URIs that need it.
 STORES: dict[str, str] = {
@@ -82,4 +180,20 @@ STORES: dict[str, str] = {
 
 def open_store(uri: str) -> VectorStore:
     store: VectorStore = instantiate(STORES, uri, "store")
+    return store
+
+
+REINDEX_STORES: dict[str, str] = {
+    "qdrant+http": "adapters.qdrant_reindex:QdrantReindex",
+    "qdrant+https": "adapters.qdrant_reindex:QdrantReindex",
+    "qdrant+local": "adapters.qdrant_reindex:QdrantReindex",
+    "postgresql": "adapters.pgvector_reindex:PgVectorReindex",
+    "postgres": "adapters.pgvector_reindex:PgVectorReindex",
+    "pgserver": "adapters.pgvector_reindex:PgVectorReindex",
+}
+
+
+def open_reindex(uri: str) -> ReindexStore:
+    """The re-index side of the store at ``uri`` (the job's source URI)."""
+    store: ReindexStore = instantiate(REINDEX_STORES, uri, "store")
     return store

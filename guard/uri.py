@@ -32,6 +32,17 @@ class ParsedURI:
         kept = [(k, v) for k, v in parse_qsl(parts.query) if k not in names]
         return urlunsplit(parts._replace(query=urlencode(kept)))
 
+    def with_param(self, name: str, value: str) -> str:
+        """The URI with query parameter ``name`` set to ``value``, every other part kept
+        as given (credentials and options too): how a store names another collection."""
+        parts = urlsplit(self.raw)
+        params = [(k, value if k == name else v) for k, v in parse_qsl(parts.query, True)]
+        return urlunsplit(parts._replace(query=urlencode(params, safe="/:@")))
+
+    def with_path(self, path: str) -> str:
+        """The URI with another path, every other part kept as given."""
+        return urlunsplit(urlsplit(self.raw)._replace(path=path))
+
 
 def parse(uri: str) -> ParsedURI:
     if ":" not in uri:

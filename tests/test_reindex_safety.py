@@ -27,14 +27,14 @@ from guard.errors import ReindexError, StoreError
 from guard.faults import KILLED_EXIT
 from guard.pgserver import embedded_dsn
 from guard.records import StoreInfo
-from guard.reindex import targets
 from guard.reindex.catchup import catch_up
 from guard.reindex.jobs import load_job, plan_job
 from guard.reindex.state import connect
 from guard.reindex.switch import locations
 from guard.reindex.verify import verify_job
 from guard.reindex.worker import Ledger, run_worker
-from guard.stores import open_store
+from guard.stores import open_reindex, open_store
+from guard.uri import parse
 
 # The re-index tests' fixtures: a 60-record source, its texts and the candidate engine.
 candidate, source, texts = jobs_tests.candidate, jobs_tests.source, jobs_tests.texts
@@ -124,7 +124,13 @@ def cut_job(state_dsn: str, source: str, candidate: str, store_kind: str) -> tup
     if store_kind == "pgvector":
         return job_id, source
     alias = "live_" + source.split("collection=")[1]
-    targets.qdrant_switch(source, alias, source.split("collection=")[1])
+    from adapters.qdrant_reindex import QdrantReindex
+
+    store = QdrantReindex(parse(source))
+    try:
+        store.point_alias(alias, source.split("collection=")[1])
+    finally:
+        store.close()
     return job_id, source.replace("collection=", "collection=live_")
 
 
@@ -222,13 +228,17 @@ def test_qdrant_switch_errors_reach_users_as_one_line(state_dsn: str) -> None:
     """An unreachable Qdrant during cutover, rollback or cleanup is a StoreError (one
     line, exit 2), not qdrant-client's or httpx's traceback."""
     dead = "qdrant+http://127.0.0.1:9/docs"
+    store = open_reindex(dead)
+    switch = {"kind": "qdrant_alias", "alias": "live", "old": "docs", "new": "docs__0badc0de"}
     for call in (
-        lambda: targets.qdrant_alias_target(dead, "docs"),
-        lambda: targets.qdrant_switch(dead, "live", "docs"),
-        lambda: targets.qdrant_drop(dead, "docs"),
+        lambda: store.serves_target(switch),
+        lambda: store.switch(switch, to_target=True),
+        lambda: store.plan_cleanup(None, dead + "__0badc0de", cut_over=False),
+        lambda: store.drop("docs", live=None),
     ):
         with pytest.raises(StoreError, match="Qdrant unreachable"):
             call()
+    store.close()
 
 
 @pytest.mark.parametrize("store_kind", ["pgvector"])
@@ -344,7 +354,7 @@ def test_qdrant_target_creation_errors_reach_users_as_one_line() -> None:
     dead = "qdrant+http://127.0.0.1:9/docs"
     info = StoreInfo(dead, 60, 16, "cosine", "plain", "text", None)
     with pytest.raises(StoreError, match="Qdrant unreachable"):
-        targets.create_target(dead, dead + "__0badc0de", 384, info)
+        open_reindex(dead).create_target(dead + "__0badc0de", dims=384, info=info)
 
 
 def backends_after_they_settle(admin: psycopg.Connection[Any], database: str) -> int:

@@ -19,7 +19,6 @@ from guard.engines import EmbeddingEngine, open_engine
 from guard.errors import ReindexError
 from guard.logs import get_logger
 from guard.records import RecordBatch, RecordId, as_vectors
-from guard.reindex import parts
 from guard.reindex.jobs import Job, load_job
 from guard.reindex.provenance import (
     Row,
@@ -29,7 +28,7 @@ from guard.reindex.provenance import (
 )
 from guard.reindex.state import Conn, connect
 from guard.reindex.worker import RECORD_SKIP, check_engine, embed_records
-from guard.stores import VectorStore, open_store
+from guard.stores import VectorStore, open_reindex, open_store
 
 log = get_logger(__name__)
 SCAN_PAGE = 1000
@@ -104,8 +103,14 @@ class _CatchUp:
             engine.close()
             target.close()
             source.close()
-        if parts.is_part(self.job.source_uri):
-            self.result.others_copied = parts.copy_others(self.job.source_uri, self.job.target_uri)
+        store = open_reindex(self.job.source_uri)
+        try:
+            if store.selects_part():
+                self.result.others_copied = store.copy_others(
+                    self.job.source_uri, self.job.target_uri
+                )
+        finally:
+            store.close()
         log.info("catch-up done", job=self.job.short, **self.result.as_dict())
         return self.result
 

@@ -24,18 +24,10 @@ from guard.engines import EmbeddingEngine, open_engine
 from guard.errors import ConfigError, ReindexError, TextTooLongError
 from guard.logs import get_logger
 from guard.records import RecordId
-from guard.reindex.parts import copy_others, is_part, refuse_other_dims
-from guard.reindex.provenance import (
-    Window,
-    fingerprint_hash,
-    has_text,
-    store_name,
-    target_uri,
-)
+from guard.reindex.provenance import Window, fingerprint_hash, has_text, short_id
 from guard.reindex.state import Conn, connect
-from guard.reindex.targets import create_target, is_qdrant, qdrant_alias_target
 from guard.secrets import strip
-from guard.stores import VectorStore, open_store
+from guard.stores import VectorStore, open_reindex, open_store
 from guard.uri import redact
 
 log = get_logger(__name__)
@@ -205,7 +197,8 @@ def plan_job(
     parsed_window = Window.parse(window) if window else None
 
     job_id = uuid.uuid4()
-    target = target_uri(store, job_id)
+    reindex = open_reindex(store)
+    target = reindex.renamed(f"{reindex.name()}__{short_id(job_id)}")
     source_store = open_store(store)
     engine = open_engine(candidate)
     try:
@@ -221,10 +214,10 @@ def plan_job(
                 "check this candidate first"
             )
         dims, rate = _measure(engine, source_store)
-        part = is_part(store)
+        part = reindex.selects_part()
         if part:
-            refuse_other_dims(info.dims, dims)
-        notes += _switch_notes(store) + _secret_notes(store, candidate)
+            _refuse_other_dims(info.dims, dims)
+        notes += reindex.switch_notes() + _secret_notes(store, candidate)
         with connect(dsn) as conn:
             batches = _insert_job(
                 conn, job_id, strip(store), strip(target), strip(candidate), fingerprint,
@@ -233,9 +226,9 @@ def plan_job(
             )  # fmt: skip
             try:
                 faults.step("plan.create_target")
-                create_target(store, target, dims, info)
+                reindex.create_target(target, dims=dims, info=info)
                 if part:
-                    copied = copy_others(store, target)
+                    copied = reindex.copy_others(store, target)
                     notes.append(
                         f"{copied} rows outside the selection copied into the target unchanged;"
                         " cutover copies those written meanwhile again"
@@ -249,6 +242,7 @@ def plan_job(
     finally:
         engine.close()
         source_store.close()
+        reindex.close()
     records = int(total[0]) if total else 0
     effective = min(rate, max_rate) if max_rate else rate
     plan = Plan(
@@ -269,17 +263,17 @@ def plan_job(
     return plan
 
 
-def _switch_notes(store: str) -> list[str]:
-    """How readers will be switched, when it needs the operator's attention now."""
-    if not is_qdrant(store):
-        return []
-    name = store_name(store)
-    if qdrant_alias_target(store, name) is not None:
-        return []
-    return [
-        f"{name!r} is a real collection: readers can only switch atomically through an "
-        f"alias, so give cutover --alias NAME, the alias your application queries"
-    ]
+def _refuse_other_dims(source_dims: int, candidate_dims: int) -> None:
+    """The rows outside a re-indexed selection keep their vectors, so the candidate must
+    make vectors of their size (a Qdrant collection has one size per vector, and a typed
+    pgvector column too)."""
+    if source_dims != candidate_dims:
+        raise ConfigError(
+            f"the candidate makes {candidate_dims}-dimensional vectors and the stored ones have"
+            f" {source_dims}: one collection of a shared table or collection can only be"
+            " re-indexed by an engine of the same size (the others keep their vectors);"
+            " write the collection to a store of its own"
+        )
 
 
 def _secret_notes(store: str, candidate: str) -> list[str]:

@@ -1,5 +1,4 @@
-"""Pure helpers of the re-index: text and fingerprint hashes, id order, target names,
-time windows.
+"""Pure helpers of the re-index: text and fingerprint hashes, id order, time windows.
 
 Target records carry nothing of the guard's (frameworks such as Haystack show every
 payload key and column to the application): a target record is a copy of its source
@@ -17,7 +16,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import time
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from guard.errors import ConfigError
 from guard.records import RecordBatch, RecordId
@@ -54,35 +52,6 @@ def in_range(record_id: RecordId, last_id: RecordId | None) -> bool:
 
 def short_id(job_id: uuid.UUID | str) -> str:
     return uuid.UUID(str(job_id)).hex[:8]
-
-
-def target_uri(source_uri: str, job_id: uuid.UUID) -> str:
-    """The source URI with the collection or table renamed ``<name>__<jobid8>``; every
-    other part (credentials, text_field, vector, schema, ...) kept as given."""
-    parts = urlsplit(source_uri)
-    params = parse_qsl(parts.query, keep_blank_values=True)
-    suffix = f"__{short_id(job_id)}"
-    scheme = parts.scheme.lower()
-    if scheme in ("qdrant+http", "qdrant+https"):
-        name = parts.path.strip("/")
-        if not name:
-            raise ConfigError("the source URI names no Qdrant collection")
-        return urlunsplit(parts._replace(path=f"/{name}{suffix}"))
-    key = "collection" if scheme == "qdrant+local" else "table"
-    if not any(k == key for k, _ in params):
-        raise ConfigError(f"the source URI has no {key}= parameter")
-    renamed = [(k, v + suffix if k == key else v) for k, v in params]
-    return urlunsplit(parts._replace(query=urlencode(renamed, safe="/:@")))
-
-
-def store_name(uri: str) -> str:
-    """The collection (or alias) or table a store URI names."""
-    parts = urlsplit(uri)
-    scheme = parts.scheme.lower()
-    if scheme in ("qdrant+http", "qdrant+https"):
-        return parts.path.strip("/")
-    key = "collection" if scheme == "qdrant+local" else "table"
-    return dict(parse_qsl(parts.query)).get(key, "")
 
 
 @dataclass(frozen=True)

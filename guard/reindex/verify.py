@@ -18,7 +18,6 @@ import numpy as np
 
 from guard.engines import open_engine
 from guard.records import RecordId
-from guard.reindex import parts
 from guard.reindex.jobs import Job, load_job
 from guard.reindex.provenance import (
     Row,
@@ -31,7 +30,7 @@ from guard.reindex.provenance import (
 from guard.reindex.state import Conn, connect
 from guard.reindex.switch import locations
 from guard.reindex.worker import check_engine
-from guard.stores import open_store
+from guard.stores import open_reindex, open_store
 
 SCAN_PAGE = 1000
 # Stored vectors may be normalised by the store (Qdrant does for cosine) or pass through
@@ -126,14 +125,20 @@ def verify_job(
     source_uri, target_uri = locations(job)
     _check_ids_and_hashes(job, source_uri, target_uri, skip_hashes, result, accept_skipped)
     _check_vectors(job, target_uri, sample, seed, result)
-    if others and parts.is_part(job.source_uri):
-        _check_others(source_uri, target_uri, result)
+    if others:
+        _check_others(job, source_uri, target_uri, result)
     return result
 
 
-def _check_others(source_uri: str, target_uri: str, result: Verification) -> None:
+def _check_others(job: Job, source_uri: str, target_uri: str, result: Verification) -> None:
     """The rows outside the selection must be the live rows as they are, not re-embedded."""
-    check = parts.check_others(source_uri, target_uri)
+    store = open_reindex(job.source_uri)
+    try:
+        if not store.selects_part():
+            return
+        check = store.check_others(source_uri, target_uri)
+    finally:
+        store.close()
     result.other_records = check.records
     result.others_differ = check.differ
     if check.count:
