@@ -45,7 +45,7 @@ from guard.engines import open_engine
 from guard.models import default_models_dir
 from guard.pgserver import embedded_dsn
 from guard.records import RecordBatch
-from guard.reindex.jobs import Plan, plan_job
+from guard.reindex.plan import Plan, plan_job
 from guard.reindex.worker import CHUNK, run_worker
 from guard.stores import open_store
 

@@ -160,7 +160,7 @@ def check(
     if output is not None:
         stderr.print(f"{result.verdict}: report written to {output}")
     if schedule and result.verdict == "reindex":
-        from guard.reindex.jobs import plan_job
+        from guard.reindex.plan import plan_job
 
         job = plan_job(store=store, candidate=candidate)
         stderr.print(

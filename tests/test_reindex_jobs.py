@@ -26,11 +26,13 @@ from guard.errors import ConfigError
 from guard.monitor.service import MonitorService
 from guard.records import RecordBatch
 from guard.reindex.catchup import catch_up
-from guard.reindex.jobs import job_status, plan_job, set_paused
+from guard.reindex.ledger import Ledger
+from guard.reindex.plan import plan_job
 from guard.reindex.state import connect
+from guard.reindex.status import job_status, set_paused
 from guard.reindex.switch import cleanup, cutover, rollback
 from guard.reindex.verify import verify_job
-from guard.reindex.worker import Ledger, run_worker
+from guard.reindex.worker import run_worker
 from guard.stores import open_store
 
 RECORDS = 60

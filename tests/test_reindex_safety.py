@@ -28,11 +28,13 @@ from guard.faults import KILLED_EXIT
 from guard.pgserver import embedded_dsn
 from guard.records import StoreInfo
 from guard.reindex.catchup import catch_up
-from guard.reindex.jobs import load_job, plan_job
+from guard.reindex.jobs import load_job
+from guard.reindex.ledger import Ledger
+from guard.reindex.plan import plan_job
 from guard.reindex.state import connect
 from guard.reindex.switch import locations
 from guard.reindex.verify import verify_job
-from guard.reindex.worker import Ledger, run_worker
+from guard.reindex.worker import run_worker
 from guard.stores import open_reindex, open_store
 from guard.uri import parse
 

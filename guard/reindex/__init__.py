@@ -1,7 +1,11 @@
 """Re-index jobs: batched, resumable, verifiable, with an atomic cutover and rollback.
 
 state     the state database (PostgreSQL) and its migrations
-jobs      plan a job (batches, empty target), status, pause and resume
+jobs      a job's row, read by id or prefix
+plan      plan a job (measured rate, keyset batches, empty target)
+status    status, pause and resume
+ledger    the batch ledger: leases matched on their token, skipped records
+embedding embed a batch, skipping what the engine refuses
 worker    lease batches; read, embed and write them in a pipeline
 verify    prove the target complete and right
 catchup   apply source changes made since the job started

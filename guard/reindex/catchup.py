@@ -19,7 +19,9 @@ from guard.engines import EmbeddingEngine, open_engine
 from guard.errors import ReindexError
 from guard.logs import get_logger
 from guard.records import RecordBatch, RecordId, as_vectors
+from guard.reindex.embedding import check_engine, embed_records
 from guard.reindex.jobs import Job, load_job
+from guard.reindex.ledger import RECORD_SKIP
 from guard.reindex.provenance import (
     Row,
     has_text,
@@ -27,7 +29,6 @@ from guard.reindex.provenance import (
     rows,
 )
 from guard.reindex.state import Conn, connect
-from guard.reindex.worker import RECORD_SKIP, check_engine, embed_records
 from guard.stores import VectorStore, open_reindex, open_store
 
 log = get_logger(__name__)

@@ -66,7 +66,7 @@ def plan(
     output_format: FormatOption = Format.text,
 ) -> None:
     """Record a job, cut the source into batches and create the empty target."""
-    from guard.reindex.jobs import plan_job
+    from guard.reindex.plan import plan_job
 
     result = plan_job(
         store=store,
@@ -122,7 +122,7 @@ def run(
 @reindex_app.command()
 def status(job_id: JobId, output_format: FormatOption = Format.text) -> None:
     """Progress, rate, ETA and failures by reason."""
-    from guard.reindex.jobs import job_status
+    from guard.reindex.status import job_status
 
     result = job_status(job_id)
     if output_format is Format.json:
@@ -160,7 +160,7 @@ def status(job_id: JobId, output_format: FormatOption = Format.text) -> None:
 @reindex_app.command()
 def pause(job_id: JobId) -> None:
     """Stop workers before their next chunk; `resume` lets them go on."""
-    from guard.reindex.jobs import set_paused
+    from guard.reindex.status import set_paused
 
     out.print(f"paused {set_paused(job_id, True)}")
 
@@ -168,7 +168,7 @@ def pause(job_id: JobId) -> None:
 @reindex_app.command()
 def resume(job_id: JobId) -> None:
     """Let workers go on (failed batches get a fresh set of attempts); start `run` again."""
-    from guard.reindex.jobs import set_paused
+    from guard.reindex.status import set_paused
 
     out.print(f"resumed {set_paused(job_id, False)}")
 

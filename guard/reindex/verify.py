@@ -18,6 +18,7 @@ import numpy as np
 
 from guard.engines import open_engine
 from guard.records import RecordId
+from guard.reindex.embedding import check_engine
 from guard.reindex.jobs import Job, load_job
 from guard.reindex.provenance import (
     Row,
@@ -29,7 +30,6 @@ from guard.reindex.provenance import (
 )
 from guard.reindex.state import Conn, connect
 from guard.reindex.switch import locations
-from guard.reindex.worker import check_engine
 from guard.stores import open_reindex, open_store
 
 SCAN_PAGE = 1000

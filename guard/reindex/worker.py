@@ -22,68 +22,35 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import FrameType
 from typing import Any
 
-import numpy as np
-from psycopg.types.json import Jsonb
-
 from guard.engines import EmbeddingEngine, open_engine
-from guard.errors import EngineError, GuardError, ReindexError, TextTooLongError
+from guard.errors import GuardError, ReindexError
 from guard.logs import get_logger
-from guard.records import RecordBatch, RecordId, as_vectors
+from guard.records import RecordBatch
+from guard.reindex.embedding import check_engine, embed_records
 from guard.reindex.jobs import Job, load_job
+from guard.reindex.ledger import Lease, Ledger, Skip
 from guard.reindex.provenance import (
-    fingerprint_hash,
-    has_text,
     in_range,
-    text_hash,
 )
-from guard.reindex.state import Conn, connect
+from guard.reindex.state import connect
 from guard.stores import VectorStore, open_store
 
 log = get_logger(__name__)
 
+
 CHUNK = 256  # records per pipeline item: large enough to amortise store round trips
+
+
 QUEUE_DEPTH = 2  # chunks waiting between two stages
-MAX_BACKOFF_S = 300
+
+
 _END = object()
-
-
-@dataclass(frozen=True)
-class Lease:
-    """One leased batch; ``token`` tells this lease from any later lease of the same batch,
-    by this worker or another, so only the current holder can settle it."""
-
-    token: uuid.UUID
-    seq: int
-    after: RecordId | None
-    last: RecordId | None
-
-
-@dataclass(frozen=True)
-class Skip:
-    """A source record left out of the target: why, and the hash of the text it had then
-    (None: it had none), so verify accepts the skip only while the source still has it."""
-
-    record_id: RecordId
-    reason: str  # no_text, too_long, embed_failed, invalid_vector
-    detail: str
-    text_hash: str | None
-
-    def row(self, job_id: uuid.UUID) -> tuple[Any, ...]:
-        return (job_id, Jsonb(self.record_id), self.reason, self.detail, self.text_hash)
-
-
-RECORD_SKIP = (
-    "INSERT INTO guard_reindex_skipped (job_id, record_id, reason, detail, text_hash)"
-    " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (job_id, record_id)"
-    " DO UPDATE SET reason = excluded.reason, detail = excluded.detail,"
-    " text_hash = excluded.text_hash, recorded_at = now()"
-)
 
 
 @dataclass
@@ -121,119 +88,6 @@ class WorkerResult:
         }
 
 
-class Ledger:
-    """The batch bookkeeping of one worker, on one state-database connection (one per
-    thread: psycopg connections serialise their users)."""
-
-    def __init__(self, conn: Conn, job: Job, worker: str, lease_seconds: float) -> None:
-        self.conn = conn
-        self.job = job
-        self.worker = worker
-        self.lease_seconds = lease_seconds
-
-    def lease(self) -> Lease | None:
-        """Take the next pending batch, or one whose lease expired; expired leases count
-        as attempts, so a batch that keeps killing its worker ends up failed."""
-        with self.conn.transaction():
-            self.conn.execute(
-                "UPDATE guard_reindex_batches SET status = 'failed', attempts = attempts + 1,"
-                " last_error = 'lease of ' || lease_owner || ' expired; attempts exhausted',"
-                " lease_owner = NULL, lease_expires_at = NULL"
-                " WHERE job_id = %s AND status = 'leased' AND lease_expires_at < now()"
-                " AND attempts + 1 >= %s",
-                (self.job.id, self.job.max_attempts),
-            )
-            row = self.conn.execute(
-                "WITH next AS (SELECT seq FROM guard_reindex_batches"
-                "  WHERE job_id = %(job)s AND ((status = 'pending' AND next_attempt_at <= now())"
-                "   OR (status = 'leased' AND lease_expires_at < now()))"
-                "  ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED)"
-                " UPDATE guard_reindex_batches b SET"
-                "  attempts = b.attempts + (b.status = 'leased')::int,"
-                "  last_error = CASE WHEN b.status = 'leased'"
-                "   THEN 'lease of ' || b.lease_owner || ' expired' ELSE b.last_error END,"
-                "  status = 'leased', lease_owner = %(me)s, lease_token = %(token)s,"
-                "  lease_expires_at = now() + make_interval(secs => %(secs)s)"
-                " FROM next WHERE b.job_id = %(job)s AND b.seq = next.seq"
-                " RETURNING b.seq, b.after_id, b.last_id, b.lease_token",
-                {
-                    "job": self.job.id,
-                    "me": self.worker,
-                    "token": uuid.uuid4(),
-                    "secs": self.lease_seconds,
-                },
-            ).fetchone()
-        return None if row is None else Lease(row[3], int(row[0]), row[1], row[2])
-
-    def renew(self, tokens: Collection[uuid.UUID]) -> int:
-        """Extend the leases still held under ``tokens``; one taken over is not extended."""
-        cursor = self.conn.execute(
-            "UPDATE guard_reindex_batches"
-            " SET lease_expires_at = now() + make_interval(secs => %s)"
-            " WHERE job_id = %s AND lease_token = ANY(%s) AND status = 'leased'",
-            (self.lease_seconds, self.job.id, list(tokens)),
-        )
-        return cursor.rowcount
-
-    def done(self, lease: Lease, written: int, skipped: int) -> bool:
-        """Mark a batch done (``lease_owner`` stays, saying who did it); False when the
-        lease was lost, even if the batch came back to this worker under a later lease."""
-        cursor = self.conn.execute(
-            "UPDATE guard_reindex_batches SET status = 'done', written = %s, skipped = %s,"
-            " done_at = now(), lease_expires_at = NULL"
-            " WHERE job_id = %s AND seq = %s AND lease_token = %s AND status = 'leased'",
-            (written, skipped, self.job.id, lease.seq, lease.token),
-        )
-        return cursor.rowcount == 1
-
-    def fail(self, lease: Lease, error: str) -> None:
-        """Count a failed attempt: retry later with exponential backoff, or give up. A
-        lease already lost counts nothing: the batch belongs to its current holder."""
-        self.conn.execute(
-            "UPDATE guard_reindex_batches SET attempts = attempts + 1, last_error = %s,"
-            " status = CASE WHEN attempts + 1 >= %s THEN 'failed' ELSE 'pending' END,"
-            " next_attempt_at = now() + make_interval(secs => least(%s, 2 ^ attempts)),"
-            " lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
-            " WHERE job_id = %s AND seq = %s AND lease_token = %s AND status = 'leased'",
-            (error[:2000], self.job.max_attempts, MAX_BACKOFF_S, self.job.id, lease.seq,
-             lease.token),
-        )  # fmt: skip
-
-    def release_all(self) -> None:
-        """Give back every lease still held, so a restart need not wait for expiry."""
-        self.conn.execute(
-            "UPDATE guard_reindex_batches SET status = 'pending', lease_owner = NULL,"
-            " lease_token = NULL, lease_expires_at = NULL"
-            " WHERE job_id = %s AND lease_owner = %s AND status = 'leased'",
-            (self.job.id, self.worker),
-        )
-
-    def skip(self, records: Sequence[Skip]) -> None:
-        if not records:
-            return
-        with self.conn.cursor() as cursor:
-            cursor.executemany(RECORD_SKIP, [skip.row(self.job.id) for skip in records])
-
-    def control(self) -> tuple[bool, str]:
-        """(paused, state) as they are now: the operator may change them at any moment."""
-        row = self.conn.execute(
-            "SELECT paused, state FROM guard_reindex_jobs WHERE id = %s", (self.job.id,)
-        ).fetchone()
-        if row is None:
-            raise ReindexError("the job was deleted while running", job_id=self.job.short)
-        return bool(row[0]), str(row[1])
-
-    def open_batches(self) -> tuple[int, int]:
-        """(batches not yet done or failed, batches failed)."""
-        row = self.conn.execute(
-            "SELECT count(*) FILTER (WHERE status IN ('pending', 'leased')),"
-            " count(*) FILTER (WHERE status = 'failed')"
-            " FROM guard_reindex_batches WHERE job_id = %s",
-            (self.job.id,),
-        ).fetchone()
-        return (int(row[0]), int(row[1])) if row else (0, 0)
-
-
 class Pacer:
     """Keeps one worker at or under ``rate`` records per second (None: no limit)."""
 
@@ -248,71 +102,6 @@ class Pacer:
         if self.next_at > now:
             stop.wait(self.next_at - now)
         self.next_at = max(self.next_at, now) + records / self.rate
-
-
-def embed_records(engine: EmbeddingEngine, batch: RecordBatch) -> tuple[RecordBatch, list[Skip]]:
-    """The target records of a source chunk, and the records skipped with their reason.
-
-    A text the engine refuses is isolated by embedding the chunk's texts one by one. A
-    text over the token limit (``truncate=false``) is always the text's fault: skipped as
-    ``too_long``. Any other failure of every text is the engine's fault, and the whole
-    batch is retried; otherwise the texts that failed are skipped as ``embed_failed``.
-    """
-    keep = [i for i, text in enumerate(batch.texts) if has_text(text)]
-    kept = set(keep)
-    skipped = [Skip(batch.ids[i], "no_text", "", None) for i in range(len(batch)) if i not in kept]
-    texts = [str(batch.texts[i]) for i in keep]
-    vectors: list[Any] = []
-    try:
-        vectors = list(engine.embed(texts)) if texts else []
-    except EngineError as exc:
-        vectors = [_embed_alone(engine, text) for text in texts] if len(texts) > 1 else [exc]
-        failed = [v for v in vectors if isinstance(v, EngineError)]
-        engine_down = any(not isinstance(v, TextTooLongError) for v in failed)
-        if engine_down and len(failed) == len(vectors):
-            raise exc from None
-    payloads = batch.payloads or ({},) * len(batch)
-    out_ids, out_texts, out_vectors, out_payloads = [], [], [], []
-    for index, vector in zip(keep, vectors, strict=True):
-        text = str(batch.texts[index])
-        if isinstance(vector, EngineError):
-            reason = "too_long" if isinstance(vector, TextTooLongError) else "embed_failed"
-            skipped.append(Skip(batch.ids[index], reason, str(vector)[:500], text_hash(text)))
-            continue
-        if not np.all(np.isfinite(vector)):
-            detail = "NaN or infinite values"
-            skipped.append(Skip(batch.ids[index], "invalid_vector", detail, text_hash(text)))
-            continue
-        out_ids.append(batch.ids[index])
-        out_texts.append(text)
-        out_vectors.append(vector)
-        out_payloads.append(payloads[index])  # nothing of the guard's: frameworks show it
-    dims = batch.vectors.shape[1] if not out_vectors else len(out_vectors[0])
-    records = RecordBatch(
-        tuple(out_ids),
-        tuple(out_texts),
-        as_vectors(out_vectors) if out_vectors else np.zeros((0, dims), dtype=np.float32),
-        tuple(out_payloads),
-    )
-    return records, skipped
-
-
-def _embed_alone(engine: EmbeddingEngine, text: str) -> Any:
-    """One text's vector, or the error the engine raised for it."""
-    try:
-        return engine.embed([text])[0]
-    except EngineError as error:
-        return error
-
-
-def check_engine(job: Job, engine: EmbeddingEngine) -> None:
-    """Refuse to embed with an engine whose fingerprint differs from the planned one."""
-    if fingerprint_hash(engine.fingerprint()) != job.fingerprint_hash:
-        raise ReindexError(
-            "the candidate engine's fingerprint differs from the one planned "
-            "(model file or settings changed); plan a new job",
-            job_id=job.short,
-        )
 
 
 def default_worker_id() -> str:

@@ -1,0 +1,165 @@
+"""The batch ledger: a worker leases batches, renews, settles and gives them back, each
+call matched on its lease token, so a worker whose lease was taken over changes nothing;
+records left out are written with the reason."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from guard.errors import ReindexError
+from guard.records import RecordId
+from guard.reindex.jobs import Job
+from guard.reindex.state import Conn
+
+MAX_BACKOFF_S = 300
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One leased batch; ``token`` tells this lease from any later lease of the same batch,
+    by this worker or another, so only the current holder can settle it."""
+
+    token: uuid.UUID
+    seq: int
+    after: RecordId | None
+    last: RecordId | None
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A source record left out of the target: why, and the hash of the text it had then
+    (None: it had none), so verify accepts the skip only while the source still has it."""
+
+    record_id: RecordId
+    reason: str  # no_text, too_long, embed_failed, invalid_vector
+    detail: str
+    text_hash: str | None
+
+    def row(self, job_id: uuid.UUID) -> tuple[Any, ...]:
+        return (job_id, Jsonb(self.record_id), self.reason, self.detail, self.text_hash)
+
+
+RECORD_SKIP = (
+    "INSERT INTO guard_reindex_skipped (job_id, record_id, reason, detail, text_hash)"
+    " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (job_id, record_id)"
+    " DO UPDATE SET reason = excluded.reason, detail = excluded.detail,"
+    " text_hash = excluded.text_hash, recorded_at = now()"
+)
+
+
+class Ledger:
+    """The batch bookkeeping of one worker, on one state-database connection (one per
+    thread: psycopg connections serialise their users)."""
+
+    def __init__(self, conn: Conn, job: Job, worker: str, lease_seconds: float) -> None:
+        self.conn = conn
+        self.job = job
+        self.worker = worker
+        self.lease_seconds = lease_seconds
+
+    def lease(self) -> Lease | None:
+        """Take the next pending batch, or one whose lease expired; expired leases count
+        as attempts, so a batch that keeps killing its worker ends up failed."""
+        with self.conn.transaction():
+            self.conn.execute(
+                "UPDATE guard_reindex_batches SET status = 'failed', attempts = attempts + 1,"
+                " last_error = 'lease of ' || lease_owner || ' expired; attempts exhausted',"
+                " lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE job_id = %s AND status = 'leased' AND lease_expires_at < now()"
+                " AND attempts + 1 >= %s",
+                (self.job.id, self.job.max_attempts),
+            )
+            row = self.conn.execute(
+                "WITH next AS (SELECT seq FROM guard_reindex_batches"
+                "  WHERE job_id = %(job)s AND ((status = 'pending' AND next_attempt_at <= now())"
+                "   OR (status = 'leased' AND lease_expires_at < now()))"
+                "  ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED)"
+                " UPDATE guard_reindex_batches b SET"
+                "  attempts = b.attempts + (b.status = 'leased')::int,"
+                "  last_error = CASE WHEN b.status = 'leased'"
+                "   THEN 'lease of ' || b.lease_owner || ' expired' ELSE b.last_error END,"
+                "  status = 'leased', lease_owner = %(me)s, lease_token = %(token)s,"
+                "  lease_expires_at = now() + make_interval(secs => %(secs)s)"
+                " FROM next WHERE b.job_id = %(job)s AND b.seq = next.seq"
+                " RETURNING b.seq, b.after_id, b.last_id, b.lease_token",
+                {
+                    "job": self.job.id,
+                    "me": self.worker,
+                    "token": uuid.uuid4(),
+                    "secs": self.lease_seconds,
+                },
+            ).fetchone()
+        return None if row is None else Lease(row[3], int(row[0]), row[1], row[2])
+
+    def renew(self, tokens: Collection[uuid.UUID]) -> int:
+        """Extend the leases still held under ``tokens``; one taken over is not extended."""
+        cursor = self.conn.execute(
+            "UPDATE guard_reindex_batches"
+            " SET lease_expires_at = now() + make_interval(secs => %s)"
+            " WHERE job_id = %s AND lease_token = ANY(%s) AND status = 'leased'",
+            (self.lease_seconds, self.job.id, list(tokens)),
+        )
+        return cursor.rowcount
+
+    def done(self, lease: Lease, written: int, skipped: int) -> bool:
+        """Mark a batch done (``lease_owner`` stays, saying who did it); False when the
+        lease was lost, even if the batch came back to this worker under a later lease."""
+        cursor = self.conn.execute(
+            "UPDATE guard_reindex_batches SET status = 'done', written = %s, skipped = %s,"
+            " done_at = now(), lease_expires_at = NULL"
+            " WHERE job_id = %s AND seq = %s AND lease_token = %s AND status = 'leased'",
+            (written, skipped, self.job.id, lease.seq, lease.token),
+        )
+        return cursor.rowcount == 1
+
+    def fail(self, lease: Lease, error: str) -> None:
+        """Count a failed attempt: retry later with exponential backoff, or give up. A
+        lease already lost counts nothing: the batch belongs to its current holder."""
+        self.conn.execute(
+            "UPDATE guard_reindex_batches SET attempts = attempts + 1, last_error = %s,"
+            " status = CASE WHEN attempts + 1 >= %s THEN 'failed' ELSE 'pending' END,"
+            " next_attempt_at = now() + make_interval(secs => least(%s, 2 ^ attempts)),"
+            " lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
+            " WHERE job_id = %s AND seq = %s AND lease_token = %s AND status = 'leased'",
+            (error[:2000], self.job.max_attempts, MAX_BACKOFF_S, self.job.id, lease.seq,
+             lease.token),
+        )  # fmt: skip
+
+    def release_all(self) -> None:
+        """Give back every lease still held, so a restart need not wait for expiry."""
+        self.conn.execute(
+            "UPDATE guard_reindex_batches SET status = 'pending', lease_owner = NULL,"
+            " lease_token = NULL, lease_expires_at = NULL"
+            " WHERE job_id = %s AND lease_owner = %s AND status = 'leased'",
+            (self.job.id, self.worker),
+        )
+
+    def skip(self, records: Sequence[Skip]) -> None:
+        if not records:
+            return
+        with self.conn.cursor() as cursor:
+            cursor.executemany(RECORD_SKIP, [skip.row(self.job.id) for skip in records])
+
+    def control(self) -> tuple[bool, str]:
+        """(paused, state) as they are now: the operator may change them at any moment."""
+        row = self.conn.execute(
+            "SELECT paused, state FROM guard_reindex_jobs WHERE id = %s", (self.job.id,)
+        ).fetchone()
+        if row is None:
+            raise ReindexError("the job was deleted while running", job_id=self.job.short)
+        return bool(row[0]), str(row[1])
+
+    def open_batches(self) -> tuple[int, int]:
+        """(batches not yet done or failed, batches failed)."""
+        row = self.conn.execute(
+            "SELECT count(*) FILTER (WHERE status IN ('pending', 'leased')),"
+            " count(*) FILTER (WHERE status = 'failed')"
+            " FROM guard_reindex_batches WHERE job_id = %s",
+            (self.job.id,),
+        ).fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
