@@ -108,6 +108,10 @@ def check(
     schedule: Annotated[
         bool, typer.Option("--schedule", help="On a reindex verdict, plan the re-index job.")
     ] = False,
+    bridge_out: Annotated[
+        Path | None,
+        typer.Option(help="Where a fitted bridge is written (default under GUARD_HOME)."),
+    ] = None,
 ) -> None:
     """Is switching to CANDIDATE safe without re-indexing STORE? Exit code = verdict."""
     from guard import report as reports
@@ -133,7 +137,14 @@ def check(
     engine = open_engine(candidate)
     reference = open_engine(baseline) if baseline else None
     try:
-        result = run_check(target, engine, thresholds=thresholds, seed=seed, baseline=reference)
+        result = run_check(
+            target,
+            engine,
+            thresholds=thresholds,
+            seed=seed,
+            baseline=reference,
+            bridge_out=bridge_out,
+        )
     finally:
         target.close()
         engine.close()

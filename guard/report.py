@@ -61,6 +61,8 @@ class CheckReport:
     diagnosis: list[dict[str, str]]
     timing: dict[str, float]
     guard_version: str
+    # The fitted bridge when one was tried: its figures, and its file when it passed.
+    bridge: dict[str, Any] | None = None
     # Why the policy decided as it did; shown by the renderers, not part of the JSON.
     reasons: tuple[str, ...] = field(default=(), compare=False)
 
@@ -79,6 +81,7 @@ class CheckReport:
             "diagnosis": self.diagnosis,
             "timing": self.timing,
             "guard_version": self.guard_version,
+            "bridge": self.bridge,
         }
 
 
@@ -96,6 +99,7 @@ def build_report(
     sample_method: str,
     overlap: float | None,
     timing: Mapping[str, float],
+    bridge: Mapping[str, Any] | None = None,
 ) -> CheckReport:
     """Assemble the report from the core's values; ``comparison`` and ``bound`` are None
     when the dimensions differ."""
@@ -124,6 +128,7 @@ def build_report(
         diagnosis=[f.as_dict() for f in findings],
         timing={key: round(float(value), 3) for key, value in timing.items()},
         guard_version=__version__,
+        bridge=dict(bridge) if bridge is not None else None,
         reasons=verdict.reasons,
     )
 

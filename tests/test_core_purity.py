@@ -12,6 +12,7 @@ CORE = [
     "guard.core.diagnosis",
     "guard.core.policy",
     "guard.core.selfcheck",
+    "guard.core.bridge",
 ]
 FORBIDDEN = [
     "psycopg",

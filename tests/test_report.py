@@ -30,6 +30,7 @@ DESIGN_FIELDS = [
     "diagnosis",
     "timing",
     "guard_version",
+    "bridge",
 ]
 STORE = StoreInfo(
     uri="postgresql://guard:s3cret@db:5432/docs?table=chunks",

@@ -34,6 +34,7 @@ Cause = Literal[
     "different_space",
     "dimension_mismatch",
     "mixed_store",
+    "projection_mismatch",
     "nan_output",
     "zero_vectors",
     "collisions",

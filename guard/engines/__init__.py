@@ -28,6 +28,7 @@ class EngineOptions:
     batch_size: int = 32
     n_threads: int | None = None
     truncate: bool = True  # False: refuse texts over the token limit instead of cutting
+    bridge: str | None = None  # a bridge file (guard.bridgefile) applied to the output
 
     @classmethod
     def from_params(cls, params: dict[str, str]) -> EngineOptions:
@@ -42,6 +43,7 @@ class EngineOptions:
             batch_size=as_int(params.get("batch_size"), name="batch_size", default=32) or 32,
             n_threads=as_int(params.get("n_threads"), name="n_threads"),
             truncate=as_bool(params.get("truncate"), name="truncate") is not False,
+            bridge=params.get("bridge") or None,
         )
 
     def vector_settings(self) -> dict[str, Any]:
@@ -49,6 +51,10 @@ class EngineOptions:
         does not: it only decides whether an over-long text gets a vector at all."""
         settings = asdict(self)
         del settings["batch_size"], settings["n_threads"], settings["truncate"]
+        if self.bridge:  # the file's content, not its name, decides the vectors
+            from guard.bridgefile import load
+
+            settings["bridge"] = {"path": self.bridge, "sha256": load(self.bridge).sha256}
         return settings
 
 

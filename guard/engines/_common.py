@@ -31,6 +31,10 @@ def check_params(parsed: ParsedURI, extra: Sequence[str] = ()) -> None:
             f"unknown engine option(s) {', '.join(unknown)} in {parsed.redacted}"
             f" (known: {', '.join(sorted(known))})"
         )
+    if parsed.params.get("bridge"):  # refuse a file that is not a bridge before any work
+        from guard.bridgefile import load
+
+        load(parsed.params["bridge"])
 
 
 def reject_options(parsed: ParsedURI, options: EngineOptions, *names: str, why: str) -> None:
@@ -82,14 +86,15 @@ def batches(texts: Sequence[str], size: int) -> Iterator[Sequence[str]]:
 
 def finish(rows: Any, *, expected: int, options: EngineOptions, engine: str) -> Vectors:
     """Turn backend output into the Protocol's array: checked count and shape, float32,
-    C-contiguous, rows scaled to unit length when ``normalize`` is true (zero rows stay zero)."""
+    C-contiguous, mapped through ``bridge`` when set, then scaled to unit length when
+    ``normalize`` is true (zero rows stay zero)."""
     try:
         array = np.asarray(rows, dtype=np.float32)
     except (TypeError, ValueError) as exc:
         raise EngineError(
             f"engine returned vectors that are not numbers: {exc}", engine=engine
         ) from exc
-    if expected == 0 and array.size == 0:
+    if expected == 0 and array.size == 0 and not options.bridge:
         return np.zeros((0, array.shape[1] if array.ndim == 2 else 0), dtype=np.float32)
     if array.ndim != 2 or array.shape[0] != expected:
         raise EngineError(
@@ -97,6 +102,10 @@ def finish(rows: Any, *, expected: int, options: EngineOptions, engine: str) -> 
             f"{array.shape[1:]} for {expected} texts",
             engine=engine,
         )
+    if options.bridge:
+        from guard.bridgefile import load
+
+        array = load(options.bridge).apply(array, engine=engine)
     if options.normalize:
         norms = np.linalg.norm(array, axis=1, keepdims=True)
         array = (array / np.where(norms > 0, norms, 1.0)).astype(np.float32, copy=False)

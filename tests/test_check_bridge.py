@@ -1,0 +1,186 @@
+"""Fitted bridges end to end: a store a linear map away from the candidate gets
+``fix_config`` / ``projection_mismatch`` and a bridge file; the candidate with
+``bridge=PATH`` is then approved; an unrelated model stays ``reindex`` with the best
+bridge's figures. Real stores, llama.cpp F16 as the candidate, the `guard` process.
+
+The store holds 1,300 sentences of the demo corpus and the check samples all of them:
+the bridge is fitted on the first 650 (MiniLM's 384 inputs plus a bias need well over
+385 rows for an affine map; 520 fit it and 130 choose its ridge) and judged on the
+other 650, enough for the 99% bound to fall under 1% with no failure.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_cli import assert_one_line_error, guard
+
+from guard import bridgefile
+from guard.core.bridge import LinearMap
+from guard.engines import open_engine
+from guard.records import RecordBatch, Vectors
+from guard.stores import open_store
+
+RECORDS = 1300
+
+
+@pytest.fixture(scope="module")
+def sentences(corpus: list[str]) -> list[str]:
+    """Short distinct sentences: many records at a small embedding cost."""
+    split = (s for text in corpus for s in re.split(r"(?<=[.!?])\s+", text))
+    unique = list(dict.fromkeys(s for s in split if 40 <= len(s) <= 200))
+    return unique[:RECORDS]
+
+
+@pytest.fixture(scope="module")
+def f16_rows(gguf_f16: Path, sentences: list[str]) -> Vectors:
+    engine = open_engine(f"llamacpp:{gguf_f16}")
+    try:
+        return engine.embed(sentences)
+    finally:
+        engine.close()
+
+
+@pytest.fixture
+def filled(new_store_uri: Callable[..., str], sentences: list[str]) -> Callable[[np.ndarray], str]:
+    def make(vectors: np.ndarray) -> str:
+        uri = new_store_uri()
+        store = open_store(uri)
+        store.create(dims=vectors.shape[1], distance="cosine")
+        rows = np.ascontiguousarray(vectors, dtype=np.float32)
+        store.upsert(RecordBatch(tuple(range(len(sentences))), tuple(sentences), rows))
+        store.close()
+        return uri
+
+    return make
+
+
+def _unit(a: np.ndarray) -> np.ndarray:
+    return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+
+def _check(store: str, candidate: str, *more: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+    result = guard(
+        "check", "--store", store, "--candidate", candidate, "--sample", str(RECORDS),
+        "--format", "json", *more,
+    )  # fmt: skip
+    assert "Traceback" not in result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"), [("rotation", "orthogonal"), ("projection_384_to_256", "affine")]
+)
+def test_a_store_a_linear_map_away_gets_a_bridge_that_then_approves(
+    name: str,
+    kind: str,
+    filled: Callable[[np.ndarray], str],
+    f16_rows: Vectors,
+    gguf_f16: Path,
+    tmp_path: Path,
+) -> None:
+    """What a dropped dense layer (or a rotated space) looks like: stored = unit(F16 @ M)."""
+    rng = np.random.default_rng(13)
+    if name == "rotation":
+        matrix, _ = np.linalg.qr(rng.normal(size=(384, 384)))
+    else:
+        matrix = rng.normal(size=(384, 256)) / 16.0
+    store = filled(_unit(f16_rows.astype(np.float64) @ matrix))
+    out = tmp_path / "bridge.npz"
+
+    code, report = _check(store, f"llamacpp:{gguf_f16}", "--bridge-out", str(out))
+
+    assert (code, report["verdict"]) == (3, "fix_config")
+    assert [f["cause"] for f in report["diagnosis"]] == ["projection_mismatch"]
+    assert f"add bridge={out} to the candidate URI" == report["diagnosis"][0]["suggestion"]
+    bridge = report["bridge"]
+    assert (str(out), True, kind) == (bridge["path"], bridge["passed"], bridge["kind"])
+    assert (bridge["fitted_on"], bridge["validated_on"]) == (650, 650)
+    assert bridge["held_out_cosine"]["min"] >= 0.99
+    assert bridge["overlap_at_k"] >= 0.9
+    assert (384, matrix.shape[1]) == (bridge["input_dims"], bridge["output_dims"])
+
+    code, approved = _check(store, f"llamacpp:{gguf_f16}?bridge={out}")
+
+    assert (code, approved["verdict"]) == (0, "approve"), approved["diagnosis"]
+    assert bridgefile.load(out).sha256 == approved["candidate"]["settings"]["bridge"]["sha256"]
+
+
+def test_an_unrelated_model_stays_reindex_with_the_best_bridges_figures(
+    filled: Callable[[np.ndarray], str],
+    static_model_dir: Path,
+    sentences: list[str],
+    gguf_f16: Path,
+) -> None:
+    engine = open_engine(f"model2vec:{static_model_dir}")
+    try:
+        store = filled(engine.embed(sentences))
+    finally:
+        engine.close()
+
+    code, report = _check(store, f"llamacpp:{gguf_f16}")
+
+    assert (code, report["verdict"]) == (1, "reindex")
+    assert [f["cause"] for f in report["diagnosis"]] == ["different_space"]
+    assert "the best linear bridge" in report["diagnosis"][0]["evidence"]
+    bridge = report["bridge"]
+    assert (bridge["path"], bridge["passed"]) == (None, False)
+    assert bridge["failures"] > 0
+    assert bridge["held_out_cosine"]["p1"] < 0.99
+
+
+def _save(tmp_path: Path, input_dims: int, output_dims: int) -> Path:
+    matrix = np.eye(input_dims, output_dims)
+    bridge = LinearMap("affine", matrix, np.zeros(output_dims), {"ridge": 0.0})
+    return bridgefile.save(bridge, tmp_path / "b.npz", fitted_between={}, validation={})
+
+
+def test_a_bridge_of_the_wrong_input_size_is_one_line_exit_2(
+    static_model_dir: Path, filled: Callable[[np.ndarray], str], tmp_path: Path
+) -> None:
+    f16_store = filled(_unit(np.random.default_rng(1).normal(size=(RECORDS, 384))))
+    path = _save(tmp_path, 128, 384)
+    result = guard(
+        "check", "--store", f16_store, "--candidate", f"model2vec:{static_model_dir}?bridge={path}"
+    )
+    line = assert_one_line_error(result)
+    assert "takes 128-dimensional vectors, but the engine makes 384-dimensional ones" in line
+
+
+def test_a_file_that_is_not_a_bridge_is_one_line_exit_2(
+    static_model_dir: Path, filled: Callable[[np.ndarray], str], tmp_path: Path
+) -> None:
+    f16_store = filled(_unit(np.random.default_rng(1).normal(size=(RECORDS, 384))))
+    path = tmp_path / "not-a-bridge.npz"
+    np.savez(path, matrix=np.eye(3))
+    result = guard(
+        "check", "--store", f16_store, "--candidate", f"model2vec:{static_model_dir}?bridge={path}"
+    )
+    assert f"{path} is not a guard bridge file" in assert_one_line_error(result)
+
+
+def test_bridge_is_applied_before_normalize_and_its_sha256_is_in_the_fingerprint(
+    static_model_dir: Path, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(3)
+    matrix, bias = rng.normal(size=(384, 64)), rng.normal(size=64)
+    path = bridgefile.save(
+        LinearMap("affine", matrix, bias), tmp_path / "b.npz", fitted_between={}, validation={}
+    )
+    plain = open_engine(f"model2vec:{static_model_dir}")
+    bridged = open_engine(f"model2vec:{static_model_dir}?bridge={path}&normalize=true")
+    texts = ["a bridge maps one space onto another", "the stored vectors stay put"]
+    try:
+        raw = plain.embed(texts).astype(np.float64) @ matrix + bias
+        expected = _unit(raw)
+        assert np.allclose(expected, bridged.embed(texts), atol=1e-5)
+        assert bridgefile.load(path).sha256 == bridged.fingerprint()["settings"]["bridge"]["sha256"]
+        assert "bridge" not in str(plain.fingerprint()["settings"].get("bridge") or "")
+    finally:
+        plain.close()
+        bridged.close()
