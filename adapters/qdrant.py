@@ -401,21 +401,8 @@ class QdrantStore:
 
     def _all_ids(self) -> list[RecordId]:
         """Every point id ``filter=`` selects, in Qdrant's order, without payloads or vectors."""
-        ids: list[RecordId] = []
-        offset: Any = None
-        while True:
-            with self._errors():
-                points, offset = self.client.scroll(
-                    self.collection,
-                    scroll_filter=self._where(),
-                    offset=offset,
-                    limit=ID_PAGE,
-                    with_payload=False,
-                    with_vectors=False,
-                )
-            ids += [p.id if isinstance(p.id, int) else str(p.id) for p in points]
-            if offset is None:
-                return ids
+        pages = self._pages(None, ID_PAGE, full=False)
+        return [p.id if isinstance(p.id, int) else str(p.id) for page in pages for p in page]
 
     def _first_at(self, position: int, *, full: bool = True) -> Any | None:
         """The first point at or after ``position`` in Qdrant's id order: integer ids are
@@ -469,7 +456,11 @@ class QdrantStore:
                     chosen[point_id] = by_id[point_id]
         return list(chosen.values())
 
-    def _pages(self, after: RecordId | None, size: int = 256) -> Iterator[list[Any]]:
+    def _pages(
+        self, after: RecordId | None, size: int = 256, *, full: bool = True
+    ) -> Iterator[list[Any]]:
+        """The selected points after ``after`` in id order, a page at a time; ``full``:
+        with payloads and vectors, else ids only."""
         offset: Any = None if after is None else _successor(after)
         while True:
             with self._errors():
@@ -478,7 +469,8 @@ class QdrantStore:
                     scroll_filter=self._where(),
                     offset=offset,
                     limit=size,
-                    with_vectors=self._with_vectors,
+                    with_payload=full,
+                    with_vectors=self._with_vectors if full else False,
                 )
             if points:
                 yield points
