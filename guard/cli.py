@@ -182,6 +182,29 @@ def check(
 
 
 @app.command()
+def serve(
+    engine: Annotated[str, typer.Option(help="Engine URI to serve, options and bridge= included.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8080,
+    max_batch: Annotated[int, typer.Option(help="Most texts per engine call.")] = 128,
+    max_inputs: Annotated[int, typer.Option(help="Most texts per request.")] = 2048,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 8 << 20,
+    max_queue: Annotated[int, typer.Option(help="Most requests waiting; more get 503.")] = 256,
+) -> None:
+    """Serve ENGINE as OpenAI /v1/embeddings and Ollama /api/embed until SIGTERM/SIGINT."""
+    from guard.serve import Limits
+    from guard.serve import serve as run_server
+
+    limits = Limits(max_batch, max_inputs, max_body_bytes, max_queue)
+    run_server(engine, host=host, port=port, limits=limits, announce=_announce)
+
+
+def _announce(line: str) -> None:
+    """Plain and flushed: scripts and tests read the bound address from this line."""
+    print(line, file=sys.stderr, flush=True)
+
+
+@app.command()
 def demo(
     limit: Annotated[int, typer.Option(help="Corpus paragraphs to index.")] = 1000,
     sample: Annotated[int, typer.Option(help="Most records each check re-embeds.")] = 1000,

@@ -1,0 +1,70 @@
+"""What ``guard serve`` serves and within which limits: plain values, no web framework."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+from urllib.parse import unquote
+
+from guard.engines import EmbeddingEngine
+from guard.errors import ConfigError
+from guard.reindex.provenance import fingerprint_hash
+from guard.uri import parse
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds that keep one client from starving the others or the memory."""
+
+    max_batch: int = 128  # texts per engine call, over all waiting requests
+    max_inputs: int = 2048  # texts per request (OpenAI's own limit)
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_queue: int = 256  # requests waiting for the engine; more get 503
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_inputs", "max_body_bytes", "max_queue"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """The engine as both APIs name and describe it."""
+
+    id: str
+    dims: int
+    fingerprint: dict[str, Any]
+    fingerprint_sha256: str
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def engine(self) -> str:
+        return str(self.fingerprint.get("engine", ""))
+
+    @property
+    def architecture(self) -> str:
+        model = self.fingerprint.get("model")
+        found = model.get("architecture") if isinstance(model, dict) else None
+        return str(found or self.engine)
+
+    @property
+    def file_type(self) -> str:
+        model = self.fingerprint.get("model")
+        found = model.get("file_type") if isinstance(model, dict) else None
+        return str(found or "")
+
+
+def describe(engine: EmbeddingEngine, engine_uri: str, dims: int) -> ServedModel:
+    """Name the engine by its URI: the ``model=`` it asks a server for, else the file or
+    folder it loads without its suffix (``llamacpp:/m/minilm-F16.gguf`` -> ``minilm-F16``)."""
+    parsed = parse(engine_uri)
+    name = parsed.params.get("model") or PurePosixPath(unquote(parsed.path or parsed.netloc)).stem
+    fingerprint = engine.fingerprint()
+    return ServedModel(
+        id=name or parsed.scheme,
+        dims=dims,
+        fingerprint=fingerprint,
+        fingerprint_sha256=fingerprint_hash(fingerprint),
+    )
