@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import structlog
 
+from guard import faults
 from guard.engines import EmbeddingEngine
 from guard.records import Vectors
 
@@ -111,6 +112,7 @@ class Batcher:
             self._held = None
             if first is None:
                 return
+            faults.step("serve_batch")  # tests hold the thread here while requests queue up
             jobs, count, stopping = [first], len(first.texts), False
             while count < self._max_batch:
                 try:
