@@ -38,7 +38,7 @@ def test_services_use_real_images_and_probe_with_tools_they_have(
     compose: dict[str, Any],
 ) -> None:
     services = compose["services"]
-    assert set(services) == {"qdrant", "postgres", "embedder", "guard"}
+    assert set(services) == {"qdrant", "postgres", "embedder", "guard", "guard-serve"}
     for name, (image, tool) in IMAGES.items():
         assert services[name]["image"].startswith(image)
         test = services[name]["healthcheck"]["test"]
@@ -83,6 +83,35 @@ def test_the_guard_command_is_a_real_invocation(compose: dict[str, Any]) -> None
     assert "--once" in shown.output
     config = command[command.index("--config") + 1]
     assert f"./examples/guard.toml:{config}:ro" in guard["volumes"]
+
+
+def test_guard_serve_serves_the_mounted_model_with_a_real_invocation(
+    compose: dict[str, Any],
+) -> None:
+    """The same GGUF as the embedder, in-process behind `guard serve`, probed on /healthz."""
+    serve = compose["services"]["guard-serve"]
+    command = serve["command"]
+    assert (command[0], serve["build"]) == ("guard", ".")
+    shown = CliRunner().invoke(app, [*command[1:], "--help"])
+    assert shown.exit_code == 0, shown.output
+    engine = command[command.index("--engine") + 1]
+    assert engine == "llamacpp:/models/model.gguf"
+    open_engine(engine).close()  # the URI parses; nothing loads before the first call
+    port = command[command.index("--port") + 1]
+    assert (command[command.index("--host") + 1], [f"{port}:{port}"]) == (
+        "0.0.0.0",
+        serve["ports"],
+    )
+    assert "./models:/models:ro" in serve["volumes"]
+    probe = serve["healthcheck"]["test"]
+    assert probe[1] == "python" and f"127.0.0.1:{port}/healthz" in probe[-1]
+
+
+def test_the_dockerfile_installs_the_serve_extra() -> None:
+    assert (
+        'pip wheel --no-cache-dir --wheel-dir /wheels ".[serve]"'
+        in (REPO / "Dockerfile").read_text()
+    )
 
 
 def test_the_dockerfile_runs_the_same_command_unprivileged() -> None:
