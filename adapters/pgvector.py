@@ -33,7 +33,7 @@ from pgvector.psycopg import register_vector
 from psycopg import errors, sql
 from psycopg.types.json import Jsonb
 
-from adapters.layouts import TEXT_TYPES, EmbedTemplate, TableLayout, table_layout
+from guard.adapters.layouts import TEXT_TYPES, EmbedTemplate, TableLayout, table_layout
 from guard.errors import ConfigError, StoreError
 from guard.pgserver import embedded_dsn
 from guard.records import (
@@ -222,7 +222,7 @@ class PgVectorStore:
 
     def session(self) -> psycopg.Connection[Any]:
         """A connection of its own, which the caller closes: for work that changes session
-        settings or holds locks (a re-index's target and switch: adapters.pgvector_reindex),
+        settings or holds locks (a re-index's target and switch: guard.adapters.pgvector_reindex),
         apart from the reads this store serves."""
         dsn = embedded_dsn(self._datadir) if self._datadir else self._conninfo
         with self._errors():

@@ -5,7 +5,7 @@ The target is a shadow table made with ``CREATE TABLE ... (LIKE source INCLUDING
 every column (Haystack) would show any column of the guard's to the application after
 cutover. Its HNSW or IVFFlat indexes are built on the new vectors just before the switch.
 The switch renames both tables in one transaction under ``lock_timeout`` and moves
-everything else the live table had onto the one that takes its name (adapters.pgtable);
+everything else the live table had onto the one that takes its name (guard.adapters.pgtable);
 rollback is the same switch the other way. Views that select from the source stay bound
 to the kept table (PostgreSQL binds them by oid): recreate them after cutover.
 
@@ -26,9 +26,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from adapters import pgtable
-from adapters.pgtable import Conn
-from adapters.pgvector import PgVectorStore
+from guard.adapters import pgtable
+from guard.adapters.pgtable import Conn
+from guard.adapters.pgvector import PgVectorStore
 from guard.errors import ReindexError, StoreError
 from guard.records import StoreInfo
 from guard.stores import OthersCheck, Switch
@@ -203,7 +203,7 @@ class PgVectorReindex:
     def _swap(self, schema: str, live: str, incoming: str, kept: str) -> None:
         """Readers switch from ``live`` to ``incoming`` in one transaction: ``live`` becomes
         ``kept``, ``incoming`` takes its name and everything else it had (see
-        adapters.pgtable). ``lock_timeout`` makes a busy table fail fast instead of
+        guard.adapters.pgtable). ``lock_timeout`` makes a busy table fail fast instead of
         queueing every reader behind the switch. With one collection re-indexed, the rows
         outside it are first copied from ``live`` into ``incoming`` under a lock that
         holds writers off until the switch commits."""

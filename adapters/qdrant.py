@@ -32,7 +32,12 @@ from qdrant_client.common.client_exceptions import QdrantException
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 from qdrant_client.local.persistence import STORAGE_FILE_NAME
 
-from adapters.layouts import DEFAULT_PAYLOAD_LAYOUT, EmbedTemplate, PayloadLayout, payload_layout
+from guard.adapters.layouts import (
+    DEFAULT_PAYLOAD_LAYOUT,
+    EmbedTemplate,
+    PayloadLayout,
+    payload_layout,
+)
 from guard.errors import ConfigError, StoreError
 from guard.records import (
     Distance,

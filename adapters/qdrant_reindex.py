@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from qdrant_client import models
 
-from adapters.qdrant import QdrantStore
+from guard.adapters.qdrant import QdrantStore
 from guard.errors import ReindexError, StoreError
 from guard.records import StoreInfo
 from guard.reindex.provenance import Row, merge

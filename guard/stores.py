@@ -2,8 +2,9 @@
 scheme: ``VectorStore`` (reading and writing records) and ``ReindexStore`` (the write side
 of a re-index: targets, switches, drops).
 
-Adapters live in the top-level ``adapters`` package, one module per store and Protocol,
-and are imported only when a URI asks for them.
+Adapters live in ``guard.adapters`` (the top-level adapters/ folder, shipped under
+``guard`` because PyPI's ``adapters`` is another project), one module per store and
+Protocol, and are imported only when a URI asks for them.
 """
 
 from __future__ import annotations
@@ -169,12 +170,12 @@ class ReindexStore(Protocol):
 # scheme -> "module:Class"; modules are imported lazily so that a missing optional
 # driver only matters to the URIs that need it.
 STORES: dict[str, str] = {
-    "qdrant+http": "adapters.qdrant:QdrantStore",
-    "qdrant+https": "adapters.qdrant:QdrantStore",
-    "qdrant+local": "adapters.qdrant:QdrantStore",
-    "postgresql": "adapters.pgvector:PgVectorStore",
-    "postgres": "adapters.pgvector:PgVectorStore",
-    "pgserver": "adapters.pgvector:PgVectorStore",
+    "qdrant+http": "guard.adapters.qdrant:QdrantStore",
+    "qdrant+https": "guard.adapters.qdrant:QdrantStore",
+    "qdrant+local": "guard.adapters.qdrant:QdrantStore",
+    "postgresql": "guard.adapters.pgvector:PgVectorStore",
+    "postgres": "guard.adapters.pgvector:PgVectorStore",
+    "pgserver": "guard.adapters.pgvector:PgVectorStore",
 }
 
 
@@ -184,12 +185,12 @@ def open_store(uri: str) -> VectorStore:
 
 
 REINDEX_STORES: dict[str, str] = {
-    "qdrant+http": "adapters.qdrant_reindex:QdrantReindex",
-    "qdrant+https": "adapters.qdrant_reindex:QdrantReindex",
-    "qdrant+local": "adapters.qdrant_reindex:QdrantReindex",
-    "postgresql": "adapters.pgvector_reindex:PgVectorReindex",
-    "postgres": "adapters.pgvector_reindex:PgVectorReindex",
-    "pgserver": "adapters.pgvector_reindex:PgVectorReindex",
+    "qdrant+http": "guard.adapters.qdrant_reindex:QdrantReindex",
+    "qdrant+https": "guard.adapters.qdrant_reindex:QdrantReindex",
+    "qdrant+local": "guard.adapters.qdrant_reindex:QdrantReindex",
+    "postgresql": "guard.adapters.pgvector_reindex:PgVectorReindex",
+    "postgres": "guard.adapters.pgvector_reindex:PgVectorReindex",
+    "pgserver": "guard.adapters.pgvector_reindex:PgVectorReindex",
 }
 
 
