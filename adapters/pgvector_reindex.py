@@ -29,7 +29,7 @@ from psycopg import sql
 from guard.adapters import pgtable
 from guard.adapters.pgtable import Conn
 from guard.adapters.pgvector import PgVectorStore
-from guard.errors import ReindexError, StoreError
+from guard.errors import ReindexError
 from guard.records import StoreInfo
 from guard.stores import OthersCheck, Switch
 from guard.uri import ParsedURI, parse
@@ -77,11 +77,8 @@ class PgVectorReindex:
     @contextmanager
     def _session(self, failing: str) -> Iterator[Conn]:
         """A connection of its own; a driver error becomes ``failing: <one line>``."""
-        with self._store.session() as conn:
-            try:
-                yield conn
-            except psycopg.Error as exc:
-                raise StoreError(f"{failing}: {self._store._one_line(exc)}", uri=self.uri) from exc
+        with self._store.session() as conn, self._store.translate_errors(failing):
+            yield conn
 
     def _schema(self) -> str:
         return str(self._store.describe().details.get("schema") or "public")
@@ -122,14 +119,9 @@ class PgVectorReindex:
             pairs, _ = pgtable.pair(wanted, present)
             missing = [index for index, match in pairs if match is None and not index.contype]
             for index in missing:
-                try:
+                failing = f"cannot build index {index.name!r} on {shadow!r}"
+                with self._store.translate_errors(failing):
                     pgtable.create_index(conn, sql.Identifier(schema, shadow), index, None)
-                except psycopg.Error as exc:
-                    raise StoreError(
-                        f"cannot build index {index.name!r} on {shadow!r}: "
-                        f"{self._store._one_line(exc)}",
-                        uri=self.uri,
-                    ) from exc
             return len(missing)
 
     # --- the rows outside a selection ----------------------------------------------------

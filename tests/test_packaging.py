@@ -3,6 +3,7 @@ nothing may import, or install, a top-level package of that name."""
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 import subprocess
@@ -73,3 +74,35 @@ def test_wheel_ships_the_adapters_folder_as_guard_adapters(tmp_path: Path) -> No
     expected = sorted(f"guard/adapters/{p.name}" for p in (ROOT / "adapters").glob("*.py"))
     assert expected == sorted(n for n in names if n.startswith("guard/adapters/"))
     assert [n for n in names if n.startswith("adapters/")] == []
+
+
+def _foreign_private_uses(path: Path) -> list[str]:
+    """``x._name`` where ``x`` is not ``self``/``cls`` (``self._store._name`` included),
+    and ``from m import _name``: reaching into another object's or module's privates."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+            owner = node.value
+            if node.attr.startswith("__") or (
+                isinstance(owner, ast.Name) and owner.id in ("self", "cls")
+            ):
+                continue
+            found.append(f"{path.name}:{node.lineno} {ast.unparse(node)}")
+        elif isinstance(node, ast.ImportFrom):
+            found += [
+                f"{path.name}:{node.lineno} {node.module}.{alias.name}"
+                for alias in node.names
+                if alias.name.startswith("_") and alias.name != "__future__"
+            ]
+    return found
+
+
+def test_adapters_translate_errors_through_public_names_only() -> None:
+    """Each store module offers ``translate_errors``; its re-index module and the others
+    use that, not the store's private helpers (``_errors``, ``_one_line``)."""
+    uses = [
+        use
+        for path in sorted((ROOT / "adapters").glob("*.py"))
+        for use in _foreign_private_uses(path)
+    ]
+    assert uses == []
