@@ -238,7 +238,10 @@ class PgVectorReindex:
 
     def drop(self, name: str, *, live: str | None) -> None:
         """Drop a table (gone already: a re-run); sequences it owns that the live table
-        still uses (serial columns copied by LIKE share them) are handed to it first."""
+        still uses (serial columns copied by LIKE share them) are handed to it first. The
+        table the URI names is the one readers query: never dropped."""
+        if name == self.name():
+            raise ReindexError(f"{name!r} is the table readers query; not dropping it")
         schema = self._schema()
         if self._oid(schema, name) is None:
             return

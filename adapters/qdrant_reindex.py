@@ -229,12 +229,21 @@ class QdrantReindex:
             live, dropped = str(switch["new"]), str(switch["old"])
         else:
             live, dropped = self.name(), _collection(target_uri)
-        serving = sorted(a for a, c in self.aliases().items() if c == dropped)
-        if serving:
-            raise ReindexError(f"alias {serving[0]!r} serves {dropped!r}; not dropping it")
+        self._refuse_served(dropped)
         return live, dropped
 
+    def _refuse_served(self, name: str) -> None:
+        """Readers query aliases: a collection an alias points at, or an alias itself, is
+        served and never dropped (checked at plan time and again at the drop itself)."""
+        aliases = self.aliases()
+        if name in aliases:
+            raise ReindexError(f"{name!r} is the alias readers query; not dropping it")
+        serving = sorted(a for a, c in aliases.items() if c == name)
+        if serving:
+            raise ReindexError(f"alias {serving[0]!r} serves {name!r}; not dropping it")
+
     def drop(self, name: str, *, live: str | None) -> None:
+        self._refuse_served(name)
         with self._store.translate_errors():
             self._store.client.delete_collection(name)
 

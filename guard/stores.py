@@ -91,12 +91,13 @@ readers move, read back by the same store to settle, undo or clean up after a cr
 class ReindexStore(Protocol):
     """The write side of a re-index on one store, opened from the source URI.
 
-    Contract every adapter keeps (tests/test_reindex_*.py check it on each store):
+    Contract every adapter keeps (tests/test_reindex_store_contract.py checks it on
+    each store, tests/test_reindex_*.py the jobs around it):
     - nothing connects in ``__init__``; driver errors come out as ``StoreError`` with
       the redacted URI, refusals as ``ReindexError``;
     - ``switch`` moves every reader in one atomic step, or changes nothing;
     - the store itself, not the state database, says what is served (``serves_target``),
-      and ``plan_cleanup`` refuses to drop anything readers are served.
+      and neither ``plan_cleanup`` nor ``drop`` drops anything readers are served.
     """
 
     uri: str  # redacted form, safe to print
@@ -161,7 +162,8 @@ class ReindexStore(Protocol):
 
     def drop(self, name: str, *, live: str | None) -> None:
         """Drop collection or table ``name`` (already gone: nothing to do); ``live`` (the
-        served table after a cutover) keeps what the two share."""
+        served table after a cutover) keeps what the two share. Refused with
+        ``ReindexError`` when readers are served ``name`` now, whatever the caller planned."""
         ...
 
     def close(self) -> None: ...
