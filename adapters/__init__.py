@@ -1,5 +1,10 @@
 """Vector-store adapters, one module per store, loaded by scheme from ``guard.stores.STORES``.
 
-Nothing here is imported eagerly: ``adapters.qdrant`` needs qdrant-client and
-``adapters.pgvector`` needs psycopg and pgvector, and a URI pays only for its own driver.
+The folder is the repository's top-level adapters/; it is importable only as
+``guard.adapters`` (guard/adapters is a symlink to it), because a bare ``adapters`` would
+clash with the unrelated PyPI package of that name.
+
+Nothing here is imported eagerly: ``guard.adapters.qdrant`` needs qdrant-client and
+``guard.adapters.pgvector`` needs psycopg and pgvector, and a URI pays only for its own
+driver.
 """

@@ -12,7 +12,7 @@ password may sit in the URI or in PGPASSWORD; it never appears in a message.
 
 Every identifier goes through ``psycopg.sql.Identifier`` and every value is a parameter.
 The only SQL text taken from the database is ``format_type()`` output for casts. Every
-driver error leaves through ``PgVectorStore._errors`` as a ``StoreError``.
+driver error leaves through ``PgVectorStore.translate_errors`` as a ``StoreError``.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from pgvector.psycopg import register_vector
 from psycopg import errors, sql
 from psycopg.types.json import Jsonb
 
-from adapters.layouts import TEXT_TYPES, EmbedTemplate, TableLayout, table_layout
-from guard.errors import ConfigError, StoreError
+from guard.adapters.layouts import TEXT_TYPES, EmbedTemplate, TableLayout, table_layout
+from guard.errors import ConfigError, GuardError, StoreError
 from guard.pgserver import embedded_dsn
 from guard.records import (
     Distance,
@@ -214,7 +214,7 @@ class PgVectorStore:
         cluster: a read of a mistyped ``pgserver:`` folder is an error."""
         if self._connection is None or self._connection.closed:
             dsn = embedded_dsn(self._datadir, create=create) if self._datadir else self._conninfo
-            with self._errors():
+            with self.translate_errors():
                 conn = psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
                 self._connection = conn
                 self._register(conn)
@@ -222,10 +222,10 @@ class PgVectorStore:
 
     def session(self) -> psycopg.Connection[Any]:
         """A connection of its own, which the caller closes: for work that changes session
-        settings or holds locks (a re-index's target and switch: adapters.pgvector_reindex),
+        settings or holds locks (a re-index's target and switch: guard.adapters.pgvector_reindex),
         apart from the reads this store serves."""
         dsn = embedded_dsn(self._datadir) if self._datadir else self._conninfo
-        with self._errors():
+        with self.translate_errors():
             return psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
 
     @staticmethod
@@ -235,24 +235,31 @@ class PgVectorStore:
             register_vector(conn)
 
     @contextmanager
-    def _errors(self) -> Iterator[None]:
-        """Turn psycopg's errors into one-line ``StoreError``s without secrets."""
+    def translate_errors(self, what: str | None = None) -> Iterator[None]:
+        """Turn psycopg's errors into one-line ``StoreError``s without secrets, led by
+        ``what`` (the step that failed) when given. The one error map of this store's
+        reads and of its re-index (guard.adapters.pgvector_reindex, on its own sessions);
+        the guard's own errors pass unchanged."""
         try:
             yield
-        except StoreError:
+        except GuardError:
             raise
-        except errors.UndefinedTable as exc:
-            raise StoreError(f"table not found: {self._one_line(exc)}", uri=self.uri) from exc
-        except errors.DuplicateTable as exc:
-            raise StoreError(f"table {self.table!r} already exists", uri=self.uri) from exc
-        except errors.InsufficientPrivilege as exc:
-            raise StoreError(f"permission denied: {self._one_line(exc)}", uri=self.uri) from exc
-        except psycopg.OperationalError as exc:
-            if self._connection is not None and self._connection.broken:
-                self._connection = None
-            raise StoreError(f"PostgreSQL: {self._one_line(exc)}", uri=self.uri) from exc
         except psycopg.Error as exc:
-            raise StoreError(f"PostgreSQL: {self._one_line(exc)}", uri=self.uri) from exc
+            broken = self._connection is not None and self._connection.broken
+            if isinstance(exc, psycopg.OperationalError) and broken:
+                self._connection = None
+            message = self._one_line(exc)
+            if what:
+                message = f"{what}: {message}"
+            elif isinstance(exc, errors.UndefinedTable):
+                message = f"table not found: {message}"
+            elif isinstance(exc, errors.DuplicateTable):
+                message = f"table {self.table!r} already exists"
+            elif isinstance(exc, errors.InsufficientPrivilege):
+                message = f"permission denied: {message}"
+            else:
+                message = f"PostgreSQL: {message}"
+            raise StoreError(message, uri=self.uri) from exc
 
     def _one_line(self, error: object) -> str:
         lines = str(error).strip().splitlines()
@@ -268,7 +275,7 @@ class PgVectorStore:
 
     def _table(self) -> _Table:
         if self._meta is None:
-            with self._errors():
+            with self.translate_errors():
                 self._meta = self._read_catalog()
         return self._meta
 
@@ -452,7 +459,7 @@ class PgVectorStore:
         re-index target can be described) and ``sample`` is what refuses it."""
         t = self._table()
         text, vector = sql.Identifier(t.layout.text_column), sql.Identifier(t.vector_column)
-        with self._errors():
+        with self.translate_errors():
             row = self._conn.execute(
                 sql.SQL(
                     "SELECT count(*) FILTER (WHERE {v} IS NOT NULL),"
@@ -507,7 +514,7 @@ class PgVectorStore:
         t = self._table()
         rng = np.random.default_rng(seed % 2**64)  # numpy wants seeds >= 0
         method: SampleMethod
-        with self._errors():
+        with self.translate_errors():
             rows = self._row_estimate(t)
             if rows <= max(ID_LIST_MAX, 2 * n):
                 ids, method = self._all_ids(t), "uniform_id_list"
@@ -610,7 +617,7 @@ class PgVectorStore:
             sql.Identifier(t.vector_column),
             t.where,
         )
-        with self._errors(), self._conn.cursor(binary=True) as cur:
+        with self.translate_errors(), self._conn.cursor(binary=True) as cur:
             rows = cur.execute(query, [list(ids), *t.where_params]).fetchall()
         by_id = {_out_id(r[0]): r for r in rows}
         ordered = [by_id[key] for key in dict.fromkeys(map(_out_id, ids)) if key in by_id]
@@ -646,7 +653,7 @@ class PgVectorStore:
         ).format(t.select(with_payload=with_payload), vector, t.where, order, t.id_type, order)
         last: Any = after
         while True:
-            with self._errors(), self._conn.cursor(binary=True) as cur:
+            with self.translate_errors(), self._conn.cursor(binary=True) as cur:
                 if last is None:
                     rows = cur.execute(first, [*t.where_params, batch_size]).fetchall()
                 else:
@@ -685,7 +692,11 @@ class PgVectorStore:
             vt=sql.SQL(t.vector_type),
         )
         results: list[list[RecordId]] = []
-        with self._errors(), self._conn.transaction(), self._conn.cursor(binary=True) as cur:
+        with (
+            self.translate_errors(),
+            self._conn.transaction(),
+            self._conn.cursor(binary=True) as cur,
+        ):
             if k > HNSW_DEFAULT_EF:
                 cur.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(k)))
             if t.filtered and cur.execute(
@@ -717,7 +728,7 @@ class PgVectorStore:
         }
         opclass = next(op for op, d in OPCLASS_DISTANCES.items() if d == distance)
         self._connect(create=True)
-        with self._errors(), self._conn.transaction():
+        with self.translate_errors(), self._conn.transaction():
             if not self._conn.execute(
                 "SELECT 1 FROM pg_extension WHERE extname = 'vector'"
             ).fetchone():
@@ -734,7 +745,7 @@ class PgVectorStore:
                         t=self._ident(), vector=names["vector"], opclass=sql.SQL(opclass)
                     )
                 )
-        with self._errors():
+        with self.translate_errors():
             register_vector(self._conn)
         self._meta = None
 
@@ -789,7 +800,7 @@ class PgVectorStore:
                 sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in columns[1:]
             ),
         )
-        with self._errors(), self._conn.transaction(), self._conn.cursor() as cur:
+        with self.translate_errors(), self._conn.transaction(), self._conn.cursor() as cur:
             cur.executemany(query, rows)
 
     def delete(self, ids: Sequence[RecordId]) -> None:
@@ -799,12 +810,12 @@ class PgVectorStore:
         query = sql.SQL("DELETE FROM {} WHERE {} = ANY(%s::{}[])").format(
             t.ident, sql.Identifier(t.id_column), t.id_type
         )
-        with self._errors():
+        with self.translate_errors():
             self._conn.execute(query, [list(ids)])
 
     def drop(self) -> None:
         """Drop the table; dropping one that does not exist is a no-op."""
-        with self._errors():
+        with self.translate_errors():
             self._connect(create=True).execute(
                 sql.SQL("DROP TABLE IF EXISTS {}").format(self._ident())
             )

@@ -5,7 +5,7 @@ The target is a shadow table made with ``CREATE TABLE ... (LIKE source INCLUDING
 every column (Haystack) would show any column of the guard's to the application after
 cutover. Its HNSW or IVFFlat indexes are built on the new vectors just before the switch.
 The switch renames both tables in one transaction under ``lock_timeout`` and moves
-everything else the live table had onto the one that takes its name (adapters.pgtable);
+everything else the live table had onto the one that takes its name (guard.adapters.pgtable);
 rollback is the same switch the other way. Views that select from the source stay bound
 to the kept table (PostgreSQL binds them by oid): recreate them after cutover.
 
@@ -26,10 +26,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from adapters import pgtable
-from adapters.pgtable import Conn
-from adapters.pgvector import PgVectorStore
-from guard.errors import ReindexError, StoreError
+from guard.adapters import pgtable
+from guard.adapters.pgtable import Conn
+from guard.adapters.pgvector import PgVectorStore
+from guard.errors import ReindexError
 from guard.records import StoreInfo
 from guard.stores import OthersCheck, Switch
 from guard.uri import ParsedURI, parse
@@ -77,11 +77,8 @@ class PgVectorReindex:
     @contextmanager
     def _session(self, failing: str) -> Iterator[Conn]:
         """A connection of its own; a driver error becomes ``failing: <one line>``."""
-        with self._store.session() as conn:
-            try:
-                yield conn
-            except psycopg.Error as exc:
-                raise StoreError(f"{failing}: {self._store._one_line(exc)}", uri=self.uri) from exc
+        with self._store.session() as conn, self._store.translate_errors(failing):
+            yield conn
 
     def _schema(self) -> str:
         return str(self._store.describe().details.get("schema") or "public")
@@ -122,14 +119,9 @@ class PgVectorReindex:
             pairs, _ = pgtable.pair(wanted, present)
             missing = [index for index, match in pairs if match is None and not index.contype]
             for index in missing:
-                try:
+                failing = f"cannot build index {index.name!r} on {shadow!r}"
+                with self._store.translate_errors(failing):
                     pgtable.create_index(conn, sql.Identifier(schema, shadow), index, None)
-                except psycopg.Error as exc:
-                    raise StoreError(
-                        f"cannot build index {index.name!r} on {shadow!r}: "
-                        f"{self._store._one_line(exc)}",
-                        uri=self.uri,
-                    ) from exc
             return len(missing)
 
     # --- the rows outside a selection ----------------------------------------------------
@@ -203,7 +195,7 @@ class PgVectorReindex:
     def _swap(self, schema: str, live: str, incoming: str, kept: str) -> None:
         """Readers switch from ``live`` to ``incoming`` in one transaction: ``live`` becomes
         ``kept``, ``incoming`` takes its name and everything else it had (see
-        adapters.pgtable). ``lock_timeout`` makes a busy table fail fast instead of
+        guard.adapters.pgtable). ``lock_timeout`` makes a busy table fail fast instead of
         queueing every reader behind the switch. With one collection re-indexed, the rows
         outside it are first copied from ``live`` into ``incoming`` under a lock that
         holds writers off until the switch commits."""
@@ -246,7 +238,10 @@ class PgVectorReindex:
 
     def drop(self, name: str, *, live: str | None) -> None:
         """Drop a table (gone already: a re-run); sequences it owns that the live table
-        still uses (serial columns copied by LIKE share them) are handed to it first."""
+        still uses (serial columns copied by LIKE share them) are handed to it first. The
+        table the URI names is the one readers query: never dropped."""
+        if name == self.name():
+            raise ReindexError(f"{name!r} is the table readers query; not dropping it")
         schema = self._schema()
         if self._oid(schema, name) is None:
             return

@@ -8,7 +8,7 @@ Options: ``vector=`` (named vector), ``text_field=``, ``api_key_env=``,
 ``filter=FIELD:VALUE`` (points whose payload field equals VALUE; ``meta.tenant`` for a
 nested key) and ``embed_text=TEMPLATE``; any other is refused. Point ids are
 unsigned integers or UUIDs (Qdrant allows nothing else); UUIDs come back as strings.
-Every driver error leaves through ``QdrantStore._errors`` as a ``StoreError``.
+Every driver error leaves through ``QdrantStore.translate_errors`` as a ``StoreError``.
 """
 
 from __future__ import annotations
@@ -32,8 +32,13 @@ from qdrant_client.common.client_exceptions import QdrantException
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 from qdrant_client.local.persistence import STORAGE_FILE_NAME
 
-from adapters.layouts import DEFAULT_PAYLOAD_LAYOUT, EmbedTemplate, PayloadLayout, payload_layout
-from guard.errors import ConfigError, StoreError
+from guard.adapters.layouts import (
+    DEFAULT_PAYLOAD_LAYOUT,
+    EmbedTemplate,
+    PayloadLayout,
+    payload_layout,
+)
+from guard.errors import ConfigError, GuardError, StoreError
 from guard.records import (
     Distance,
     RecordBatch,
@@ -171,7 +176,7 @@ class QdrantStore:
         if self._client is None:
             if self._local_path is not None and not create and not self._local_path.is_dir():
                 raise StoreError(f"no Qdrant local folder at {self._local_path}", uri=self.uri)
-            with self._errors():
+            with self.translate_errors():
                 if self._local_path is not None:
                     self._client = _acquire_local(self._local_path)
                 else:
@@ -187,27 +192,33 @@ class QdrantStore:
         return self._client
 
     @contextmanager
-    def _errors(self) -> Iterator[None]:
-        """Turn qdrant-client's and httpx's errors into one-line ``StoreError``s; in local
-        mode, also wait for this folder's turn (every client call goes through here)."""
+    def translate_errors(self, what: str | None = None) -> Iterator[None]:
+        """Turn qdrant-client's and httpx's errors into one-line ``StoreError``s without
+        the API key, led by ``what`` (the step that failed) when given. Every client call
+        of this store and of its re-index (guard.adapters.qdrant_reindex) goes through
+        here: in local mode it also waits for this folder's turn. The guard's own errors
+        pass unchanged."""
         with self._turn:
             try:
                 yield
-            except StoreError:
+            except GuardError:
                 raise
             except UnexpectedResponse as exc:
-                raise StoreError(self._http_message(exc), uri=self.uri) from exc
+                raise self._fail(what, self._http_message(exc)) from exc
             except QdrantException as exc:  # rate limits and the like
-                raise StoreError(f"Qdrant: {self._one_line(exc)}", uri=self.uri) from exc
+                raise self._fail(what, f"Qdrant: {self._one_line(exc)}") from exc
             except (ResponseHandlingException, httpx.HTTPError) as exc:
                 source = exc.source if isinstance(exc, ResponseHandlingException) else exc
                 if isinstance(source, httpx.TransportError):
                     message = f"Qdrant unreachable ({type(source).__name__})"
                 else:
                     message = f"unexpected answer from Qdrant: {self._one_line(source)}"
-                raise StoreError(message, uri=self.uri) from exc
+                raise self._fail(what, message) from exc
             except (ValueError, RuntimeError) as exc:  # local mode, id and payload validation
-                raise StoreError(self._one_line(exc), uri=self.uri) from exc
+                raise self._fail(what, self._one_line(exc)) from exc
+
+    def _fail(self, what: str | None, message: str) -> StoreError:
+        return StoreError(f"{what}: {message}" if what else message, uri=self.uri)
 
     def _http_message(self, exc: UnexpectedResponse) -> str:
         if exc.status_code in (401, 403):
@@ -229,7 +240,7 @@ class QdrantStore:
     # --- reading -------------------------------------------------------------------------
 
     def _vector_params(self) -> tuple[models.VectorParams, str | None]:
-        with self._errors():
+        with self.translate_errors():
             config = self.client.get_collection(self.collection).config.params.vectors
         if isinstance(config, models.VectorParams):
             if self._vector_name:
@@ -262,7 +273,7 @@ class QdrantStore:
         return None if self._filter is None else models.Filter(must_not=[self._filter])
 
     def _count(self, flt: models.Filter | None = None) -> int:
-        with self._errors():
+        with self.translate_errors():
             return self.client.count(
                 self.collection, count_filter=self._where(flt), exact=True
             ).count
@@ -272,7 +283,7 @@ class QdrantStore:
         the payloads about to be written (``hint``), else plain ``text``."""
         if self._layout is not None:
             return self._layout
-        with self._errors():
+        with self.translate_errors():
             points, _ = self.client.scroll(
                 self.collection, scroll_filter=self._where(), limit=LAYOUT_PROBE
             )
@@ -313,7 +324,7 @@ class QdrantStore:
                     ]
                 )
             )
-        with self._errors():
+        with self.translate_errors():
             first, _ = self.client.scroll(
                 self.collection, scroll_filter=self._where(), limit=1, with_payload=False
             )
@@ -378,7 +389,7 @@ class QdrantStore:
             ids = self._all_ids()
             picks = [ids[i] for i in rng.choice(len(ids), size=min(n, len(ids)), replace=False)]
             return Sample.of(self._retrieve(picks, with_payload=True), "uniform_id_list")
-        with self._errors():
+        with self.translate_errors():
             first, _ = self.client.scroll(
                 self.collection, scroll_filter=self._where(), limit=1, with_payload=False
             )
@@ -388,7 +399,7 @@ class QdrantStore:
             if count / span >= DENSE_IDS:
                 points = self._draw_ids(rng, n, low, span, count)
                 return Sample.of(self._batch(points, params.size, True), "uniform_ids")
-        with self._errors():
+        with self.translate_errors():
             answer = self.client.query_points(
                 self.collection,
                 query=models.SampleQuery(sample=models.Sample.RANDOM),
@@ -408,7 +419,7 @@ class QdrantStore:
         """The first point at or after ``position`` in Qdrant's id order: integer ids are
         themselves, UUIDs follow them at ``_UUIDS_AT + uuid.int``."""
         offset = position if position < _UUIDS_AT else _uuid(position - _UUIDS_AT)
-        with self._errors():
+        with self.translate_errors():
             points, _ = self.client.scroll(
                 self.collection,
                 scroll_filter=self._where(),
@@ -463,7 +474,7 @@ class QdrantStore:
         with payloads and vectors, else ids only."""
         offset: Any = None if after is None else _successor(after)
         while True:
-            with self._errors():
+            with self.translate_errors():
                 points, offset = self.client.scroll(
                     self.collection,
                     scroll_filter=self._where(),
@@ -491,7 +502,7 @@ class QdrantStore:
     def _retrieve(self, ids: Sequence[RecordId], *, with_payload: bool) -> RecordBatch:
         """The points with these ids, in the order given (unknown ids left out)."""
         params, _ = self._vector_params()
-        with self._errors():
+        with self.translate_errors():
             wanted = list(dict.fromkeys(_normal_id(i) for i in ids))
         found = self._get(wanted)
         by_id = {p.id: p for p in found}
@@ -500,7 +511,7 @@ class QdrantStore:
 
     def _get(self, ids: Sequence[RecordId]) -> list[Any]:
         """The points with these ids (payload and vector) that ``filter=`` selects."""
-        with self._errors():
+        with self.translate_errors():
             if self._filter is None:
                 found: list[Any] = self.client.retrieve(
                     self.collection, ids, with_payload=True, with_vectors=self._with_vectors
@@ -528,7 +539,7 @@ class QdrantStore:
             )
             for q in queries
         ]
-        with self._errors():
+        with self.translate_errors():
             answers = self.client.query_batch_points(self.collection, requests) if requests else []
         return [[p.id if isinstance(p.id, int) else str(p.id) for p in a.points] for a in answers]
 
@@ -540,7 +551,7 @@ class QdrantStore:
         ``like`` is not needed: payloads copied from the source keep its layout."""
         config = models.VectorParams(size=dims, distance=QDRANT_DISTANCES[distance])
         self._connect(create=True)
-        with self._errors():
+        with self.translate_errors():
             if self.client.collection_exists(self.collection):
                 raise StoreError(f"collection {self.collection!r} already exists", uri=self.uri)
             self.client.create_collection(
@@ -589,20 +600,20 @@ class QdrantStore:
                 batch.ids, batch.texts, batch.vectors, payloads, strict=True
             )
         ]
-        with self._errors():
+        with self.translate_errors():
             for start in range(0, len(points), UPSERT_BATCH):
                 self.client.upsert(self.collection, points[start : start + UPSERT_BATCH])
 
     def delete(self, ids: Sequence[RecordId]) -> None:
         if not ids:
             return
-        with self._errors():
+        with self.translate_errors():
             self.client.delete(self.collection, models.PointIdsList(points=list(ids)))
 
     def drop(self) -> None:
         """Delete the collection; dropping one that does not exist is a no-op."""
         client = self._connect(create=True)
-        with self._errors():
+        with self.translate_errors():
             client.delete_collection(self.collection)
         self._layout = None
 

@@ -13,7 +13,7 @@ carried over (README, "One collection at a time"). Points are compared by payloa
 vector; Qdrant re-normalises cosine vectors on every write, which moves some of them by
 one float32 rounding step, so those compare within ``COSINE_RTOL``.
 
-Every client call goes through ``QdrantStore._errors``, the adapter's one error map.
+Every client call goes through ``QdrantStore.translate_errors``, the adapter's one error map.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 from qdrant_client import models
 
-from adapters.qdrant import QdrantStore
-from guard.errors import ReindexError, StoreError
+from guard.adapters.qdrant import QdrantStore
+from guard.errors import ReindexError
 from guard.records import StoreInfo
 from guard.reindex.provenance import Row, merge
 from guard.stores import OthersCheck, Switch
@@ -69,33 +69,28 @@ class QdrantReindex:
         store, target = self._store, QdrantStore(parse(target_uri))
         client, new = store.client, target.collection
         try:
-            with store._errors():
-                try:
-                    if client.collection_exists(new):
-                        raise ReindexError(f"the target collection {new!r} already exists")
-                    config = client.get_collection(store.collection)
-                    vectors = config.config.params.vectors
-                    if isinstance(vectors, models.VectorParams):
-                        vectors_config: Any = vectors.model_copy(update={"size": dims})
-                    else:
-                        vectors_config = {
-                            key: value.model_copy(update={"size": dims})
-                            for key, value in (vectors or {}).items()  # None: sparse only
-                        }
-                    hnsw = config.config.hnsw_config
-                    client.create_collection(
-                        new,
-                        vectors_config=vectors_config,
-                        hnsw_config=models.HnswConfigDiff(**hnsw.model_dump()) if hnsw else None,
-                        on_disk_payload=config.config.params.on_disk_payload,
-                    )
-                    for field, schema in (config.payload_schema or {}).items():
-                        client.create_payload_index(new, field, field_schema=schema.data_type)
-                    target.use_wal_journal()
-                except (ValueError, RuntimeError) as exc:
-                    raise StoreError(
-                        f"cannot create the target collection: {exc}", uri=target.uri
-                    ) from exc
+            with target.translate_errors("cannot create the target collection"):
+                if client.collection_exists(new):
+                    raise ReindexError(f"the target collection {new!r} already exists")
+                config = client.get_collection(store.collection)
+                vectors = config.config.params.vectors
+                if isinstance(vectors, models.VectorParams):
+                    vectors_config: Any = vectors.model_copy(update={"size": dims})
+                else:
+                    vectors_config = {
+                        key: value.model_copy(update={"size": dims})
+                        for key, value in (vectors or {}).items()  # None: sparse only
+                    }
+                hnsw = config.config.hnsw_config
+                client.create_collection(
+                    new,
+                    vectors_config=vectors_config,
+                    hnsw_config=models.HnswConfigDiff(**hnsw.model_dump()) if hnsw else None,
+                    on_disk_payload=config.config.params.on_disk_payload,
+                )
+                for field, schema in (config.payload_schema or {}).items():
+                    client.create_payload_index(new, field, field_schema=schema.data_type)
+                target.use_wal_journal()
         finally:
             target.close()
 
@@ -132,7 +127,7 @@ class QdrantReindex:
                 point = left or right
                 if point is not None and len(result.differ) < EXAMPLES:
                     result.differ.append(point.id)
-            with live._errors():
+            with live.translate_errors():
                 others = live.others()
                 result.records = live.client.count(live.collection, count_filter=others).count
         finally:
@@ -144,7 +139,7 @@ class QdrantReindex:
 
     def aliases(self) -> dict[str, str]:
         """Every alias of the store's Qdrant and the collection it points at."""
-        with self._store._errors():
+        with self._store.translate_errors():
             found = self._store.client.get_aliases().aliases
         return {a.alias_name: a.collection_name for a in found}
 
@@ -162,7 +157,7 @@ class QdrantReindex:
                 create_alias=models.CreateAlias(collection_name=to, alias_name=alias)
             )
         )
-        with self._store._errors():
+        with self._store.translate_errors():
             self._store.client.update_collection_aliases(change_aliases_operations=operations)
         return before
 
@@ -234,13 +229,22 @@ class QdrantReindex:
             live, dropped = str(switch["new"]), str(switch["old"])
         else:
             live, dropped = self.name(), _collection(target_uri)
-        serving = sorted(a for a, c in self.aliases().items() if c == dropped)
-        if serving:
-            raise ReindexError(f"alias {serving[0]!r} serves {dropped!r}; not dropping it")
+        self._refuse_served(dropped)
         return live, dropped
 
+    def _refuse_served(self, name: str) -> None:
+        """Readers query aliases: a collection an alias points at, or an alias itself, is
+        served and never dropped (checked at plan time and again at the drop itself)."""
+        aliases = self.aliases()
+        if name in aliases:
+            raise ReindexError(f"{name!r} is the alias readers query; not dropping it")
+        serving = sorted(a for a, c in aliases.items() if c == name)
+        if serving:
+            raise ReindexError(f"alias {serving[0]!r} serves {name!r}; not dropping it")
+
     def drop(self, name: str, *, live: str | None) -> None:
-        with self._store._errors():
+        self._refuse_served(name)
+        with self._store.translate_errors():
             self._store.client.delete_collection(name)
 
 
@@ -248,7 +252,7 @@ def _others(store: QdrantStore) -> Iterator[Row]:
     """The points outside the selection in id order, with payloads and every vector."""
     offset: Any = None
     while True:
-        with store._errors():
+        with store.translate_errors():
             points, offset = store.client.scroll(
                 store.collection,
                 scroll_filter=store.others(),
@@ -266,7 +270,7 @@ def _others(store: QdrantStore) -> Iterator[Row]:
 
 def _cosine_vectors(store: QdrantStore) -> dict[str | None, bool]:
     """Which vectors (None: the unnamed one) Qdrant re-normalises on write."""
-    with store._errors():
+    with store.translate_errors():
         vectors = store.client.get_collection(store.collection).config.params.vectors
     if isinstance(vectors, models.VectorParams):
         return {None: vectors.distance == models.Distance.COSINE}
@@ -304,7 +308,7 @@ def _pairs(live: QdrantStore, into: QdrantStore) -> Iterator[tuple[Row | None, R
 def _write(store: QdrantStore, writes: list[Any], deletes: list[Any]) -> None:
     """Apply and clear the pending writes and deletes. Points are written with the
     vectors and payloads read (not through ``upsert``, which writes the text field)."""
-    with store._errors():
+    with store.translate_errors():
         if writes:
             store.client.upsert(store.collection, writes)
         if deletes:

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-import adapters.pgvector
-import adapters.qdrant
+import guard.adapters.pgvector
+import guard.adapters.qdrant
 from guard.logs import configure
 from guard.pgserver import embedded_dsn
 from guard.records import RecordBatch, StoreInfo
@@ -79,8 +79,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=400)
     args = parser.parse_args()
     configure()
-    adapters.pgvector.ID_LIST_MAX = 0  # as for a table above the id-list limit
-    adapters.qdrant.ID_LIST_MAX = 0
+    guard.adapters.pgvector.ID_LIST_MAX = 0  # as for a table above the id-list limit
+    guard.adapters.qdrant.ID_LIST_MAX = 0
     folder = Path(tempfile.mkdtemp(prefix="vmg-bias-", dir="/tmp"))
     random_ids = [str(uuid.uuid4()) for _ in range(args.records)]
     dsn = embedded_dsn(folder / "pg")

@@ -2,8 +2,9 @@
 scheme: ``VectorStore`` (reading and writing records) and ``ReindexStore`` (the write side
 of a re-index: targets, switches, drops).
 
-Adapters live in the top-level ``adapters`` package, one module per store and Protocol,
-and are imported only when a URI asks for them.
+Adapters live in ``guard.adapters`` (the top-level adapters/ folder, shipped under
+``guard`` because PyPI's ``adapters`` is another project), one module per store and
+Protocol, and are imported only when a URI asks for them.
 """
 
 from __future__ import annotations
@@ -90,12 +91,13 @@ readers move, read back by the same store to settle, undo or clean up after a cr
 class ReindexStore(Protocol):
     """The write side of a re-index on one store, opened from the source URI.
 
-    Contract every adapter keeps (tests/test_reindex_*.py check it on each store):
+    Contract every adapter keeps (tests/test_reindex_store_contract.py checks it on
+    each store, tests/test_reindex_*.py the jobs around it):
     - nothing connects in ``__init__``; driver errors come out as ``StoreError`` with
       the redacted URI, refusals as ``ReindexError``;
     - ``switch`` moves every reader in one atomic step, or changes nothing;
     - the store itself, not the state database, says what is served (``serves_target``),
-      and ``plan_cleanup`` refuses to drop anything readers are served.
+      and neither ``plan_cleanup`` nor ``drop`` drops anything readers are served.
     """
 
     uri: str  # redacted form, safe to print
@@ -160,7 +162,8 @@ class ReindexStore(Protocol):
 
     def drop(self, name: str, *, live: str | None) -> None:
         """Drop collection or table ``name`` (already gone: nothing to do); ``live`` (the
-        served table after a cutover) keeps what the two share."""
+        served table after a cutover) keeps what the two share. Refused with
+        ``ReindexError`` when readers are served ``name`` now, whatever the caller planned."""
         ...
 
     def close(self) -> None: ...
@@ -169,12 +172,12 @@ class ReindexStore(Protocol):
 # scheme -> "module:Class"; modules are imported lazily so that a missing optional
 # driver only matters to the URIs that need it.
 STORES: dict[str, str] = {
-    "qdrant+http": "adapters.qdrant:QdrantStore",
-    "qdrant+https": "adapters.qdrant:QdrantStore",
-    "qdrant+local": "adapters.qdrant:QdrantStore",
-    "postgresql": "adapters.pgvector:PgVectorStore",
-    "postgres": "adapters.pgvector:PgVectorStore",
-    "pgserver": "adapters.pgvector:PgVectorStore",
+    "qdrant+http": "guard.adapters.qdrant:QdrantStore",
+    "qdrant+https": "guard.adapters.qdrant:QdrantStore",
+    "qdrant+local": "guard.adapters.qdrant:QdrantStore",
+    "postgresql": "guard.adapters.pgvector:PgVectorStore",
+    "postgres": "guard.adapters.pgvector:PgVectorStore",
+    "pgserver": "guard.adapters.pgvector:PgVectorStore",
 }
 
 
@@ -184,12 +187,12 @@ def open_store(uri: str) -> VectorStore:
 
 
 REINDEX_STORES: dict[str, str] = {
-    "qdrant+http": "adapters.qdrant_reindex:QdrantReindex",
-    "qdrant+https": "adapters.qdrant_reindex:QdrantReindex",
-    "qdrant+local": "adapters.qdrant_reindex:QdrantReindex",
-    "postgresql": "adapters.pgvector_reindex:PgVectorReindex",
-    "postgres": "adapters.pgvector_reindex:PgVectorReindex",
-    "pgserver": "adapters.pgvector_reindex:PgVectorReindex",
+    "qdrant+http": "guard.adapters.qdrant_reindex:QdrantReindex",
+    "qdrant+https": "guard.adapters.qdrant_reindex:QdrantReindex",
+    "qdrant+local": "guard.adapters.qdrant_reindex:QdrantReindex",
+    "postgresql": "guard.adapters.pgvector_reindex:PgVectorReindex",
+    "postgres": "guard.adapters.pgvector_reindex:PgVectorReindex",
+    "pgserver": "guard.adapters.pgvector_reindex:PgVectorReindex",
 }
 
 

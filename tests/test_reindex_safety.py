@@ -126,7 +126,7 @@ def cut_job(state_dsn: str, source: str, candidate: str, store_kind: str) -> tup
     if store_kind == "pgvector":
         return job_id, source
     alias = "live_" + source.split("collection=")[1]
-    from adapters.qdrant_reindex import QdrantReindex
+    from guard.adapters.qdrant_reindex import QdrantReindex
 
     store = QdrantReindex(parse(source))
     try:
