@@ -79,6 +79,55 @@ class _Measured:
     bound: Bound
 
 
+@dataclass(frozen=True)
+class DrawnSample:
+    """One draw from the store, which checks can share: ``guard compare`` draws once and
+    judges every candidate on the same records.
+
+    ``info`` counts the sampled records without text; ``usable`` are those with text, in
+    the draw's random order; ``rounds`` are the cumulative round sizes over ``usable``.
+    """
+
+    info: StoreInfo
+    method: str
+    usable: RecordBatch
+    census: bool
+    rounds: tuple[int, ...]
+
+
+def draw_sample(
+    store: VectorStore, thresholds: Thresholds, seed: int, timer: _Timer | None = None
+) -> DrawnSample:
+    """Describe the store and draw the check's sample; an empty store, or a sample
+    without any text, is a StoreError."""
+    timer = timer or _Timer()
+    with timer.phase("describe"):
+        info = store.describe()
+    if info.count == 0:
+        raise StoreError("the store is empty: there is nothing to compare", uri=store.uri)
+    with timer.phase("sample"):
+        drawn = store.sample(thresholds.max_sample, seed=seed)
+    usable = drawn.with_text()
+    if len(usable) == 0:
+        raise StoreError(
+            f"none of the {len(drawn)} sampled records has text in {info.text_field!r} "
+            "(set text_field= on the store URI)",
+            uri=store.uri,
+        )
+    census = len(drawn) == info.count
+    log.info("check.sampled", store=store.uri, drawn=len(drawn), with_text=len(usable))
+    rounds = plan_rounds(
+        thresholds.initial_sample, thresholds.max_sample, len(usable) if census else None
+    )
+    return DrawnSample(
+        info=_with_sampled_without_text(info, len(drawn) - len(usable)),
+        method=drawn.method,
+        usable=usable,
+        census=census,
+        rounds=tuple(min(size, len(usable)) for size in rounds),
+    )
+
+
 def run_check(
     store: VectorStore,
     candidate: EmbeddingEngine,
@@ -94,29 +143,42 @@ def run_check(
     fitted and judged on held-out records; one that passes is written to ``bridge_out``
     (default under GUARD_HOME) and turns the verdict into ``fix_config``."""
     timer = _Timer()
-    with timer.phase("describe"):
-        info = store.describe()
-    if info.count == 0:
-        raise StoreError("the store is empty: there is nothing to compare", uri=store.uri)
-    with timer.phase("sample"):
-        drawn = store.sample(thresholds.max_sample, seed=seed)
-    usable = drawn.with_text()
-    if len(usable) == 0:
-        raise StoreError(
-            f"none of the {len(drawn)} sampled records has text in {info.text_field!r} "
-            "(set text_field= on the store URI)",
-            uri=store.uri,
-        )
-    census = len(drawn) == info.count
-    info = _with_sampled_without_text(info, len(drawn) - len(usable))
-    log.info("check.sampled", store=store.uri, drawn=len(drawn), with_text=len(usable))
-
-    rounds = plan_rounds(
-        thresholds.initial_sample, thresholds.max_sample, len(usable) if census else None
+    drawn = draw_sample(store, thresholds, seed, timer)
+    return check_drawn(
+        store,
+        drawn,
+        candidate,
+        thresholds=thresholds,
+        seed=seed,
+        baseline=baseline,
+        bridge_out=bridge_out,
+        timer=timer,
     )
-    rounds = tuple(min(size, len(usable)) for size in rounds)
+
+
+def check_drawn(
+    store: VectorStore,
+    drawn: DrawnSample,
+    candidate: EmbeddingEngine,
+    *,
+    thresholds: Thresholds,
+    seed: int,
+    baseline: EmbeddingEngine | None = None,
+    bridge_out: Path | None = None,
+    embedded: Vectors | None = None,
+    timer: _Timer | None = None,
+) -> CheckReport:
+    """``run_check`` on a sample already drawn with the same ``thresholds`` and ``seed``.
+
+    ``embedded`` holds the candidate's vectors of the first ``drawn.rounds[0]`` records
+    when the caller has made them already (compare times that pass), so they are not
+    embedded twice."""
+    timer = timer or _Timer()
+    info, usable, rounds = drawn.info, drawn.usable, drawn.rounds
     with timer.phase("embed"):
-        first = candidate.embed(_texts(usable, 0, rounds[0]))
+        first = _embedded_up_to(
+            usable, _none_yet(info) if embedded is None else embedded, candidate, rounds[0]
+        )[: rounds[0]]
     if first.shape[1] != info.dims:
         findings = diagnose(Evidence(None, thresholds.min_cosine, info.dims, first.shape[1]))
         verdict = decide(None, findings, thresholds)
@@ -141,7 +203,9 @@ def run_check(
         )
 
     with timer.phase("embed"):
-        measured = _measure_in_rounds(usable, first, rounds, candidate, info, thresholds, census)
+        measured = _measure_in_rounds(
+            usable, first, rounds, candidate, info, thresholds, drawn.census
+        )
     with timer.phase("selfcheck"):
         broken = _selfcheck(measured, candidate)
     with timer.phase("search"):
@@ -191,6 +255,11 @@ def run_check(
         timing=timer.totals(),
         bridge=bridged,
     )
+
+
+def _none_yet(info: StoreInfo) -> Vectors:
+    """No vectors yet: zero rows (of the store's width, until the candidate says)."""
+    return np.empty((0, info.dims), dtype=np.float32)
 
 
 def _texts(records: RecordBatch, start: int, stop: int) -> list[str]:
