@@ -13,6 +13,7 @@ CORE = [
     "guard.core.policy",
     "guard.core.selfcheck",
     "guard.core.bridge",
+    "guard.core.ranking",
 ]
 FORBIDDEN = [
     "psycopg",
