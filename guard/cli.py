@@ -181,6 +181,73 @@ def check(
     raise typer.Exit(result.exit_code)
 
 
+class CompareFormat(StrEnum):
+    text = "text"
+    json = "json"
+    markdown = "markdown"
+
+
+@app.command()
+def compare(
+    store: Annotated[str, typer.Option(help="Store URI, e.g. qdrant+local:PATH?collection=C.")],
+    candidate: Annotated[
+        list[str], typer.Option(help="Engine URI of a candidate; repeat for each.")
+    ],
+    baseline: Annotated[
+        str | None, typer.Option(help="Engine URI of the engine that wrote the store.")
+    ] = None,
+    sample: Annotated[int | None, typer.Option(help="Most records to re-embed.")] = None,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    k: Annotated[int, typer.Option("--k", help="k of overlap@k and of retrieval.")] = 10,
+    output_format: Annotated[CompareFormat, typer.Option("--format")] = CompareFormat.text,
+    output: Annotated[Path | None, typer.Option(help="Write the report to this file.")] = None,
+) -> None:
+    """Rank CANDIDATES on one sample of STORE: loads, verdict, speed, memory.
+
+    Exit 0 when one can be switched to without re-indexing, 1 when none can but some
+    load, 4 when none loads, 2 on errors."""
+    from guard import compare_report as reports
+    from guard.compare import run_compare
+    from guard.config import thresholds_from
+    from guard.core.policy import Thresholds
+    from guard.engines import open_engine
+    from guard.stores import open_store
+
+    overrides: dict[str, int] = {"overlap_k": k}
+    if sample is not None:  # a sample below the first round's size is the first round
+        overrides |= {
+            "max_sample": sample,
+            "initial_sample": min(sample, Thresholds().initial_sample),
+        }
+    thresholds = thresholds_from(overrides)
+    target = open_store(store)
+    reference = open_engine(baseline) if baseline else None
+    try:
+        result = run_compare(
+            target, candidate, thresholds=thresholds, seed=seed, baseline=reference
+        )
+    finally:
+        target.close()
+        if reference is not None:
+            reference.close()
+    rendered: str | None = None
+    if output_format is CompareFormat.text and output is None:
+        reports.to_text(result, stdout)
+    elif output_format is CompareFormat.text:
+        buffer = io.StringIO()
+        reports.to_text(result, Console(file=buffer, width=140, color_system=None))
+        rendered = buffer.getvalue()
+    else:
+        render = reports.to_json if output_format is CompareFormat.json else reports.to_markdown
+        rendered = render(result)
+        if output is None:
+            print(rendered)
+    if output is not None and rendered is not None:
+        output.write_text(rendered.rstrip("\n") + "\n", encoding="utf-8")
+        stderr.print(f"exit {result.exit_code}: report written to {output}")
+    raise typer.Exit(result.exit_code)
+
+
 @app.command()
 def serve(
     engine: Annotated[str, typer.Option(help="Engine URI to serve, options and bridge= included.")],

@@ -5,7 +5,8 @@
   (``GUARD_MODELS_CACHE``, else ``.cache/models`` in the repository), from the llama.cpp
   sources in ``GUARD_LLAMACPP_SRC``; ``gguf_f16`` ... are their paths;
 - ``st_model_dir``: the sentence-transformers reference; ``static_model_dir``: a model2vec
-  model made from it;
+  model made from it; ``gguf_unknown_arch``: the F16 file with an architecture llama.cpp
+  does not know;
 - ``corpus``, ``long_texts`` (over 256 tokens), ``short_texts``: demo corpus paragraphs;
 - ``openai_server``: ``python -m llama_cpp.server`` serving the F16 file on a free port,
   with an API key; ``ollama_server``: the Ollama stand-in of tests/ollama_server.py.
@@ -17,6 +18,7 @@ huggingface_hub.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -48,6 +50,7 @@ __all__ = [
     "gguf_q4_0",
     "gguf_q4_k_m",
     "gguf_q8_0",
+    "gguf_unknown_arch",
     "llama_cpp_src",
     "long_texts",
     "models_cache",
@@ -106,6 +109,32 @@ def gguf_q4_0(demo_models: dict[str, Path]) -> Path:
 @pytest.fixture(scope="session")
 def gguf_q4_k_m(demo_models: dict[str, Path]) -> Path:
     return demo_models["Q4_K_M"]
+
+
+UNKNOWN_ARCHITECTURE = "zeta"
+
+
+@pytest.fixture(scope="session")
+def gguf_unknown_arch(
+    gguf_f16: Path, llama_cpp_src: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A copy of the F16 GGUF whose ``general.architecture`` says ``zeta``, which
+    llama.cpp does not know: rewritten in place by gguf-py (same length, so nothing
+    else moves), in a subprocess because gguf-py lives in the llama.cpp sources."""
+    path = tmp_path_factory.mktemp("unknown-arch") / "minilm-unknown-arch.gguf"
+    shutil.copyfile(gguf_f16, path)
+    script = (
+        "import sys, gguf\n"
+        "reader = gguf.GGUFReader(sys.argv[1], 'r+')\n"
+        "field = reader.fields['general.architecture']\n"
+        "field.parts[field.data[0]][:] = list(sys.argv[2].encode())\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", script, str(path), UNKNOWN_ARCHITECTURE],
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(llama_cpp_src / "gguf-py")},
+    )
+    return path
 
 
 @pytest.fixture(scope="session")

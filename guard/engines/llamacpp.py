@@ -173,7 +173,10 @@ class LlamaCppEngine:
     def _load(self) -> _LoadedModel:
         if self._model is None:
             self._read_metadata()
-            self._model = _LoadedModel.open(self.path, self._context(), self.options, self.uri)
+            architecture = str(self._read_metadata().get("general.architecture", "unknown"))
+            self._model = _LoadedModel.open(
+                self.path, self._context(), self.options, self.uri, architecture
+            )
         return self._model
 
     def _truncate(self, tokens: list[int], limit: int, model: _LoadedModel) -> list[int]:
@@ -198,7 +201,12 @@ class _LoadedModel:
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, path: Path, context: int, options: EngineOptions, engine: str) -> _LoadedModel:
+    def open(
+        cls, path: Path, context: int, options: EngineOptions, engine: str, architecture: str
+    ) -> _LoadedModel:
+        """Load the model; a failure names the GGUF's architecture, since llama.cpp's
+        own message ("Failed to load model from file") does not say that it is one
+        this llama.cpp does not know."""
         pooling = (
             _POOLING_TYPES[options.pooling]
             if options.pooling
@@ -222,7 +230,11 @@ class _LoadedModel:
                 verbose=False,
             )
         except (ValueError, RuntimeError, OSError) as exc:
-            raise EngineError(f"llama.cpp cannot load {path}: {exc}", engine=engine) from exc
+            raise EngineError(
+                f"llama.cpp (llama-cpp-python {version('llama_cpp_python')}) cannot load {path} "
+                f"(architecture {architecture!r}): {exc}",
+                engine=engine,
+            ) from exc
         if int(llama.pooling_type()) == llama_cpp.LLAMA_POOLING_TYPE_NONE:
             llama.close()
             raise ConfigError(

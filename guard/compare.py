@@ -1,0 +1,173 @@
+"""`guard compare`: several candidate engines judged on one shared sample of a store.
+
+The store is sampled once (``guard.check.draw_sample``); each candidate in turn is
+warmed up (which loads it), timed on the first round's texts, and checked by
+``guard.check.check_drawn`` on that same sample, reusing the timed vectors, so the
+verdict is exactly the one `guard check` gives. A candidate that does not load, or
+fails midway, becomes a row with its reason; the others go on. ``guard.core.ranking``
+orders the rows and decides the exit code.
+
+Speed: texts and tokens per second of one ``embed`` call over the first round's texts,
+after a warm-up call on a few of them; candidates run one after another in this process.
+Memory: the rise of this process's resident-set high-water mark (``VmHWM``) over its
+resident set (``VmRSS``) just before the candidate loaded; the mark is reset through
+``/proc/self/clear_refs`` first (Linux), so the figure is what this candidate added at
+its peak, model and working buffers together. Elsewhere it is None.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from guard.check import DrawnSample, check_drawn, draw_sample
+from guard.compare_report import CandidateRow, CompareReport, Speed, build_compare_report
+from guard.core.policy import Thresholds
+from guard.engines import EmbeddingEngine, open_engine
+from guard.errors import ConfigError, EngineError
+from guard.logs import get_logger
+from guard.stores import VectorStore
+
+log = get_logger(__name__)
+
+# Texts embedded once before timing: loads the model and warms its buffers.
+WARMUP_TEXTS = 8
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def run_compare(
+    store: VectorStore,
+    candidates: Sequence[str],
+    *,
+    thresholds: Thresholds,
+    seed: int,
+    baseline: EmbeddingEngine | None = None,
+) -> CompareReport:
+    """Judge every candidate URI on one draw from ``store``; the report is ranked.
+
+    Candidate URIs that cannot even be parsed (unknown scheme, bad option) are a
+    ConfigError before anything is measured; failures to load are rows."""
+    engines = _open_all(candidates)
+    try:
+        drawn = draw_sample(store, thresholds, seed)
+        if baseline is not None:  # loaded now, so no candidate's memory figure holds it
+            baseline.embed(_first_texts(drawn)[:1])
+        rows = [_judge(store, drawn, engine, thresholds, seed, baseline) for engine in engines]
+    finally:
+        for engine in engines:
+            engine.close()
+    return build_compare_report(drawn, rows, thresholds=thresholds, seed=seed)
+
+
+def _open_all(candidates: Sequence[str]) -> list[EmbeddingEngine]:
+    engines: list[EmbeddingEngine] = []
+    try:
+        for uri in candidates:
+            engines.append(open_engine(uri))
+    except Exception:
+        for engine in engines:
+            engine.close()
+        raise
+    return engines
+
+
+def _first_texts(drawn: DrawnSample) -> list[str]:
+    """The first round's texts: the same for every candidate, and timed for each."""
+    return [text or "" for text in drawn.usable.texts[: drawn.rounds[0]]]
+
+
+def _judge(
+    store: VectorStore,
+    drawn: DrawnSample,
+    engine: EmbeddingEngine,
+    thresholds: Thresholds,
+    seed: int,
+    baseline: EmbeddingEngine | None,
+) -> CandidateRow:
+    """One candidate's row: load, speed, then the check on the shared sample. The
+    engine is closed afterwards, so the next candidate's memory starts from here."""
+    try:
+        return _measure(store, drawn, engine, thresholds, seed, baseline)
+    finally:
+        engine.close()
+
+
+def _measure(
+    store: VectorStore,
+    drawn: DrawnSample,
+    engine: EmbeddingEngine,
+    thresholds: Thresholds,
+    seed: int,
+    baseline: EmbeddingEngine | None,
+) -> CandidateRow:
+    texts = _first_texts(drawn)
+    base = _reset_peak_rss()
+    try:
+        engine.embed(texts[:WARMUP_TEXTS])
+    except (EngineError, ConfigError) as exc:
+        log.info("compare.not_loaded", candidate=engine.uri, error=str(exc))
+        return CandidateRow.not_loaded(engine.uri, str(exc))
+    speed: Speed | None = None
+    try:
+        started = time.perf_counter()
+        vectors = engine.embed(texts)
+        seconds = time.perf_counter() - started
+        tokens = sum(engine.count_tokens(texts))
+        speed = Speed(len(texts), tokens, seconds, _model_bytes(engine), None)
+        report = check_drawn(
+            store,
+            drawn,
+            engine,
+            thresholds=thresholds,
+            seed=seed,
+            baseline=baseline,
+            embedded=vectors,
+        )
+    except (EngineError, ConfigError) as exc:
+        log.info("compare.failed", candidate=engine.uri, error=str(exc))
+        return CandidateRow.failed(engine.uri, str(exc), speed)
+    speed = replace(speed, peak_rss_added_bytes=_rss_added(base))
+    log.info("compare.judged", candidate=engine.uri, verdict=report.verdict)
+    return CandidateRow.judged(engine.uri, report, speed)
+
+
+def _model_bytes(engine: EmbeddingEngine) -> int | None:
+    """Bytes of the model file or folder of a local engine; None for served models."""
+    path = getattr(engine, "path", None)
+    if not isinstance(path, Path):
+        return None
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return None
+
+
+def _status_bytes(field: str) -> int | None:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024  # reported in kB
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> int | None:
+    """Reset the high-water mark to the current resident set; that set, or None where
+    the mark cannot be reset."""
+    try:
+        _CLEAR_REFS.write_text("5")
+    except OSError:
+        return None
+    return _status_bytes("VmRSS")
+
+
+def _rss_added(base: int | None) -> int | None:
+    peak = _status_bytes("VmHWM")
+    if base is None or peak is None:
+        return None
+    return max(0, peak - base)
