@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
 from rich.console import Console
@@ -166,22 +167,44 @@ def to_json(report: CompareReport) -> str:
     return json.dumps(report.to_dict(), indent=2, allow_nan=False)
 
 
-_COLUMNS = ("#", "candidate", "verdict", "causes / reason", "texts/s", "tokens/s", "size", "+RSS")
+_COLUMNS = ("#", "candidate", "verdict", "causes", "texts/s", "tokens/s", "size", "+RSS")
+_NUMBERS = frozenset({"#", "texts/s", "tokens/s", "size", "+RSS"})
 
 
 def to_text(report: CompareReport, console: Console) -> None:
-    """The ranking a person reads in ten seconds: best first, one row per candidate."""
+    """The ranking a person reads in ten seconds: best first, one row per candidate,
+    models by file name; the reasons of candidates that failed below the table."""
     console.print(Text(_headline(report), style="bold"))
     console.print(_context(report), markup=False, highlight=False)
     table = Table(show_header=True, header_style="bold")
     for name in _COLUMNS:
-        table.add_column(name, justify="right" if name in ("#", "texts/s", "tokens/s") else "left")
+        if name in _NUMBERS:
+            table.add_column(name, justify="right", no_wrap=True)
+        else:  # names and causes wrap whole rather than end in an ellipsis
+            table.add_column(name, overflow="fold")
+    notes = []
     for place, row in enumerate(report.candidates, start=1):
         cells = _cells(place, row)
+        cells[1] = label(row.candidate)
+        if row.error is not None:
+            cells[3] = "see below"
+            notes.append(f"{place}. {row.candidate}: {row.error}")
         style = VERDICT_STYLES.get(row.verdict or "", "red") if row.loaded else "dim"
         table.add_row(*cells[:2], Text(cells[2], style=style), *cells[3:])
     console.print(table)
+    for note in notes:
+        console.print(note, markup=False, highlight=False, soft_wrap=True)
     console.print(_footnote(report), style="dim", markup=False, highlight=False)
+
+
+def label(uri: str) -> str:
+    """A local model's URI shortened to its file or folder name (the table's column);
+    served models keep their URI."""
+    if "://" in uri or ":" not in uri:
+        return uri
+    scheme, rest = uri.split(":", 1)
+    path, sep, query = rest.partition("?")
+    return f"{scheme}:{PurePath(path).name}{sep}{query}"
 
 
 def to_markdown(report: CompareReport) -> str:
@@ -191,7 +214,7 @@ def to_markdown(report: CompareReport) -> str:
         _context(report),
         "",
         "| " + " | ".join(_COLUMNS) + " |",
-        "|---:|---|---|---|---:|---:|---:|---:|",
+        "|" + "|".join("---:" if name in _NUMBERS else "---" for name in _COLUMNS) + "|",
         *(
             "| " + " | ".join(cell.replace("|", "\\|") for cell in _cells(place, row)) + " |"
             for place, row in enumerate(report.candidates, start=1)
@@ -205,7 +228,8 @@ def to_markdown(report: CompareReport) -> str:
 def _headline(report: CompareReport) -> str:
     switchable = [row for row in report.candidates if row.verdict == "approve"]
     if switchable:
-        return f"switch to {switchable[0].candidate} without re-indexing (exit {report.exit_code})"
+        best = label(switchable[0].candidate)
+        return f"switch to {best} without re-indexing (exit {report.exit_code})"
     if any(row.loaded for row in report.candidates):
         return f"no candidate can be switched to without re-indexing (exit {report.exit_code})"
     return f"no candidate loads (exit {report.exit_code})"
@@ -256,9 +280,9 @@ def _bytes(value: int | None) -> str:
     size = float(value)
     for unit in ("B", "KiB", "MiB"):
         if size < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+            return f"{size:.0f} {unit}"
         size /= 1024
-    return f"{size:.2f} GiB"
+    return f"{size:.1f} GiB"
 
 
 def _one_line(message: str) -> str:
