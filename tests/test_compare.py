@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_models import UNKNOWN_ARCHITECTURE
+from fixtures_models import UNKNOWN_ARCHITECTURE, free_port
 from test_cli import assert_one_line_error, guard
 
 from guard.engines import open_engine
@@ -94,12 +94,34 @@ def test_four_candidates_are_ranked_with_verdict_speed_and_load_failures(
 
 
 def test_no_candidate_loading_exits_4(f16_store: str, gguf_unknown_arch: Path) -> None:
+    """Unknown architecture, missing file, server down: three rows, each with its reason."""
+
+    down = f"openai+http://127.0.0.1:{free_port()}/v1?model=minilm"
     code, report = compare_json(
-        f16_store, f"llamacpp:{gguf_unknown_arch}", "llamacpp:/nonexistent/model.gguf"
+        f16_store, f"llamacpp:{gguf_unknown_arch}", "llamacpp:/nonexistent/model.gguf", down
     )
     assert code == 4
-    assert [row["loaded"] for row in report["candidates"]] == [False, False]
-    assert "model file not found" in report["candidates"][1]["error"]
+    rows = report["candidates"]
+    assert [row["loaded"] for row in rows] == [False, False, False]
+    assert "model file not found" in rows[1]["error"]
+    assert "Connection refused" in rows[2]["error"]
+
+
+def test_a_row_holds_what_guard_check_decides(f16_store: str, gguf_q4_0: Path) -> None:
+    """Same store, seed and candidate: compare's verdict, causes and bound are check's."""
+    q4 = f"llamacpp:{gguf_q4_0}"
+    checked = guard(
+        "check", "--store", f16_store, "--candidate", q4, "--seed", "5", "--format", "json"
+    )
+    report = json.loads(checked.stdout)
+    _, compared = compare_json(f16_store, q4, seed=5)
+    row = compared["candidates"][0]
+    assert (row["verdict"], row["exit_code"], row["causes"], row["bound"]) == (
+        report["verdict"],
+        checked.returncode,
+        [finding["cause"] for finding in report["diagnosis"]],
+        report["bound"],
+    )
 
 
 def test_only_candidates_needing_a_reindex_exit_1_and_render_as_a_table(
