@@ -95,7 +95,6 @@ def test_four_candidates_are_ranked_with_verdict_speed_and_load_failures(
 
 def test_no_candidate_loading_exits_4(f16_store: str, gguf_unknown_arch: Path) -> None:
     """Unknown architecture, missing file, server down: three rows, each with its reason."""
-
     down = f"openai+http://127.0.0.1:{free_port()}/v1?model=minilm"
     code, report = compare_json(
         f16_store, f"llamacpp:{gguf_unknown_arch}", "llamacpp:/nonexistent/model.gguf", down
