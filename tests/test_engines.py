@@ -440,10 +440,12 @@ def test_malformed_answers_are_engine_errors(
     assert server.url.replace("http://", "") in str(caught.value.engine)
 
 
-def test_server_down_is_an_engine_error() -> None:
-    url = f"openai+http://127.0.0.1:{free_port()}/v1?model=m&retries=1"
-    with pytest.raises(EngineError, match="ConnectError"):
+def test_server_down_is_an_engine_error_naming_the_url_it_tried() -> None:
+    port = free_port()
+    url = f"openai+http://127.0.0.1:{port}/v1?model=m&retries=1"
+    with pytest.raises(EngineError, match="ConnectError") as caught:
         open_engine(url).embed(["a"])
+    assert f"POST http://127.0.0.1:{port}/v1/embeddings failed" in str(caught.value)
 
 
 # -- errors of local engines ----------------------------------------------------------------

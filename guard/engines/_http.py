@@ -82,7 +82,7 @@ class HttpClient:
         self._client.close()
 
     def _request(self, method: str, path: str, payload: dict[str, Any] | None) -> Any:
-        url = f"{self._client.base_url}{path}"
+        url = f"{str(self._client.base_url).rstrip('/')}{path}"  # httpx adds a trailing /
         attempt = -1
         while True:
             attempt += 1
