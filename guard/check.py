@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from guard import bridgefile
+from guard.cache import EmbeddingCache, bare, cached, stats_of
 from guard.core.bridge import KINDS, Trial, fit, fitting_rows, judge, split
 from guard.core.compare import Comparison, compare, overlap_at_k
 from guard.core.diagnosis import (
@@ -136,8 +137,12 @@ def run_check(
     seed: int,
     baseline: EmbeddingEngine | None = None,
     bridge_out: Path | None = None,
+    cache: EmbeddingCache | None = None,
 ) -> CheckReport:
     """Check ``candidate`` against the vectors in ``store``; the report holds the verdict.
+
+    With ``cache``, vectors the candidate already made for the same texts under the same
+    fingerprint are reused; the self-checks always embed afresh.
 
     When the verdict would be ``reindex`` for another space or size, a linear bridge is
     fitted and judged on held-out records; one that passes is written to ``bridge_out``
@@ -153,6 +158,7 @@ def run_check(
         baseline=baseline,
         bridge_out=bridge_out,
         timer=timer,
+        cache=cache,
     )
 
 
@@ -167,6 +173,7 @@ def check_drawn(
     bridge_out: Path | None = None,
     embedded: Vectors | None = None,
     timer: _Timer | None = None,
+    cache: EmbeddingCache | None = None,
 ) -> CheckReport:
     """``run_check`` on a sample already drawn with the same ``thresholds`` and ``seed``.
 
@@ -174,6 +181,7 @@ def check_drawn(
     when the caller has made them already (compare times that pass), so they are not
     embedded twice."""
     timer = timer or _Timer()
+    candidate = cached(candidate, cache)
     info, usable, rounds = drawn.info, drawn.usable, drawn.rounds
     with timer.phase("embed"):
         first = _embedded_up_to(
@@ -200,6 +208,7 @@ def check_drawn(
             overlap=None,
             timing=timer.totals(),
             bridge=bridged,
+            cache=stats_of(candidate).as_dict(),
         )
 
     with timer.phase("embed"):
@@ -207,7 +216,7 @@ def check_drawn(
             usable, first, rounds, candidate, info, thresholds, drawn.census
         )
     with timer.phase("selfcheck"):
-        broken = _selfcheck(measured, candidate)
+        broken = _selfcheck(measured, bare(candidate))
     with timer.phase("search"):
         overlap = _overlap(store, measured, thresholds.overlap_k)
     with timer.phase("diagnosis"):
@@ -254,6 +263,7 @@ def check_drawn(
         overlap=overlap,
         timing=timer.totals(),
         bridge=bridged,
+        cache=stats_of(candidate).as_dict(),
     )
 
 
