@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from guard.config import CacheConfig
-from guard.core.cachekey import fingerprint_key, row_checksum, text_key
+from guard.core.cachekey import cacheable, fingerprint_key, row_checksum, text_key
 from guard.engines import EmbeddingEngine, EngineOptions
 from guard.logs import get_logger
 from guard.paths import guard_home
@@ -273,9 +273,10 @@ class CachedEngine:
         self._key: str | None = None
 
     def embed(self, texts: Sequence[str]) -> Vectors:
-        if not texts:
-            return self.inner.embed(texts)
         fingerprint = self._fingerprint_key()
+        if not texts or fingerprint is None:
+            self.misses += len(texts)
+            return self.inner.embed(texts)
         keys = [text_key(text) for text in texts]
         try:
             found = self.cache.get_many(fingerprint, keys)
@@ -315,10 +316,13 @@ class CachedEngine:
     def stats(self) -> CacheStats:
         return CacheStats(True, self.hits, self.misses)
 
-    def _fingerprint_key(self) -> str:
+    def _fingerprint_key(self) -> str | None:
+        """The key of this engine's vectors; None for an engine whose fingerprint does not
+        name its model's content: it is passed through."""
         if self._key is None:
-            self._key = fingerprint_key(self.inner.fingerprint())
-        return self._key
+            fingerprint = self.inner.fingerprint()
+            self._key = fingerprint_key(fingerprint) if cacheable(fingerprint) else ""
+        return self._key or None
 
 
 def open_cache(settings: CacheConfig, *, no_cache: bool = False) -> EmbeddingCache | None:

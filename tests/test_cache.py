@@ -22,7 +22,7 @@ from guard import bridgefile
 from guard.cache import CachedEngine, EmbeddingCache
 from guard.check import run_check
 from guard.core.bridge import LinearMap
-from guard.core.cachekey import text_key
+from guard.core.cachekey import cacheable, fingerprint_key, text_key
 from guard.core.policy import Thresholds
 from guard.engines import EmbeddingEngine, open_engine
 from guard.records import RecordBatch, Vectors
@@ -287,3 +287,13 @@ def test_no_cache_embeds_everything_and_the_report_says_so(
     config.write_text("[cache]\nenabled = false\n", encoding="utf-8")
     off = json.loads(guard(*args, "--config", str(config), env=env).stdout)
     assert off["cache"]["enabled"] is False
+
+
+def test_the_key_is_the_canonical_fingerprint_and_only_content_hashed_models_are_cached() -> None:
+    """Key order does not matter; a served model name (HTTP engines) is not a content hash."""
+    local = {"model": {"sha256": "ab", "file": "m.gguf"}, "settings": {"prefix": "", "a": 1}}
+    reordered = {"settings": {"a": 1, "prefix": ""}, "model": {"file": "m.gguf", "sha256": "ab"}}
+    assert fingerprint_key(local) == fingerprint_key(reordered)
+    assert fingerprint_key(local) != fingerprint_key({**local, "settings": {"prefix": "q: "}})
+    assert cacheable(local)
+    assert not cacheable({"model": {"requested": "m", "served": "m"}, "settings": {}})

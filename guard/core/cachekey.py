@@ -19,6 +19,14 @@ def fingerprint_key(fingerprint: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+def cacheable(fingerprint: Mapping[str, Any]) -> bool:
+    """Only a fingerprint that names the model's content (a file or folder sha256) may key
+    vectors: a served model name can stand for other weights after a server upgrade, and
+    a cached vector would then hide exactly the drift the guard looks for."""
+    model = fingerprint.get("model")
+    return isinstance(model, Mapping) and bool(model.get("sha256"))
+
+
 def text_key(text: str) -> str:
     """sha256 of the text exactly as given to ``embed``."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
