@@ -22,11 +22,13 @@ from guard.cache import EmbeddingCache, bare, cached, stats_of
 from guard.core.bridge import KINDS, Trial, fit, fitting_rows, judge, split
 from guard.core.compare import Comparison, compare, overlap_at_k
 from guard.core.diagnosis import (
+    MIN_REMEASURED,
     Alternative,
     Evidence,
     Finding,
     RecordTimes,
     diagnose,
+    explains_every_mismatch,
     settings_to_try,
 )
 from guard.core.policy import Thresholds, Verdict, bound_sentence, decide
@@ -46,8 +48,9 @@ RERUN_TEXTS = 16
 SINGLE_TEXTS = 8
 # Sampled records whose top-k is compared through the store's index.
 OVERLAP_QUERIES = 50
-# Mismatching records re-measured per alternative setting, plus matching ones as controls.
-ALTERNATIVE_RECORDS = 32
+# Mismatching records re-measured per alternative setting (as many as an alternative
+# needs to explain the mismatch), plus matching ones as controls.
+ALTERNATIVE_RECORDS = MIN_REMEASURED
 ALTERNATIVE_CONTROLS = 8
 
 
@@ -226,7 +229,7 @@ def check_drawn(
             info.dims,
             measured.vectors.shape[1],
             selfcheck=broken,
-            candidate_settings=_current_settings(candidate),
+            candidate_settings=effective_settings(candidate),
             ids=measured.records.ids,
             times=RecordTimes.from_payloads(measured.records.payloads),
         )
@@ -355,15 +358,22 @@ def _overlap(store: VectorStore, measured: _Measured, k: int) -> float | None:
     return overlap_at_k(stored_topk, candidate_topk, k)
 
 
-def _current_settings(candidate: EmbeddingEngine) -> dict[str, Any]:
+def effective_settings(candidate: EmbeddingEngine) -> dict[str, Any]:
+    """The candidate's settings as they act, so the diagnosis never re-measures the one
+    in use: the URI's options, and the pooling the engine reports in its fingerprint
+    (llama.cpp reads it from the GGUF metadata when the URI leaves it to the model)."""
     settings = candidate.options.vector_settings()
+    pooling = candidate.fingerprint().get("settings", {}).get("pooling")
+    if pooling in ("mean", "cls", "last"):
+        settings["pooling"] = pooling
     return {key: value for key, value in settings.items() if value not in (None, "")}
 
 
 def _with_alternatives(
     evidence: Evidence, measured: _Measured, candidate: EmbeddingEngine
 ) -> Evidence:
-    """Re-measure the mismatching records with each setting the diagnosis wants tried."""
+    """Re-measure the mismatching records with each setting the diagnosis wants tried,
+    until one explains every mismatch."""
     wanted = settings_to_try(evidence)
     if not wanted:
         return evidence
@@ -384,6 +394,8 @@ def _with_alternatives(
             engine.close()
         if vectors.shape[1] == stored.shape[1]:
             alternatives.append(Alternative.measure(setting, rows, stored, vectors))
+            if explains_every_mismatch(alternatives[-1], evidence):
+                break
     return replace(evidence, alternatives=tuple(alternatives))
 
 
