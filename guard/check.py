@@ -18,14 +18,17 @@ from typing import Any
 import numpy as np
 
 from guard import bridgefile
+from guard.cache import EmbeddingCache, bare, cached, stats_of
 from guard.core.bridge import KINDS, Trial, fit, fitting_rows, judge, split
 from guard.core.compare import Comparison, compare, overlap_at_k
 from guard.core.diagnosis import (
+    MIN_REMEASURED,
     Alternative,
     Evidence,
     Finding,
     RecordTimes,
     diagnose,
+    explains_every_mismatch,
     settings_to_try,
 )
 from guard.core.policy import Thresholds, Verdict, bound_sentence, decide
@@ -45,8 +48,9 @@ RERUN_TEXTS = 16
 SINGLE_TEXTS = 8
 # Sampled records whose top-k is compared through the store's index.
 OVERLAP_QUERIES = 50
-# Mismatching records re-measured per alternative setting, plus matching ones as controls.
-ALTERNATIVE_RECORDS = 32
+# Mismatching records re-measured per alternative setting (as many as an alternative
+# needs to explain the mismatch), plus matching ones as controls.
+ALTERNATIVE_RECORDS = MIN_REMEASURED
 ALTERNATIVE_CONTROLS = 8
 
 
@@ -136,8 +140,12 @@ def run_check(
     seed: int,
     baseline: EmbeddingEngine | None = None,
     bridge_out: Path | None = None,
+    cache: EmbeddingCache | None = None,
 ) -> CheckReport:
     """Check ``candidate`` against the vectors in ``store``; the report holds the verdict.
+
+    With ``cache``, vectors the candidate already made for the same texts under the same
+    fingerprint are reused; the self-checks always embed afresh.
 
     When the verdict would be ``reindex`` for another space or size, a linear bridge is
     fitted and judged on held-out records; one that passes is written to ``bridge_out``
@@ -153,6 +161,7 @@ def run_check(
         baseline=baseline,
         bridge_out=bridge_out,
         timer=timer,
+        cache=cache,
     )
 
 
@@ -167,6 +176,7 @@ def check_drawn(
     bridge_out: Path | None = None,
     embedded: Vectors | None = None,
     timer: _Timer | None = None,
+    cache: EmbeddingCache | None = None,
 ) -> CheckReport:
     """``run_check`` on a sample already drawn with the same ``thresholds`` and ``seed``.
 
@@ -174,6 +184,7 @@ def check_drawn(
     when the caller has made them already (compare times that pass), so they are not
     embedded twice."""
     timer = timer or _Timer()
+    candidate = cached(candidate, cache)
     info, usable, rounds = drawn.info, drawn.usable, drawn.rounds
     with timer.phase("embed"):
         first = _embedded_up_to(
@@ -200,6 +211,7 @@ def check_drawn(
             overlap=None,
             timing=timer.totals(),
             bridge=bridged,
+            cache=stats_of(candidate).as_dict(),
         )
 
     with timer.phase("embed"):
@@ -207,7 +219,7 @@ def check_drawn(
             usable, first, rounds, candidate, info, thresholds, drawn.census
         )
     with timer.phase("selfcheck"):
-        broken = _selfcheck(measured, candidate)
+        broken = _selfcheck(measured, bare(candidate))
     with timer.phase("search"):
         overlap = _overlap(store, measured, thresholds.overlap_k)
     with timer.phase("diagnosis"):
@@ -217,7 +229,7 @@ def check_drawn(
             info.dims,
             measured.vectors.shape[1],
             selfcheck=broken,
-            candidate_settings=_current_settings(candidate),
+            candidate_settings=effective_settings(candidate),
             ids=measured.records.ids,
             times=RecordTimes.from_payloads(measured.records.payloads),
         )
@@ -254,6 +266,7 @@ def check_drawn(
         overlap=overlap,
         timing=timer.totals(),
         bridge=bridged,
+        cache=stats_of(candidate).as_dict(),
     )
 
 
@@ -345,15 +358,22 @@ def _overlap(store: VectorStore, measured: _Measured, k: int) -> float | None:
     return overlap_at_k(stored_topk, candidate_topk, k)
 
 
-def _current_settings(candidate: EmbeddingEngine) -> dict[str, Any]:
+def effective_settings(candidate: EmbeddingEngine) -> dict[str, Any]:
+    """The candidate's settings as they act, so the diagnosis never re-measures the one
+    in use: the URI's options, and the pooling the engine reports in its fingerprint
+    (llama.cpp reads it from the GGUF metadata when the URI leaves it to the model)."""
     settings = candidate.options.vector_settings()
+    pooling = candidate.fingerprint().get("settings", {}).get("pooling")
+    if pooling in ("mean", "cls", "last"):
+        settings["pooling"] = pooling
     return {key: value for key, value in settings.items() if value not in (None, "")}
 
 
 def _with_alternatives(
     evidence: Evidence, measured: _Measured, candidate: EmbeddingEngine
 ) -> Evidence:
-    """Re-measure the mismatching records with each setting the diagnosis wants tried."""
+    """Re-measure the mismatching records with each setting the diagnosis wants tried,
+    until one explains every mismatch."""
     wanted = settings_to_try(evidence)
     if not wanted:
         return evidence
@@ -374,6 +394,8 @@ def _with_alternatives(
             engine.close()
         if vectors.shape[1] == stored.shape[1]:
             alternatives.append(Alternative.measure(setting, rows, stored, vectors))
+            if explains_every_mismatch(alternatives[-1], evidence):
+                break
     return replace(evidence, alternatives=tuple(alternatives))
 
 

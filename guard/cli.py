@@ -112,9 +112,13 @@ def check(
         Path | None,
         typer.Option(help="Where a fitted bridge is written (default under GUARD_HOME)."),
     ] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Embed every text afresh; leave the cache alone.")
+    ] = False,
 ) -> None:
     """Is switching to CANDIDATE safe without re-indexing STORE? Exit code = verdict."""
     from guard import report as reports
+    from guard.cache import open_cache
     from guard.check import run_check
     from guard.config import load_config, thresholds_from
     from guard.engines import open_engine
@@ -129,10 +133,12 @@ def check(
         "initial_sample": initial_sample,
         "max_sample": sample,
     }
+    settings = load_config(config)
     thresholds = thresholds_from(
         {key: value for key, value in overrides.items() if value is not None},
-        base=thresholds_from(load_config(config).thresholds),
+        base=thresholds_from(settings.thresholds),
     )
+    embeddings = open_cache(settings.cache, no_cache=no_cache)
     target = open_store(store)
     engine = open_engine(candidate)
     reference = open_engine(baseline) if baseline else None
@@ -144,8 +150,11 @@ def check(
             seed=seed,
             baseline=reference,
             bridge_out=bridge_out,
+            cache=embeddings,
         )
     finally:
+        if embeddings is not None:
+            embeddings.close()
         target.close()
         engine.close()
         if reference is not None:

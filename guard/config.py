@@ -67,10 +67,22 @@ class MonitorConfig(BaseModel):
     reindex_every_seconds: float = Field(default=300, ge=0)
 
 
+class CacheConfig(BaseModel):
+    """The `[cache]` table: the embedding cache shared by check, monitor and re-index."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    max_bytes: int = Field(default=1 << 30, ge=0)
+    # Default: GUARD_HOME/cache/embeddings.sqlite.
+    path: Path | None = None
+
+
 class GuardConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     thresholds: ThresholdTable = Field(default_factory=dict)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     watch: list[WatchConfig] = Field(default_factory=list)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 

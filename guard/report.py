@@ -63,6 +63,8 @@ class CheckReport:
     guard_version: str
     # The fitted bridge when one was tried: its figures, and its file when it passed.
     bridge: dict[str, Any] | None = None
+    # Vectors taken from the embedding cache: {enabled, hits, misses}.
+    cache: dict[str, Any] | None = None
     # Why the policy decided as it did; shown by the renderers, not part of the JSON.
     reasons: tuple[str, ...] = field(default=(), compare=False)
 
@@ -82,6 +84,7 @@ class CheckReport:
             "timing": self.timing,
             "guard_version": self.guard_version,
             "bridge": self.bridge,
+            "cache": self.cache,
         }
 
 
@@ -100,6 +103,7 @@ def build_report(
     overlap: float | None,
     timing: Mapping[str, float],
     bridge: Mapping[str, Any] | None = None,
+    cache: Mapping[str, Any] | None = None,
 ) -> CheckReport:
     """Assemble the report from the core's values; ``comparison`` and ``bound`` are None
     when the dimensions differ."""
@@ -129,6 +133,7 @@ def build_report(
         timing={key: round(float(value), 3) for key, value in timing.items()},
         guard_version=__version__,
         bridge=dict(bridge) if bridge is not None else None,
+        cache=dict(cache) if cache is not None else None,
         reasons=verdict.reasons,
     )
 

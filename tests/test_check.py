@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from guard.check import run_check
+from guard.check import effective_settings, run_check
+from guard.core.compare import compare
+from guard.core.diagnosis import Evidence, settings_to_try
 from guard.core.policy import Thresholds
 from guard.engines import EmbeddingEngine, EngineOptions, open_engine
 from guard.errors import StoreError
@@ -205,3 +207,20 @@ def test_an_empty_store_is_an_error(new_store_uri: Callable[..., str], gguf_f16:
     store.close()
     with pytest.raises(StoreError, match="empty"):
         check(uri, f"llamacpp:{gguf_f16}")
+
+
+def test_the_setting_in_use_is_never_re_measured(gguf_f16: Path) -> None:
+    """A mean-pooled GGUF (pooling from its metadata, not from the URI) is not asked to
+    try pooling=mean again."""
+    engine = open_engine(f"llamacpp:{gguf_f16}")
+    try:
+        current = effective_settings(engine)
+    finally:
+        engine.close()
+    stored = np.random.default_rng(0).normal(size=(60, 8)).astype(np.float32)
+    moved = stored + np.random.default_rng(1).normal(scale=0.4, size=stored.shape)
+    comparison = compare(stored, moved.astype(np.float32), None, "cosine")
+    tried = settings_to_try(Evidence(comparison, 0.99, 8, 8, candidate_settings=current))
+    assert current["pooling"] == "mean"
+    assert {"pooling": "mean"} not in tried
+    assert {"pooling": "cls"} in tried

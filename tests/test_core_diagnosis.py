@@ -16,6 +16,7 @@ import pytest
 
 from guard.core.compare import Comparison, DimensionMismatch, compare
 from guard.core.diagnosis import (
+    MIN_REMEASURED,
     RULES,
     Alternative,
     Evidence,
@@ -23,6 +24,7 @@ from guard.core.diagnosis import (
     RecordTimes,
     SettingValue,
     diagnose,
+    explains_every_mismatch,
     mixed_store,
     settings_to_try,
 )
@@ -765,3 +767,24 @@ def test_undefined_rows_in_reruns_are_left_to_the_nan_check() -> None:
 
     assert nondeterministic(first, second) is None
     assert batch_inconsistent(first, first) is None
+
+
+def test_an_alternative_fixing_every_remeasured_mismatch_explains_it_and_a_partial_one_not() -> (
+    None
+):
+    """The shell stops trying settings after the first that explains every mismatch."""
+    stored = unit_rows()
+    comparison = compare(stored, toward(stored, 0.93), token_counts(), "cosine")
+    evidence = Evidence(comparison, T, D, D)
+    rows = evidence.mismatching()[:MIN_REMEASURED]
+    fixed = Alternative.measure({"pooling": "cls"}, rows, stored[rows], stored[rows])
+    half = stored[rows].copy()
+    half[::2] = toward(stored[rows][::2], 0.9)
+    partial = Alternative.measure({"pooling": "last"}, rows, stored[rows], half)
+    too_few = Alternative.measure({"pooling": "mean"}, rows[:5], stored[rows[:5]], stored[rows[:5]])
+
+    assert (
+        explains_every_mismatch(fixed, evidence),
+        explains_every_mismatch(partial, evidence),
+        explains_every_mismatch(too_few, evidence),
+    ) == (True, False, False)

@@ -31,6 +31,7 @@ DESIGN_FIELDS = [
     "timing",
     "guard_version",
     "bridge",
+    "cache",
 ]
 STORE = StoreInfo(
     uri="postgresql://guard:s3cret@db:5432/docs?table=chunks",

@@ -605,6 +605,11 @@ def _unit(norms: Floats) -> bool:
     return bool(finite.size) and bool(np.all(np.abs(finite - 1.0) <= 1e-3))
 
 
+def explains_every_mismatch(a: Alternative, e: Evidence) -> bool:
+    """True when ``a`` alone brings every mismatch above T: the shell stops trying more."""
+    return _explains(a, e)
+
+
 def _explains(a: Alternative, e: Evidence) -> bool:
     """Every re-measured row matches, and they include every mismatching row or at
     least ``MIN_REMEASURED`` of them."""

@@ -45,6 +45,9 @@ def monitor(
         bool, typer.Option("--once", help="Run every watch once and exit (0 ok, 1 drift, 2 error).")
     ] = False,
     output_format: FormatOption = Format.text,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Embed every sampled text afresh.")
+    ] = False,
 ) -> None:
     """Run the monitor service (or, with --once, every watch once)."""
     if ctx.invoked_subcommand is not None:
@@ -52,7 +55,10 @@ def monitor(
     from guard.config import load_config
     from guard.monitor.service import MonitorService, exit_code
 
-    service = MonitorService(load_config(config or DEFAULT_CONFIG))
+    settings = load_config(config or DEFAULT_CONFIG)
+    if no_cache:
+        settings.cache.enabled = False
+    service = MonitorService(settings)
     if not once:
         service.serve_forever()
         return

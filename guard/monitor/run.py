@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from guard.cache import EmbeddingCache, cached
 from guard.config import WatchConfig
 from guard.core.compare import compare, overlap_at_k
 from guard.core.diagnosis import Evidence, RecordTimes, mixed_store
@@ -43,16 +44,24 @@ SCAN_BATCH = 1000
 
 
 def run_watch(
-    watch: WatchConfig, history: History, *, thresholds: Thresholds, population_sample: int
+    watch: WatchConfig,
+    history: History,
+    *,
+    thresholds: Thresholds,
+    population_sample: int,
+    cache: EmbeddingCache | None = None,
 ) -> WatchRun:
-    """Measure one watch; every failure becomes a run with status ``error``, never raises."""
+    """Measure one watch; every failure becomes a run with status ``error``, never raises.
+
+    With ``cache``, sampled texts embedded before under the same fingerprint (which
+    holds the model file's sha256) are not embedded again."""
     started = datetime.now(UTC)
     seed = time.time_ns() % 2**31  # a fresh, recorded sample each run
     store: VectorStore | None = None
     engine: EmbeddingEngine | None = None
     try:
         store = open_store(watch.store)
-        engine = open_engine(watch.engine)
+        engine = cached(open_engine(watch.engine), cache)
         info = store.describe()
         if info.count == 0:
             raise StoreError("the store is empty", uri=store.uri)

@@ -9,9 +9,10 @@ cron line.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from http.server import ThreadingHTTPServer
 from typing import Any
@@ -21,6 +22,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from guard import faults
+from guard.cache import EmbeddingCache, open_cache
 from guard.config import GuardConfig, WatchConfig, thresholds_from
 from guard.errors import ConfigError, GuardError
 from guard.logs import get_logger
@@ -59,12 +61,13 @@ class MonitorService:
         settings = self.config.monitor
         thresholds = thresholds_from(watch.thresholds, base=thresholds_from(self.config.thresholds))
         try:
-            with open_history(settings.state_dsn) as history:
+            with open_history(settings.state_dsn) as history, _cache(self.config) as cache:
                 run = run_watch(
                     watch,
                     history,
                     thresholds=thresholds,
                     population_sample=settings.population_sample,
+                    cache=cache,
                 )
                 previous = history.state(watch.name).alerted_status
                 delivery: alerts.Delivery = "none"
@@ -183,6 +186,17 @@ class MonitorService:
                 for name, run in self._last.items()
             },
         }
+
+
+@contextlib.contextmanager
+def _cache(config: GuardConfig) -> Iterator[EmbeddingCache | None]:
+    """The embedding cache for one run, closed after it."""
+    cache = open_cache(config.cache)
+    try:
+        yield cache
+    finally:
+        if cache is not None:
+            cache.close()
 
 
 def exit_code(runs: Sequence[WatchRun]) -> int:

@@ -102,11 +102,21 @@ def run(
         float, typer.Option(help="Lease length; a dead worker's batches return after it.")
     ] = 60.0,
     output_format: FormatOption = Format.text,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Embed every text afresh; leave the cache alone.")
+    ] = False,
 ) -> None:
     """Work on the job until it is done, paused or outside its window; safe to kill."""
+    from guard.cache import open_cache
+    from guard.config import CacheConfig
     from guard.reindex.worker import run_worker
 
-    result = run_worker(job_id, lease_seconds=lease_seconds)
+    cache = open_cache(CacheConfig(), no_cache=no_cache)
+    try:
+        result = run_worker(job_id, lease_seconds=lease_seconds, cache=cache)
+    finally:
+        if cache is not None:
+            cache.close()
     if output_format is Format.json:
         _json(result.as_dict())
     else:

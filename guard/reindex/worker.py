@@ -28,6 +28,7 @@ from datetime import datetime
 from types import FrameType
 from typing import Any
 
+from guard.cache import EmbeddingCache, cached
 from guard.engines import EmbeddingEngine, open_engine
 from guard.errors import GuardError, ReindexError
 from guard.logs import get_logger
@@ -114,8 +115,12 @@ def run_worker(
     lease_seconds: float = 60.0,
     dsn: str | None = None,
     stop: threading.Event | None = None,
+    cache: EmbeddingCache | None = None,
 ) -> WorkerResult:
     """Work on a job until it is done, paused, outside its window, or stopped.
+
+    With ``cache``, texts the candidate already embedded (a check's sample, a killed
+    run's last batches) are not embedded again.
 
     SIGTERM and SIGINT (when called from the main thread) stop it cleanly: in-flight
     batches are given back. SIGKILL loses nothing either: the leases just expire.
@@ -127,7 +132,7 @@ def run_worker(
         job = load_job(conn, job_ref)
     if job.state != "active":
         raise ReindexError(f"the job is {job.state}; nothing to run", job_id=job.short)
-    worker = _Worker(job, default_worker_id(), lease_seconds, dsn, stop)
+    worker = _Worker(job, default_worker_id(), lease_seconds, dsn, stop, cache)
     with _signals_stop(stop):
         return worker.run()
 
@@ -151,9 +156,16 @@ def _signals_stop(stop: threading.Event) -> Iterator[None]:
 
 class _Worker:
     def __init__(
-        self, job: Job, worker: str, lease_seconds: float, dsn: str | None, stop: threading.Event
+        self,
+        job: Job,
+        worker: str,
+        lease_seconds: float,
+        dsn: str | None,
+        stop: threading.Event,
+        cache: EmbeddingCache | None = None,
     ) -> None:
         self.job = job
+        self.cache = cache
         self.worker = worker
         self.lease_seconds = lease_seconds
         self.dsn = dsn
@@ -176,7 +188,7 @@ class _Worker:
         started = time.perf_counter()
         source = open_store(self.job.source_uri)
         target = open_store(self.job.target_uri)
-        engine = open_engine(self.job.candidate_uri)
+        engine = cached(open_engine(self.job.candidate_uri), self.cache)
         main = self._ledger()
         try:
             check_engine(self.job, engine)
