@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from fixtures_models import OpenAIServer, free_port
 from ollama_server import OllamaStandIn
+from structlog.testing import capture_logs
 
 from guard.engines import EmbeddingEngine, open_engine
 from guard.engines.llamacpp import LlamaCppEngine, read_gguf_metadata
@@ -177,6 +178,27 @@ def test_pooling_option_changes_vectors_and_fingerprint(
     assert cls.fingerprint()["settings"]["pooling"] == "cls"
     assert (cosines(cls.embed(short_texts[:4]), f16.embed(short_texts[:4])) < 0.99).all()
     cls.close()
+
+
+def test_another_pooling_is_a_new_context_on_the_loaded_weights(
+    gguf_f16: Path, short_texts: list[str]
+) -> None:
+    """The diagnosis's pooling alternatives: the same vectors as a freshly loaded engine
+    with that pooling, without reading the file a second time."""
+    fresh = open_engine(f"llamacpp:{gguf_f16}?max_tokens=256&pooling=cls")
+    expected = fresh.embed(short_texts[:6])
+    fresh.close()
+    engine = open_engine(f"llamacpp:{gguf_f16}?max_tokens=256")
+    with capture_logs() as events:
+        mean = engine.embed(short_texts[:6])
+        cls = engine.with_options(pooling="cls", max_tokens=128)
+        engine.close()  # the alternative keeps the weights it shares
+        actual = cls.embed(short_texts[:6])
+        cls.close()
+    loads = [e for e in events if e["event"] == "llamacpp.loaded"]
+    assert len(loads) == 1
+    assert (cosines(expected, actual) > 0.99999).all()
+    assert (cosines(mean, actual) < 0.99).all()
 
 
 # -- the ST and model2vec engines -----------------------------------------------------------

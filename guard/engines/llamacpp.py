@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import llama_cpp
+import llama_cpp._internals as llama_internals
 import numpy as np
 
 from guard.engines import EngineOptions
@@ -35,8 +36,11 @@ from guard.engines._common import (
     with_params,
 )
 from guard.errors import ConfigError, EngineError
+from guard.logs import get_logger
 from guard.records import Vectors
 from guard.uri import ParsedURI
+
+log = get_logger(__name__)
 
 _POOLING_TYPES = {
     "mean": llama_cpp.LLAMA_POOLING_TYPE_MEAN,
@@ -66,8 +70,8 @@ llama_cpp.llama_log_set(_silence, None)
 
 
 class LlamaCppEngine:
-    """A GGUF model in this process; loaded on first use and shared by ``with_options``
-    copies that keep the same pooling and threads."""
+    """A GGUF model in this process; loaded on first use. ``with_options`` copies share
+    its context when they keep the same pooling and threads, and its weights always."""
 
     def __init__(self, parsed: ParsedURI) -> None:
         check_params(parsed)
@@ -138,8 +142,12 @@ class LlamaCppEngine:
             self.options.pooling,
             self.options.n_threads,
         )
-        if self._model is not None and same_context:
-            other._model = self._model.share()
+        if self._model is not None:
+            other._model = (
+                self._model.share()
+                if same_context
+                else self._model.with_context(other.options, other.uri, other.path.name)
+            )
         return other
 
     def close(self) -> None:
@@ -190,59 +198,18 @@ class LlamaCppEngine:
         return tokens[: limit - keep] + tokens[len(tokens) - keep :]
 
 
-class _LoadedModel:
-    """One ``Llama`` context, reference-counted so ``with_options`` copies can share it."""
+class _Weights:
+    """One loaded GGUF (a ``Llama`` with its default context), reference-counted: every
+    context made on it holds a share, so the file is read once per engine family."""
 
     def __init__(self, llama: Any) -> None:
         self.llama = llama
         self.dims: int = llama.n_embd()
         self.closing_tokens = _closing_special_tokens(llama)
-        self._users = 1
+        self._users = 0
         self._lock = threading.Lock()
 
-    @classmethod
-    def open(
-        cls, path: Path, context: int, options: EngineOptions, engine: str, architecture: str
-    ) -> _LoadedModel:
-        """Load the model; a failure names the GGUF's architecture, since llama.cpp's
-        own message ("Failed to load model from file") does not say that it is one
-        this llama.cpp does not know."""
-        pooling = (
-            _POOLING_TYPES[options.pooling]
-            if options.pooling
-            else llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED
-        )
-        # In embedding mode llama-cpp-python sets n_seq_max to min(n_batch, 256) itself,
-        # so a decode can hold as many texts as fit in n_batch tokens.
-        try:
-            llama = llama_cpp.Llama(
-                model_path=str(path),
-                embedding=True,
-                n_ctx=context,
-                n_batch=context,
-                n_ubatch=context,
-                pooling_type=pooling,
-                n_threads=options.n_threads,
-                n_threads_batch=options.n_threads,
-                # Without it, packing texts into one decode is slower than one text per
-                # decode on CPU (2 cores: 44 vs 92 texts/s; with it, packed runs 122).
-                flash_attn=True,
-                verbose=False,
-            )
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise EngineError(
-                f"llama.cpp (llama-cpp-python {version('llama_cpp_python')}) cannot load {path} "
-                f"(architecture {architecture!r}): {exc}",
-                engine=engine,
-            ) from exc
-        if int(llama.pooling_type()) == llama_cpp.LLAMA_POOLING_TYPE_NONE:
-            llama.close()
-            raise ConfigError(
-                f"{path.name} has no pooling of its own; set pooling=mean, cls or last [{engine}]"
-            )
-        return cls(llama)
-
-    def share(self) -> _LoadedModel:
+    def share(self) -> _Weights:
         with self._lock:
             self._users += 1
         return self
@@ -257,12 +224,106 @@ class _LoadedModel:
         tokens: list[int] = self.llama.tokenize(text.encode("utf-8"), add_bos=True, special=False)
         return tokens
 
+
+class _LoadedModel:
+    """One llama.cpp context on loaded weights, reference-counted so ``with_options``
+    copies that keep the same pooling and threads share it. Another pooling or thread
+    count is another context on the same weights (pooling is a context parameter)."""
+
+    def __init__(self, weights: _Weights, ctx: Any, batch: Any, *, owned: bool) -> None:
+        self.weights = weights.share()
+        self.dims = weights.dims
+        self.closing_tokens = weights.closing_tokens
+        self._ctx = ctx
+        self._batch = batch
+        self._owned = owned  # False: the Llama's own context, closed with the weights
+        self._n_batch = int(ctx.params.n_batch)
+        self._n_seq_max = int(ctx.params.n_seq_max)
+        self._users = 1
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(
+        cls, path: Path, context: int, options: EngineOptions, engine: str, architecture: str
+    ) -> _LoadedModel:
+        """Load the model; a failure names the GGUF's architecture, since llama.cpp's
+        own message ("Failed to load model from file") does not say that it is one
+        this llama.cpp does not know."""
+        # In embedding mode llama-cpp-python sets n_seq_max to min(n_batch, 256) itself,
+        # so a decode can hold as many texts as fit in n_batch tokens.
+        try:
+            llama = llama_cpp.Llama(
+                model_path=str(path),
+                embedding=True,
+                n_ctx=context,
+                n_batch=context,
+                n_ubatch=context,
+                pooling_type=_pooling_type(options),
+                n_threads=options.n_threads,
+                n_threads_batch=options.n_threads,
+                # Without it, packing texts into one decode is slower than one text per
+                # decode on CPU (2 cores: 44 vs 92 texts/s; with it, packed runs 122).
+                flash_attn=True,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise EngineError(
+                f"llama.cpp (llama-cpp-python {version('llama_cpp_python')}) cannot load {path} "
+                f"(architecture {architecture!r}): {exc}",
+                engine=engine,
+            ) from exc
+        log.info("llamacpp.loaded", file=path.name)
+        weights = _Weights(llama)
+        loaded = cls(weights, llama._ctx, llama._batch, owned=False)
+        loaded._refuse_no_pooling(path.name, engine)
+        return loaded
+
+    def with_context(self, options: EngineOptions, engine: str, file: str) -> _LoadedModel:
+        """A new context on these weights with the pooling and threads of ``options``."""
+        params = llama_cpp.llama_context_params.from_buffer_copy(self._ctx.params)
+        params.pooling_type = _pooling_type(options)
+        if options.n_threads:
+            params.n_threads = params.n_threads_batch = options.n_threads
+        llama = self.weights.llama
+        try:
+            ctx = llama_internals.LlamaContext(model=llama._model, params=params, verbose=False)
+        except ValueError as exc:
+            raise EngineError(f"llama.cpp cannot make a context: {exc}", engine=engine) from exc
+        batch = llama_internals.LlamaBatch(
+            n_tokens=self._n_batch, embd=0, n_seq_max=int(params.n_ctx), verbose=False
+        )
+        loaded = _LoadedModel(self.weights, ctx, batch, owned=True)
+        loaded._refuse_no_pooling(file, engine)
+        return loaded
+
+    def _refuse_no_pooling(self, file: str, engine: str) -> None:
+        if int(self._ctx.pooling_type()) == llama_cpp.LLAMA_POOLING_TYPE_NONE:
+            self.release()
+            raise ConfigError(
+                f"{file} has no pooling of its own; set pooling=mean, cls or last [{engine}]"
+            )
+
+    def share(self) -> _LoadedModel:
+        with self._lock:
+            self._users += 1
+        return self
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users > 0:
+                return
+            if self._owned:
+                self._batch.close()
+                self._ctx.close()
+        self.weights.release()
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.weights.tokenize(text)
+
     def embed_tokens(self, token_lists: Sequence[list[int]], *, engine: str) -> Vectors:
         """Pooled vectors for token lists, several sequences per decode (the loop of
         ``Llama.embed``, which only takes strings)."""
-        llama = self.llama
-        n_batch: int = llama.n_batch
-        n_seq_max: int = llama.context_params.n_seq_max
         out = np.empty((len(token_lists), self.dims), dtype=np.float32)
         with self._lock:
             pending: list[int] = []
@@ -270,10 +331,12 @@ class _LoadedModel:
             for index, tokens in enumerate(token_lists):
                 if not tokens:
                     raise EngineError("a text has no tokens at all", engine=engine)
-                if pending and (used + len(tokens) > n_batch or len(pending) >= n_seq_max):
+                if pending and (
+                    used + len(tokens) > self._n_batch or len(pending) >= self._n_seq_max
+                ):
                     self._decode(pending, out, engine)
                     pending, used = [], 0
-                llama._batch.add_sequence(tokens, len(pending), True)
+                self._batch.add_sequence(tokens, len(pending), True)
                 pending.append(index)
                 used += len(tokens)
             if pending:
@@ -281,19 +344,26 @@ class _LoadedModel:
         return out
 
     def _decode(self, indices: list[int], out: Vectors, engine: str) -> None:
-        llama = self.llama
         try:
-            llama._ctx.kv_cache_clear()
-            llama._ctx.decode(llama._batch)
+            self._ctx.kv_cache_clear()
+            self._ctx.decode(self._batch)
         except RuntimeError as exc:
             raise EngineError(f"llama.cpp failed to embed: {exc}", engine=engine) from exc
         finally:
-            llama._batch.reset()
+            self._batch.reset()
         for seq_id, index in enumerate(indices):
-            pointer = llama_cpp.llama_get_embeddings_seq(llama._ctx.ctx, seq_id)
+            pointer = llama_cpp.llama_get_embeddings_seq(self._ctx.ctx, seq_id)
             if not pointer:
                 raise EngineError("llama.cpp returned no pooled embedding", engine=engine)
             out[index] = np.ctypeslib.as_array(pointer, shape=(self.dims,))
+
+
+def _pooling_type(options: EngineOptions) -> int:
+    return (
+        _POOLING_TYPES[options.pooling]
+        if options.pooling
+        else llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED
+    )
 
 
 def _closing_special_tokens(llama: Any) -> int:
