@@ -259,23 +259,41 @@ def _row_bytes(key: str, blob: bytes) -> int:
     return len(blob) + len(key) + 64 + 64 + 24
 
 
+@dataclass
+class _Counts:
+    """Hits and misses of one run, shared by an engine and its ``with_options`` copies
+    (the diagnosis's alternatives, the bridge's raw engine)."""
+
+    hits: int = 0
+    misses: int = 0
+
+
 class CachedEngine:
     """An EmbeddingEngine that serves the vectors its cache holds for the engine's exact
     fingerprint and embeds only the misses through the real engine, in its batches."""
 
-    def __init__(self, inner: EmbeddingEngine, cache: EmbeddingCache) -> None:
+    def __init__(
+        self, inner: EmbeddingEngine, cache: EmbeddingCache, counts: _Counts | None = None
+    ) -> None:
         self.inner = inner
         self.cache = cache
         self.uri = inner.uri
         self.options: EngineOptions = inner.options
-        self.hits = 0
-        self.misses = 0
+        self._counts = counts or _Counts()
         self._key: str | None = None
+
+    @property
+    def hits(self) -> int:
+        return self._counts.hits
+
+    @property
+    def misses(self) -> int:
+        return self._counts.misses
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         fingerprint = self._fingerprint_key()
         if not texts or fingerprint is None:
-            self.misses += len(texts)
+            self._counts.misses += len(texts)
             return self.inner.embed(texts)
         keys = [text_key(text) for text in texts]
         try:
@@ -290,8 +308,8 @@ class CachedEngine:
                 self.cache.put_many(
                     fingerprint, [(keys[i], fresh[n]) for n, i in enumerate(missing)]
                 )
-        self.hits += len(texts) - len(missing)
-        self.misses += len(missing)
+        self._counts.hits += len(texts) - len(missing)
+        self._counts.misses += len(missing)
         dims = fresh.shape[1] if fresh is not None else len(next(iter(found.values())))
         out = np.empty((len(texts), dims), dtype=np.float32)
         for i, key in enumerate(keys):
@@ -308,7 +326,7 @@ class CachedEngine:
         return self.inner.count_tokens(texts)
 
     def with_options(self, **changes: Any) -> CachedEngine:
-        return CachedEngine(self.inner.with_options(**changes), self.cache)
+        return CachedEngine(self.inner.with_options(**changes), self.cache, self._counts)
 
     def close(self) -> None:
         self.inner.close()

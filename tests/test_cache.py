@@ -99,6 +99,36 @@ def test_a_rerun_of_the_same_check_hits_the_cache_with_identical_figures(
         assert first[name] == rerun[name], name
 
 
+def test_the_diagnosis_alternatives_count_into_the_report_and_hit_on_a_rerun(
+    gguf_f16: Path, qdrant_dir: Path, texts: list[str], cache: EmbeddingCache
+) -> None:
+    """A store written with a task prefix: the prefix alternative the diagnosis embeds
+    goes through the cache too, and the report counts it."""
+    uri = f"llamacpp:{gguf_f16}"
+    store = open_store(f"qdrant+local:{qdrant_dir}?collection=prefixed")
+    store.create(dims=384, distance="cosine")
+    written = _fresh(f"{uri}?prefix={quote('query: ')}", texts)
+    store.upsert(RecordBatch(tuple(range(len(texts))), tuple(texts), written))
+    thresholds = Thresholds(initial_sample=20, max_sample=60)
+
+    def check() -> dict[str, object]:
+        engine: EmbeddingEngine = open_engine(uri)
+        try:
+            return run_check(store, engine, thresholds=thresholds, seed=3, cache=cache).to_dict()
+        finally:
+            engine.close()
+
+    try:
+        first, rerun = check(), check()
+    finally:
+        store.close()
+    assert [f["cause"] for f in first["diagnosis"]] == ["prefix_mismatch"]  # type: ignore[attr-defined]
+    embedded = first["cache"]["misses"]  # type: ignore[index]
+    assert embedded > first["sample"]["size"]  # type: ignore[index]
+    assert rerun["cache"] == {"enabled": True, "hits": embedded, "misses": 0}
+    assert first["diagnosis"] == rerun["diagnosis"]
+
+
 def _bridge(tmp_path: Path) -> str:
     path = bridgefile.save(
         LinearMap("affine", np.eye(384), np.zeros(384)),
