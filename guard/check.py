@@ -23,6 +23,7 @@ from guard.core.bridge import KINDS, Trial, fit, fitting_rows, judge, split
 from guard.core.compare import Comparison, compare, overlap_at_k
 from guard.core.diagnosis import (
     MIN_REMEASURED,
+    PROBE_RECORDS,
     Alternative,
     Evidence,
     Finding,
@@ -30,6 +31,7 @@ from guard.core.diagnosis import (
     diagnose,
     explains_every_mismatch,
     settings_to_try,
+    worth_remeasuring,
 )
 from guard.core.policy import Thresholds, Verdict, bound_sentence, decide
 from guard.core.selfcheck import selfcheck
@@ -373,7 +375,8 @@ def _with_alternatives(
     evidence: Evidence, measured: _Measured, candidate: EmbeddingEngine
 ) -> Evidence:
     """Re-measure the mismatching records with each setting the diagnosis wants tried,
-    until one explains every mismatch."""
+    until one explains every mismatch; a setting that fixes none of the first
+    ``PROBE_RECORDS`` is not re-measured on the rest."""
     wanted = settings_to_try(evidence)
     if not wanted:
         return evidence
@@ -382,6 +385,7 @@ def _with_alternatives(
     rows = np.concatenate([mismatching, matching[:ALTERNATIVE_CONTROLS]])
     texts = [measured.records.texts[i] or "" for i in rows]
     stored = measured.records.vectors[rows]
+    probe = min(PROBE_RECORDS, len(mismatching))
     alternatives = []
     for setting in wanted:
         try:
@@ -389,13 +393,18 @@ def _with_alternatives(
         except ConfigError:  # e.g. pooling on an HTTP engine: the server decides it
             continue
         try:
-            vectors = engine.embed(texts)
+            vectors = engine.embed(texts[:probe])
+            if vectors.shape[1] != stored.shape[1]:
+                continue
+            tried = Alternative.measure(setting, rows[:probe], stored[:probe], vectors)
+            if worth_remeasuring(tried, evidence) and probe < len(rows):
+                vectors = np.concatenate([vectors, engine.embed(texts[probe:])])
+                tried = Alternative.measure(setting, rows, stored, vectors)
         finally:
             engine.close()
-        if vectors.shape[1] == stored.shape[1]:
-            alternatives.append(Alternative.measure(setting, rows, stored, vectors))
-            if explains_every_mismatch(alternatives[-1], evidence):
-                break
+        alternatives.append(tried)
+        if explains_every_mismatch(tried, evidence):
+            break
     return replace(evidence, alternatives=tuple(alternatives))
 
 

@@ -17,6 +17,7 @@ import pytest
 from guard.core.compare import Comparison, DimensionMismatch, compare
 from guard.core.diagnosis import (
     MIN_REMEASURED,
+    PROBE_RECORDS,
     RULES,
     Alternative,
     Evidence,
@@ -27,6 +28,7 @@ from guard.core.diagnosis import (
     explains_every_mismatch,
     mixed_store,
     settings_to_try,
+    worth_remeasuring,
 )
 from guard.core.policy import Thresholds, decide
 from guard.core.selfcheck import (
@@ -698,6 +700,26 @@ def test_settings_to_try_probes_prefix_and_pooling_for_unexplained_mismatch() ->
         {"pooling": "mean"},
         {"pooling": "last"},
     )
+
+
+def test_an_alternative_that_fixes_no_probed_mismatch_is_not_remeasured_further() -> None:
+    """The lean diagnosis: the first PROBE_RECORDS mismatches decide whether a setting
+    is worth the rest; one fixed record is enough to go on."""
+    stored = unit_rows()
+    evidence = evidence_for(stored, toward(stored, 0.93), token_counts())
+    probe = evidence.mismatching()[:PROBE_RECORDS]
+    worse = Alternative.measure(
+        {"pooling": "cls"}, probe, stored[probe], toward(stored[probe], 0.5)
+    )
+    one = toward(stored[probe], 0.93)
+    one[3] = stored[probe[3]]
+    helps = Alternative.measure({"pooling": "last"}, probe, stored[probe], one)
+
+    assert probe.size == PROBE_RECORDS
+    assert (
+        worth_remeasuring(worse, evidence),
+        worth_remeasuring(helps, evidence),
+    ) == (False, True)
 
 
 def test_nothing_to_try_when_everything_matches() -> None:

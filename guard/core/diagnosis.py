@@ -64,6 +64,10 @@ _TRUNCATION_P = 1e-3
 # brings every one above T explains the mismatch: if it failed on a tenth of them,
 # 30 clean re-measurements would happen by chance less than 5% of the time.
 MIN_REMEASURED = 30
+# An alternative is first re-measured on this many mismatching records; when it fixes
+# none of them it is dropped. A setting that fixed at least half of the mismatches (what
+# a finding needs) would leave 8 randomly ordered ones all unfixed with chance <= 2^-8.
+PROBE_RECORDS = 8
 # A mixed store: two groups, each at least this share of the sample (and 3 records), the
 # mismatching one's median below T by at least MIXED_GAP and by ten times the matching
 # group's distance from 1: a second mode, not the tail of one noisy mode straddling T.
@@ -603,6 +607,12 @@ def _norm_deviating_share(c: Comparison) -> float:
 def _unit(norms: Floats) -> bool:
     finite = norms[np.isfinite(norms)]
     return bool(finite.size) and bool(np.all(np.abs(finite - 1.0) <= 1e-3))
+
+
+def worth_remeasuring(a: Alternative, e: Evidence) -> bool:
+    """True when ``a``, measured on the first ``PROBE_RECORDS`` mismatching records,
+    fixed at least one of them: only then is it re-measured on the rest."""
+    return _fixed(a, e)[0] > 0
 
 
 def explains_every_mismatch(a: Alternative, e: Evidence) -> bool:
