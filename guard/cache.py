@@ -319,6 +319,16 @@ class CachedEngine:
             out[missing] = fresh
         return out
 
+    def remember(self, texts: Sequence[str], vectors: Vectors) -> None:
+        """Keep vectors the real engine made outside the cache (compare's timed pass, which
+        must measure the engine), so that the next run finds them."""
+        fingerprint = self._fingerprint_key()
+        if fingerprint is None or not texts:
+            return
+        keys = [text_key(text) for text in texts]
+        with suppress(_Rebuilt):
+            self.cache.put_many(fingerprint, list(zip(keys, vectors, strict=True)))
+
     def fingerprint(self) -> dict[str, Any]:
         return self.inner.fingerprint()
 

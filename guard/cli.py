@@ -210,14 +210,18 @@ def compare(
     k: Annotated[int, typer.Option("--k", help="k of overlap@k and of retrieval.")] = 10,
     output_format: Annotated[CompareFormat, typer.Option("--format")] = CompareFormat.text,
     output: Annotated[Path | None, typer.Option(help="Write the report to this file.")] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Embed every text afresh; leave the cache alone.")
+    ] = False,
 ) -> None:
     """Rank CANDIDATES on one sample of STORE: loads, verdict, speed, memory.
 
     Exit 0 when one can be switched to without re-indexing, 1 when none can but some
     load, 4 when none loads, 2 on errors."""
     from guard import compare_report as reports
+    from guard.cache import open_cache
     from guard.compare import run_compare
-    from guard.config import thresholds_from
+    from guard.config import CacheConfig, thresholds_from
     from guard.core.policy import Thresholds
     from guard.engines import open_engine
     from guard.stores import open_store
@@ -229,13 +233,21 @@ def compare(
             "initial_sample": min(sample, Thresholds().initial_sample),
         }
     thresholds = thresholds_from(overrides)
+    embeddings = open_cache(CacheConfig(), no_cache=no_cache)
     target = open_store(store)
     reference = open_engine(baseline) if baseline else None
     try:
         result = run_compare(
-            target, candidate, thresholds=thresholds, seed=seed, baseline=reference
+            target,
+            candidate,
+            thresholds=thresholds,
+            seed=seed,
+            baseline=reference,
+            cache=embeddings,
         )
     finally:
+        if embeddings is not None:
+            embeddings.close()
         target.close()
         if reference is not None:
             reference.close()

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from guard.cache import CachedEngine, EmbeddingCache
 from guard.check import DrawnSample, check_drawn, draw_sample
 from guard.compare_report import CandidateRow, CompareReport, Speed, build_compare_report
 from guard.core.policy import Thresholds
@@ -45,8 +46,12 @@ def run_compare(
     thresholds: Thresholds,
     seed: int,
     baseline: EmbeddingEngine | None = None,
+    cache: EmbeddingCache | None = None,
 ) -> CompareReport:
     """Judge every candidate URI on one draw from ``store``; the report is ranked.
+
+    With ``cache``, each check reads through it; the timed pass never does (speed is
+    the engine's), but its vectors go into the cache.
 
     Candidate URIs that cannot even be parsed (unknown scheme, bad option) are a
     ConfigError before anything is measured; failures to load are rows."""
@@ -55,7 +60,9 @@ def run_compare(
         drawn = draw_sample(store, thresholds, seed)
         if baseline is not None:  # loaded now, so no candidate's memory figure holds it
             baseline.embed(_first_texts(drawn)[:1])
-        rows = [_judge(store, drawn, engine, thresholds, seed, baseline) for engine in engines]
+        rows = [
+            _judge(store, drawn, engine, thresholds, seed, baseline, cache) for engine in engines
+        ]
     finally:
         for engine in engines:
             engine.close()
@@ -86,11 +93,12 @@ def _judge(
     thresholds: Thresholds,
     seed: int,
     baseline: EmbeddingEngine | None,
+    cache: EmbeddingCache | None,
 ) -> CandidateRow:
     """One candidate's row: load, speed, then the check on the shared sample. The
     engine is closed afterwards, so the next candidate's memory starts from here."""
     try:
-        return _measure(store, drawn, engine, thresholds, seed, baseline)
+        return _measure(store, drawn, engine, thresholds, seed, baseline, cache)
     finally:
         engine.close()
 
@@ -102,6 +110,7 @@ def _measure(
     thresholds: Thresholds,
     seed: int,
     baseline: EmbeddingEngine | None,
+    cache: EmbeddingCache | None,
 ) -> CandidateRow:
     texts = _first_texts(drawn)
     base = _reset_peak_rss()
@@ -117,6 +126,8 @@ def _measure(
         seconds = time.perf_counter() - started
         tokens = sum(engine.count_tokens(texts))
         speed = Speed(len(texts), tokens, seconds, _model_bytes(engine), None)
+        if cache is not None:
+            CachedEngine(engine, cache).remember(texts, vectors)
         report = check_drawn(
             store,
             drawn,
@@ -125,6 +136,7 @@ def _measure(
             seed=seed,
             baseline=baseline,
             embedded=vectors,
+            cache=cache,
         )
     except (EngineError, ConfigError) as exc:
         log.info("compare.failed", candidate=engine.uri, error=str(exc))

@@ -21,6 +21,7 @@ from test_cli import guard
 from guard import bridgefile
 from guard.cache import CachedEngine, EmbeddingCache
 from guard.check import run_check
+from guard.compare import run_compare
 from guard.core.bridge import LinearMap
 from guard.core.cachekey import cacheable, fingerprint_key, text_key
 from guard.core.policy import Thresholds
@@ -127,6 +128,35 @@ def test_the_diagnosis_alternatives_count_into_the_report_and_hit_on_a_rerun(
     assert embedded > first["sample"]["size"]  # type: ignore[index]
     assert rerun["cache"] == {"enabled": True, "hits": embedded, "misses": 0}
     assert first["diagnosis"] == rerun["diagnosis"]
+
+
+def test_compare_keeps_its_timed_vectors_and_reads_the_rest_through_the_cache(
+    gguf_f16: Path, qdrant_dir: Path, texts: list[str], cache: EmbeddingCache
+) -> None:
+    """The timed pass embeds with the bare engine (speed is the engine's), then its
+    vectors go into the cache; the check's later rounds read through it."""
+    uri = f"llamacpp:{gguf_f16}"
+    store = open_store(f"qdrant+local:{qdrant_dir}?collection=compared")
+    store.create(dims=384, distance="cosine")
+    store.upsert(RecordBatch(tuple(range(len(texts))), tuple(texts), _fresh(uri, texts)))
+    thresholds = Thresholds(initial_sample=20, max_sample=60)
+    try:
+        first, rerun = (
+            run_compare(store, [uri], thresholds=thresholds, seed=3, cache=cache).candidates[0]
+            for _ in range(2)
+        )
+        timed = store.sample(60, seed=3).with_text().texts[:20]
+    finally:
+        store.close()
+    assert first.check is not None and rerun.check is not None
+    engine = open_engine(uri)
+    key = fingerprint_key(engine.fingerprint())
+    engine.close()
+    assert len(timed) == len(cache.get_many(key, [text_key(t or "") for t in timed]))
+    embedded = first.check.cache["misses"]  # type: ignore[index]
+    assert embedded > 0
+    assert rerun.check.cache == {"enabled": True, "hits": embedded, "misses": 0}
+    assert (first.verdict, first.check.metrics) == (rerun.verdict, rerun.check.metrics)
 
 
 def _bridge(tmp_path: Path) -> str:
