@@ -30,7 +30,9 @@ from guard.engines._common import file_sha256, tree_sha256, version
 from guard.errors import ConfigError, EngineError
 
 __all__ = [
+    "build_cut_model",
     "build_demo_models",
+    "build_projection_model",
     "build_static_model",
     "default_models_dir",
     "demo_corpus",
@@ -126,6 +128,93 @@ def build_static_model(out_dir: Path) -> Path:
     try:
         os.replace(tmp, target)
     except OSError:  # another process finished first: its folder is the same
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def build_projection_model(
+    out_dir: Path, out_features: int, *, seed: int, llama_cpp_src: Path | None = None
+) -> tuple[Path, Path]:
+    """The EmbeddingGemma case made from the reference: a sentence-transformers folder of
+    MiniLM, mean pooling, a ``Dense(384 -> out_features)`` with identity activation, no
+    bias and seeded N(0, 1/384) weights, then Normalize; and the F16 GGUF that llama.cpp's
+    converter makes of it. The converter writes only the transformer (it keeps dense
+    modules for Gemma, and only when asked), so the GGUF's vectors are the stored ones
+    without the projection: a linear map away."""
+    model_dir = reference_model_dir()
+    src = llama_cpp_source(llama_cpp_src)
+    versions = (version("sentence-transformers") or "", version("torch") or "")
+    key = _digest(tree_sha256(model_dir), "dense", str(out_features), str(seed), *versions)
+    folder = Path(out_dir).expanduser() / f"{MODEL_NAME}.dense{out_features}.{key[:16]}"
+    _cached_folder(folder, partial(_save_projection_model, model_dir, out_features, seed))
+    inputs = _digest(
+        tree_sha256(folder),
+        file_sha256(src / "convert_hf_to_gguf.py"),
+        tree_sha256(src / "gguf-py" / "gguf"),
+        "f16",
+    )
+    gguf = folder.with_name(f"{folder.name}.F16.{inputs[:16]}.gguf")
+    return folder, _cached(gguf, partial(_convert, folder, src, "f16"))
+
+
+def build_cut_model(out_dir: Path, layers: int) -> Path:
+    """The reference cut to its first ``layers`` transformer layers (weights of the others
+    dropped): a different model of the same size and tokenizer, which no linear map
+    brings onto the full one."""
+    model_dir = reference_model_dir()
+    key = _digest(tree_sha256(model_dir), "cut", str(layers))
+    folder = Path(out_dir).expanduser() / f"{MODEL_NAME}.cut{layers}.{key[:16]}"
+    return _cached_folder(folder, partial(_save_cut_model, model_dir, layers))
+
+
+def _save_projection_model(model_dir: Path, out_features: int, seed: int, out: Path) -> None:
+    import json
+
+    import numpy as np
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Dense, Normalize
+
+    in_features = int(json.loads((model_dir / "config.json").read_text())["hidden_size"])
+    base = SentenceTransformer(str(model_dir), device="cpu")
+    dense = Dense(in_features, out_features, bias=False, activation_function=torch.nn.Identity())
+    rng = np.random.default_rng(seed)
+    weights = rng.normal(scale=in_features**-0.5, size=(out_features, in_features))
+    with torch.no_grad():
+        dense.linear.weight.copy_(torch.from_numpy(weights))
+    model = SentenceTransformer(modules=[base[0], base[1], dense, Normalize()], device="cpu")
+    model.save(str(out))
+
+
+def _save_cut_model(model_dir: Path, layers: int, out: Path) -> None:
+    import json
+
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(model_dir, out)
+    config = json.loads((model_dir / "config.json").read_text())
+    dropped = tuple(f"encoder.layer.{i}." for i in range(layers, config["num_hidden_layers"]))
+    config["num_hidden_layers"] = layers
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    weights = load_file(str(model_dir / "model.safetensors"))
+    kept = {name: value for name, value in weights.items() if not name.startswith(dropped)}
+    save_file(kept, str(out / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _cached_folder(target: Path, make: Callable[[Path], None]) -> Path:
+    """``target`` made by ``make`` in a temporary folder and renamed, unless it exists."""
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        make(tmp)
+        os.replace(tmp, target)
+    except OSError:  # another process finished first: its folder is the same
+        if not target.is_dir():
+            raise
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
 
