@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from guard.core.bridge import (
+    GRAM_ROWS,
     fit,
     fit_affine,
     fit_orthogonal,
@@ -136,3 +137,18 @@ def test_a_bridge_never_sees_the_rows_that_judge_it(
     two = fit(kind, other_x[fit_rows], other_y[fit_rows], threshold=0.99, rescale_rows=True)  # type: ignore[arg-type]
     assert np.array_equal(one.matrix, two.matrix)
     assert np.array_equal(one.bias, two.bias)
+
+
+@pytest.mark.parametrize("n", [1200, 2 * (GRAM_ROWS + 100)])
+def test_affine_with_free_row_lengths_recovers_a_projection_below_and_above_gram_rows(
+    n: int,
+) -> None:
+    """Up to GRAM_ROWS fitting rows the row scales settle on n x n matrices, beyond on the
+    rows themselves; both recover a 12 -> 8 projection stored as unit rows."""
+    x = _candidate(n, 12, seed=10)
+    y = _unit(x @ np.random.default_rng(11).normal(size=(12, 8)) + 0.2)
+    half = n // 2
+    bridge = fit("affine", x[:half], y[:half], threshold=0.99, rescale_rows=True)
+    trial = _judge(bridge, x, y, half)
+    assert (trial.bound.decision, trial.bound.failures) == ("pass", 0)
+    assert trial.summary.min > 0.9999

@@ -43,6 +43,9 @@ RIDGE_VALIDATION_SHARE = 0.2
 # 0.99, 10 rounds none (min 0.9998), 30 rounds min 1.0000.
 RESCALE_ITERATIONS = 50
 RESCALE_SETTLED = 1e-6
+# Up to this many fitting rows the affine alternation runs on n x n matrices (two of
+# them, 8 * 2 * n^2 bytes: 256 MB at 4,000), beyond it on the rows themselves.
+GRAM_ROWS = 4000
 
 Matrix = npt.NDArray[np.float64]
 
@@ -103,23 +106,75 @@ def fit_affine(
 ) -> LinearMap:
     """Ridge least squares with a bias; ``ridge`` is relative to the data's mean eigenvalue."""
     xs, ys = _pair(x, y)
-    mean_x = xs.mean(axis=0)
-    centred = xs - mean_x
-    gram = centred.T @ centred
-    penalty = ridge * float(np.trace(gram)) / gram.shape[0]
-    # One (pseudo-)inverse for every rescaling round; pinv copes with ridge 0 on rows
-    # that do not span the space.
-    inverse = np.linalg.pinv(gram + penalty * np.eye(gram.shape[0]), hermitian=True)
+    return _fit_affine(_Centred.of(xs), ys, ridge=ridge, rescale_rows=rescale_rows)
+
+
+@dataclass(frozen=True, eq=False)
+class _Centred:
+    """Candidate rows, centred, and the eigen-decomposition of their Gram matrix: one
+    decomposition serves every ridge penalty tried on the same rows."""
+
+    mean: Floats
+    rows: Matrix
+    values: Floats
+    vectors: Matrix
+
+    @classmethod
+    def of(cls, xs: Matrix) -> _Centred:
+        mean = xs.mean(axis=0)
+        rows = xs - mean
+        values, vectors = np.linalg.eigh(rows.T @ rows)
+        return cls(mean, rows, values, vectors)
+
+    def inverse(self, ridge: float) -> Matrix:
+        """``pinv(gram + penalty * I)``, with pinv's cutoff (1e-15 of the largest), which
+        copes with ridge 0 on rows that do not span the space."""
+        shifted = self.values + ridge * float(self.values.sum()) / self.values.size
+        size = np.abs(shifted)
+        keep = size > 1e-15 * float(size.max())
+        inverted = np.where(keep, 1.0 / np.where(keep, shifted, 1.0), 0.0)
+        result: Matrix = (self.vectors * inverted) @ self.vectors.T
+        return result
+
+
+def _fit_affine(x: _Centred, ys: Matrix, *, ridge: float, rescale_rows: bool) -> LinearMap:
+    inverse = x.inverse(ridge)
     target, scales = ys, np.ones(ys.shape[0])
-    for _ in range(RESCALE_ITERATIONS if rescale_rows else 1):
+    alternate = rescale_rows and ys.shape[0] > GRAM_ROWS
+    if rescale_rows and not alternate:
+        target = ys * _settled_scales(x.rows, inverse, ys)[:, None]
+    for _ in range(RESCALE_ITERATIONS if alternate else 1):
         mean_y = target.mean(axis=0)
-        matrix = inverse @ (centred.T @ (target - mean_y))
-        bias = mean_y - mean_x @ matrix
-        if rescale_rows:
-            target, scales, settled = _rescaled(ys, xs @ matrix + bias, scales)
+        matrix = inverse @ (x.rows.T @ (target - mean_y))
+        bias = mean_y - x.mean @ matrix
+        if alternate:
+            mapped = (x.rows + x.mean) @ matrix + bias
+            target, scales, settled = _rescaled(ys, mapped, scales)
             if settled:
                 break
     return LinearMap("affine", matrix, bias, {"ridge": ridge})
+
+
+def _settled_scales(centred: Matrix, inverse: Matrix, ys: Matrix) -> Floats:
+    """The stored rows' scales that the alternation of ``fit_affine`` fits its map to last.
+
+    The fitted rows are ``hat @ target`` (``hat = centred @ inverse @ centred.T + 1/n``)
+    and ``target = scales * ys``, so row i's dot product with its fitted row is
+    ``(hat * ys @ ys.T)[i] @ scales``: every round costs n * n, not a solve over the
+    vectors' dimensions (40 times faster on 550 rows of 384 -> 768)."""
+    n = centred.shape[0]
+    coupling = centred @ inverse @ centred.T + 1.0 / n
+    products = ys @ ys.T
+    squares = np.diag(products).copy()
+    coupling *= products
+    del products
+    scales = np.ones(n)
+    for round_ in range(RESCALE_ITERATIONS):
+        after = _scales(coupling @ scales, squares)
+        if _moved(after, scales) < RESCALE_SETTLED or round_ == RESCALE_ITERATIONS - 1:
+            return scales
+        scales = after
+    return scales
 
 
 def choose_ridge(
@@ -142,9 +197,10 @@ def choose_ridge(
     n = xs.shape[0]
     held = max(1, round(n * RIDGE_VALIDATION_SHARE))
     fit_rows, val_rows = split(n, n - held)
+    fitting = _Centred.of(xs[fit_rows])
     scores = []
     for ridge in grid:
-        bridge = fit_affine(xs[fit_rows], ys[fit_rows], ridge=ridge)
+        bridge = _fit_affine(fitting, ys[fit_rows], ridge=ridge, rescale_rows=False)
         cosines, _ = rowwise_cosine(ys[val_rows], bridge.apply(xs[val_rows]))
         cosines = np.nan_to_num(cosines, nan=-1.0)
         scores.append(
@@ -235,10 +291,18 @@ def _pair(x: npt.ArrayLike, y: npt.ArrayLike) -> tuple[Matrix, Matrix]:
 def _rescaled(stored: Matrix, mapped: Matrix, before: Floats) -> tuple[Matrix, Floats, bool]:
     """Each stored row scaled to best match its mapped row (direction kept, length free),
     the scales, and whether they moved less than ``RESCALE_SETTLED`` since ``before``."""
-    dots = np.sum(stored * mapped, axis=1)
-    squares = np.sum(stored * stored, axis=1)
-    scales = np.where(squares > 0, dots / np.where(squares > 0, squares, 1.0), 1.0)
-    scales = scales / max(float(np.mean(np.abs(scales))), 1e-300)  # map and rows shrink together
-    moved = float(np.max(np.abs(scales - before)) / max(float(np.max(np.abs(scales))), 1e-300))
+    scales = _scales(np.sum(stored * mapped, axis=1), np.sum(stored * stored, axis=1))
     scaled: Matrix = stored * scales[:, None]
-    return scaled, scales, moved < RESCALE_SETTLED
+    return scaled, scales, _moved(scales, before) < RESCALE_SETTLED
+
+
+def _scales(dots: Floats, squares: Floats) -> Floats:
+    """Per-row scales from the rows' dot products with their fitted rows and their squared
+    lengths, with mean absolute value 1 (map and rows shrink together)."""
+    scales = np.where(squares > 0, dots / np.where(squares > 0, squares, 1.0), 1.0)
+    result: Floats = scales / max(float(np.mean(np.abs(scales))), 1e-300)
+    return result
+
+
+def _moved(scales: Floats, before: Floats) -> float:
+    return float(np.max(np.abs(scales - before)) / max(float(np.max(np.abs(scales))), 1e-300))
