@@ -10,6 +10,8 @@ records. The candidate engine is timed call by call, so the check's "bridge" pha
 splits into the embedding it asked for and the rest: fitting the maps (ridge choice and
 the stored rows' free scales included), judging them on held-out records, and the
 overlap@k searches through the store. Goal: that rest <= 5% of the check's embedding.
+On a machine whose cores other processes hold, run it with OPENBLAS_NUM_THREADS=1:
+OpenBLAS's threads then fight for the cores and its SVDs slow tenfold.
 """
 
 from __future__ import annotations
