@@ -22,7 +22,6 @@ from guard.cache import EmbeddingCache, bare, cached, stats_of
 from guard.core.bridge import KINDS, Trial, fit, fitting_rows, judge, split
 from guard.core.compare import Comparison, compare, overlap_at_k
 from guard.core.diagnosis import (
-    MIN_REMEASURED,
     PROBE_RECORDS,
     Alternative,
     Evidence,
@@ -30,6 +29,7 @@ from guard.core.diagnosis import (
     RecordTimes,
     diagnose,
     explains_every_mismatch,
+    remeasure_rows,
     settings_to_try,
     worth_remeasuring,
 )
@@ -50,9 +50,8 @@ RERUN_TEXTS = 16
 SINGLE_TEXTS = 8
 # Sampled records whose top-k is compared through the store's index.
 OVERLAP_QUERIES = 50
-# Mismatching records re-measured per alternative setting (as many as an alternative
-# needs to explain the mismatch), plus matching ones as controls.
-ALTERNATIVE_RECORDS = MIN_REMEASURED
+# Matching records re-measured per alternative setting as controls, after the
+# mismatching ones (``remeasure_rows``: as many as an alternative needs to explain them).
 ALTERNATIVE_CONTROLS = 8
 
 
@@ -376,11 +375,11 @@ def _with_alternatives(
 ) -> Evidence:
     """Re-measure the mismatching records with each setting the diagnosis wants tried,
     until one explains every mismatch; a setting that fixes none of the first
-    ``PROBE_RECORDS`` is not re-measured on the rest."""
+    ``PROBE_RECORDS`` (the shortest of them) is not re-measured on the rest."""
     wanted = settings_to_try(evidence)
     if not wanted:
         return evidence
-    mismatching = evidence.mismatching()[:ALTERNATIVE_RECORDS]
+    mismatching = remeasure_rows(evidence)
     matching = np.setdiff1d(np.arange(len(measured.records)), evidence.mismatching())
     rows = np.concatenate([mismatching, matching[:ALTERNATIVE_CONTROLS]])
     texts = [measured.records.texts[i] or "" for i in rows]

@@ -27,6 +27,7 @@ from guard.core.diagnosis import (
     diagnose,
     explains_every_mismatch,
     mixed_store,
+    remeasure_rows,
     settings_to_try,
     worth_remeasuring,
 )
@@ -720,6 +721,29 @@ def test_an_alternative_that_fixes_no_probed_mismatch_is_not_remeasured_further(
         worth_remeasuring(worse, evidence),
         worth_remeasuring(helps, evidence),
     ) == (False, True)
+
+
+def test_the_probe_is_the_shortest_of_the_uniformly_drawn_mismatches() -> None:
+    """The probe costs its tokens: it takes the PROBE_RECORDS fewest-token records of
+    the first MIN_REMEASURED mismatches (sample order), then the rest of those follow."""
+    stored = unit_rows()
+    tokens = token_counts()
+    evidence = evidence_for(stored, toward(stored, 0.93), tokens)
+    drawn = evidence.mismatching()[:MIN_REMEASURED]
+
+    rows = remeasure_rows(evidence)
+
+    probe, rest = rows[:PROBE_RECORDS], rows[PROBE_RECORDS:]
+    assert sorted(rows.tolist()) == sorted(drawn.tolist())
+    assert tokens[probe].tolist() == sorted(tokens[drawn].tolist())[:PROBE_RECORDS]
+    assert rest.tolist() == [row for row in drawn.tolist() if row not in set(probe.tolist())]
+
+
+def test_without_token_counts_the_probe_keeps_sample_order() -> None:
+    stored = unit_rows()
+    evidence = evidence_for(stored, toward(stored, 0.93), None)
+
+    assert remeasure_rows(evidence).tolist() == evidence.mismatching()[:MIN_REMEASURED].tolist()
 
 
 def test_nothing_to_try_when_everything_matches() -> None:
