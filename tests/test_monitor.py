@@ -460,6 +460,51 @@ def test_once_exit_codes_and_history_through_the_cli(
     assert [row["status"] for row in json.loads(shown.stdout)] == ["ok", "drift"]
 
 
+def test_a_rerun_hits_the_cache_and_another_model_file_behind_the_same_uri_never_does(
+    state_dsn: str,
+    qdrant_dir: Path,
+    engine_link: Path,
+    gguf_q4_0: Path,
+    texts: list[str],
+    f16_vectors: Vectors,
+    tmp_path: Path,
+) -> None:
+    """`guard monitor --once` twice: the second run takes every sampled vector from the
+    cache and says so; the same engine URI on a Q4_0 file (another sha256 in the
+    fingerprint) embeds afresh and still reports the drift."""
+    from typer.testing import CliRunner
+
+    from guard.cli import app
+
+    uri = f"qdrant+local:{qdrant_dir}?collection=cached"
+    fill(uri, list(range(STORED)), texts[:STORED], f16_vectors[:STORED], create=True)
+    toml = tmp_path / "guard.toml"
+    toml.write_text(
+        f'[monitor]\nstate_dsn = "{state_dsn}"\n\n[cache]\npath = "{tmp_path / "cache.sqlite"}"\n\n'
+        f'[[watch]]\nname = "cached"\nstore = "{uri}"\nengine = "llamacpp:{engine_link}"\n'
+        'schedule = "*/5 * * * *"\n',
+        encoding="utf-8",
+    )
+    once = ["monitor", "--config", str(toml), "--once"]
+    runner = CliRunner()
+
+    first = runner.invoke(app, [*once, "--format", "json"])
+    rerun = runner.invoke(app, [*once, "--format", "json"])
+    shown = runner.invoke(app, once)
+    point(engine_link, gguf_q4_0)
+    swapped = runner.invoke(app, [*once, "--format", "json"])
+
+    runs = [json.loads(result.stdout)["runs"][0] for result in (first, rerun, swapped)]
+    assert [(run["status"], run["cache"]) for run in runs] == [
+        ("ok", {"enabled": True, "hits": 0, "misses": STORED}),
+        ("ok", {"enabled": True, "hits": STORED, "misses": 0}),
+        ("drift", {"enabled": True, "hits": 0, "misses": STORED}),
+    ]
+    assert runs[1]["sample"] == runs[0]["sample"]
+    assert f"{STORED} of {STORED} sampled vectors from the cache" in shown.stdout
+    assert (first.exit_code, rerun.exit_code, shown.exit_code, swapped.exit_code) == (0, 0, 0, 1)
+
+
 def test_the_service_serves_health_and_stops_on_sigterm(
     state_dsn: str, qdrant_dir: Path, gguf_f16: Path, tmp_path: Path
 ) -> None:

@@ -4,6 +4,7 @@ engine (the demo F16 GGUF as the candidate), a real state database."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psycopg
 import pytest
 from fixtures_stores import STORE_KINDS, unit_vectors
@@ -286,6 +288,51 @@ def _dims(uri: str) -> int:
         return store.describe().dims
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("store_kind", ["pgvector"], indirect=True)
+def test_a_warm_cache_writes_what_a_cold_run_writes_and_says_how_much_it_served(
+    state_dsn: str, source: str, candidate: str, tmp_path: Path
+) -> None:
+    """`guard reindex run --config` takes ``[cache]`` from the file: off, it embeds
+    everything; on, a first job fills the cache at the configured path (GUARD_HOME's
+    stays untouched) and a second job of the same store takes every vector from it,
+    writing the vectors the cold run wrote."""
+    home = tmp_path / "home"
+    cache_file = tmp_path / "cache.sqlite"
+    off, on = tmp_path / "off.toml", tmp_path / "on.toml"
+    off.write_text("[cache]\nenabled = false\n", encoding="utf-8")
+    on.write_text(f'[cache]\npath = "{cache_file}"\n', encoding="utf-8")
+    env = {**os.environ, "GUARD_HOME": str(home)}
+    jobs = [plan(source, candidate) for _ in range(3)]
+
+    def run(job_id: str, toml: Path, *options: str) -> str:
+        done = subprocess.run(
+            guard_cmd("run", job_id, "--config", str(toml), *options),
+            capture_output=True, text=True, env=env, check=True,
+        )  # fmt: skip
+        return done.stdout
+
+    cold = json.loads(run(jobs[0], off, "--format", "json"))
+    filling = json.loads(run(jobs[1], on, "--format", "json"))
+    warm = run(jobs[2], on)
+
+    embedded = RECORDS - len(NO_TEXT)
+    assert (cold["cache"], filling["cache"]) == (
+        {"enabled": False, "hits": 0, "misses": 0},
+        {"enabled": True, "hits": 0, "misses": embedded},
+    )
+    assert f"{embedded} of {embedded} vectors from the cache" in warm, warm
+    assert (cache_file.is_file(), (home / "cache").exists()) == (True, False)
+    cold_rows, warm_rows = (snapshot(target_of(job_id)) for job_id in (jobs[0], jobs[2]))
+    assert cold_rows.keys() == warm_rows.keys()
+    ids = sorted(cold_rows)
+    a, b = (
+        np.stack([np.frombuffer(rows[i][1], np.float32) for i in ids])
+        for rows in (cold_rows, warm_rows)
+    )
+    cosines = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert (len(ids), float(cosines.min()) > 0.9999) == (embedded, True)
 
 
 @pytest.mark.parametrize("store_kind", ["qdrant-local"], indirect=True)

@@ -137,5 +137,7 @@ def _run_line(run: dict[str, Any]) -> str:
         facts.append(f"{run['new_records']} new records")
     if run["population"]:
         facts.append(f"population AUC {run['population']['auc']:.3f}")
+    if (run["cache"] or {}).get("enabled") and sample.get("n"):
+        facts.append(f"{run['cache']['hits']} of {sample['n']} sampled vectors from the cache")
     reasons = [*run["reasons"], *([run["error"]] if run["error"] else [])]
     return "; ".join(facts) + "".join(f"\n  - {reason}" for reason in reasons)

@@ -3,7 +3,7 @@ alerts.py and metrics.py report. Kept apart so that those modules import only th
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Literal
 
@@ -54,6 +54,8 @@ class WatchRun:
     reasons: tuple[str, ...]
     error: str | None = None
     watermark: Watermark | None = None  # saved with the run; None when it failed
+    # The embedding cache's share of the sample: enabled, hits, misses (None: failed).
+    cache: dict[str, object] | None = field(default=None, hash=False)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -69,4 +71,5 @@ class WatchRun:
             "population": self.population.as_dict() if self.population else None,
             "reasons": list(self.reasons),
             "error": self.error,
+            "cache": self.cache,
         }

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from guard.cache import EmbeddingCache, cached
+from guard.cache import EmbeddingCache, cached, stats_of
 from guard.config import WatchConfig
 from guard.core.compare import compare, overlap_at_k
 from guard.core.diagnosis import Evidence, RecordTimes, mixed_store
@@ -69,6 +69,7 @@ def run_watch(
         new, population, watermark = population_check(
             store, history, watch.name, population_sample, seed
         )
+        from_cache = stats_of(engine).as_dict()
     except Exception as exc:  # a run's failure is recorded and alerted, never raised
         message = str(exc) if isinstance(exc, GuardError) else f"{type(exc).__name__}: {exc}"
         log.warning("monitor.run_failed", watch=watch.name, error=redact(message))
@@ -106,6 +107,7 @@ def run_watch(
         population,
         tuple(reasons),
         watermark=watermark,
+        cache=from_cache,
     )
 
 

@@ -102,16 +102,19 @@ def run(
         float, typer.Option(help="Lease length; a dead worker's batches return after it.")
     ] = 60.0,
     output_format: FormatOption = Format.text,
+    config: Annotated[
+        Path | None, typer.Option(help="guard.toml whose \\[cache] table the run uses.")
+    ] = None,
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Embed every text afresh; leave the cache alone.")
     ] = False,
 ) -> None:
     """Work on the job until it is done, paused or outside its window; safe to kill."""
     from guard.cache import open_cache
-    from guard.config import CacheConfig
+    from guard.config import load_config
     from guard.reindex.worker import run_worker
 
-    cache = open_cache(CacheConfig(), no_cache=no_cache)
+    cache = open_cache(load_config(config).cache, no_cache=no_cache)
     try:
         result = run_worker(job_id, lease_seconds=lease_seconds, cache=cache)
     finally:
@@ -120,10 +123,17 @@ def run(
     if output_format is Format.json:
         _json(result.as_dict())
     else:
+        from_cache = (
+            f", {result.cache['hits']} of {result.cache['hits'] + result.cache['misses']} "
+            "vectors from the cache"
+            if result.cache["enabled"]
+            else ""
+        )
         out.print(
             f"{result.stopped}: {result.batches_done} batches, {result.written} written, "
-            f"{result.skipped} skipped, {result.failed_batches} failed batches",
+            f"{result.skipped} skipped, {result.failed_batches} failed batches{from_cache}",
             highlight=False,
+            soft_wrap=True,
         )
     if result.stopped == "failed":
         raise typer.Exit(1)

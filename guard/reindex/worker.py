@@ -28,7 +28,7 @@ from datetime import datetime
 from types import FrameType
 from typing import Any
 
-from guard.cache import EmbeddingCache, cached
+from guard.cache import EmbeddingCache, cached, stats_of
 from guard.engines import EmbeddingEngine, open_engine
 from guard.errors import GuardError, ReindexError
 from guard.logs import get_logger
@@ -75,6 +75,8 @@ class WorkerResult:
     stopped: str  # done, paused, window, interrupted, failed
     failed_batches: int
     engine_busy: float  # share of the run the engine spent embedding: 1.0 = never starved
+    # The embedding cache's share of the texts embedded: enabled, hits, misses.
+    cache: dict[str, Any]
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -86,6 +88,7 @@ class WorkerResult:
             "stopped": self.stopped,
             "failed_batches": self.failed_batches,
             "engine_busy": round(self.engine_busy, 3),
+            "cache": self.cache,
         }
 
 
@@ -239,7 +242,7 @@ class _Worker:
         log.info("worker stopped", job=self.job.short, reason=self.stopped, engine_busy=busy)
         return WorkerResult(
             str(self.job.id), self.worker, self.batches_done, self.written, self.skipped,
-            self.stopped, failed, busy,
+            self.stopped, failed, busy, stats_of(engine).as_dict(),
         )  # fmt: skip
 
     def _guarded(self, stage: Any, resource: Any) -> None:
