@@ -7,12 +7,14 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import closing
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -642,14 +644,19 @@ def test_the_scheduler_runs_only_due_jobs(state_dsn: str, source: str, candidate
 
 
 def test_the_guard_service_runs_due_jobs_inside_their_window(
-    state_dsn: str, source: str, candidate: str
+    state_dsn: str, source: str, candidate: str, tmp_path: Path
 ) -> None:
-    """The service's scheduler finishes a due job and leaves one outside its window."""
+    """The service's scheduler finishes a due job and leaves one outside its window;
+    the job embeds through the config's [cache], like the watches."""
     later = datetime.now() + timedelta(hours=2)
     waiting = plan(source, candidate, window=f"{later:%H:%M}-{later + timedelta(hours=1):%H:%M}")
     due = plan(source, candidate)
+    cache_path = tmp_path / "cache.sqlite"
     config = GuardConfig.model_validate(
-        {"monitor": {"port": 0, "reindex_every_seconds": 1, "state_dsn": state_dsn}}
+        {
+            "monitor": {"port": 0, "reindex_every_seconds": 1, "state_dsn": state_dsn},
+            "cache": {"path": str(cache_path)},
+        }
     )
     service = MonitorService(config)
     service.start()
@@ -661,3 +668,6 @@ def test_the_guard_service_runs_due_jobs_inside_their_window(
         service.stop()
     assert (_batches_done(due), _batches_done(waiting)) == (RECORDS // BATCH, 0)
     _assert_complete_and_right(_verify_all(due))
+    with closing(sqlite3.connect(cache_path)) as cache:
+        embedded = cache.execute("SELECT count(*) FROM vectors").fetchone()[0]
+    assert embedded == job_status(due).written > 0

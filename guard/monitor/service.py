@@ -106,6 +106,11 @@ class MonitorService:
         )
         return run
 
+    def _run_due_jobs(self) -> None:
+        """The re-index jobs due now, through the same embedding cache as the watches."""
+        with _cache(self.config) as cache:
+            run_due_jobs(dsn=self.config.monitor.state_dsn, stop=self._reindex_stop, cache=cache)
+
     def run_once(self) -> list[WatchRun]:
         """Every watch once, in config order (for cron and Kubernetes CronJob users)."""
         return [self.execute(watch) for watch in self.config.watch]
@@ -134,9 +139,8 @@ class MonitorService:
             )
         if settings.reindex_every_seconds:
             scheduler.add_job(
-                run_due_jobs,
+                self._run_due_jobs,
                 IntervalTrigger(seconds=settings.reindex_every_seconds, timezone=UTC),
-                kwargs={"dsn": settings.state_dsn, "stop": self._reindex_stop},
                 id="reindex",
                 name="re-index jobs due",
                 coalesce=True,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from datetime import datetime
 
+from guard.cache import EmbeddingCache
 from guard.errors import GuardError
 from guard.logs import get_logger
 from guard.reindex.jobs import JOB_COLUMNS, Job
@@ -35,7 +36,11 @@ def due_jobs(*, now: datetime | None = None, dsn: str | None = None) -> list[Job
 
 
 def run_due_jobs(
-    *, lease_seconds: float = 60.0, dsn: str | None = None, stop: threading.Event | None = None
+    *,
+    lease_seconds: float = 60.0,
+    dsn: str | None = None,
+    stop: threading.Event | None = None,
+    cache: EmbeddingCache | None = None,
 ) -> list[WorkerResult]:
     """Run each due job in turn until it stops; one job's failure does not stop the rest.
     Setting ``stop`` (the service's SIGTERM) ends the running job as SIGTERM ends
@@ -45,7 +50,11 @@ def run_due_jobs(
         if stop is not None and stop.is_set():
             break
         try:
-            results.append(run_worker(str(job.id), lease_seconds=lease_seconds, dsn=dsn, stop=stop))
+            results.append(
+                run_worker(
+                    str(job.id), lease_seconds=lease_seconds, dsn=dsn, stop=stop, cache=cache
+                )
+            )
         except GuardError as exc:
             log.error("scheduled re-index failed", job=job.short, error=str(exc))
     return results
