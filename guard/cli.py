@@ -10,17 +10,20 @@ import os
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from guard import __version__, logs
-from guard.errors import GuardError
+from guard.errors import ConfigError, GuardError
 from guard.monitor.cli import monitor_app
 from guard.reindex.cli import reindex_app
 from guard.uri import redact
+
+if TYPE_CHECKING:
+    from guard.retrieval import QuerySet
 
 app = typer.Typer(
     add_completion=False,
@@ -115,6 +118,16 @@ def check(
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Embed every text afresh; leave the cache alone.")
     ] = False,
+    queries: Annotated[
+        Path | None,
+        typer.Option(
+            help='JSONL of {"query": ..., "relevant": [ids]}: recall as stored vs switch.'
+        ),
+    ] = None,
+    min_recall_ratio: Annotated[
+        float | None,
+        typer.Option(help="Least recall@k of the switch over as stored (lower bound)."),
+    ] = None,
 ) -> None:
     """Is switching to CANDIDATE safe without re-indexing STORE? Exit code = verdict."""
     from guard import report as reports
@@ -122,6 +135,7 @@ def check(
     from guard.check import run_check
     from guard.config import load_config, thresholds_from
     from guard.engines import open_engine
+    from guard.retrieval import check_retrieval
     from guard.stores import open_store
 
     overrides = {
@@ -132,6 +146,7 @@ def check(
         "overlap_k": overlap_k,
         "initial_sample": initial_sample,
         "max_sample": sample,
+        "min_recall_ratio": min_recall_ratio,
     }
     settings = load_config(config)
     thresholds = thresholds_from(
@@ -139,6 +154,9 @@ def check(
         base=thresholds_from(settings.thresholds),
     )
     embeddings = open_cache(settings.cache, no_cache=no_cache)
+    asked = _queries(queries)
+    if asked is not None and baseline is None:
+        raise ConfigError("--queries needs --baseline: recall as stored is the baseline's")
     target = open_store(store)
     engine = open_engine(candidate)
     reference = open_engine(baseline) if baseline else None
@@ -152,6 +170,10 @@ def check(
             bridge_out=bridge_out,
             cache=embeddings,
         )
+        if asked is not None and reference is not None:
+            result = check_retrieval(
+                target, engine, reference, result, asked, thresholds=thresholds, seed=seed
+            )
     finally:
         if embeddings is not None:
             embeddings.close()
@@ -190,10 +212,17 @@ def check(
     raise typer.Exit(result.exit_code)
 
 
+def _queries(path: Path | None) -> QuerySet | None:
+    from guard.retrieval import load_queries
+
+    return load_queries(path) if path is not None else None
+
+
 class CompareFormat(StrEnum):
     text = "text"
     json = "json"
     markdown = "markdown"
+    html = "html"
 
 
 @app.command()
@@ -208,13 +237,20 @@ def compare(
     sample: Annotated[int | None, typer.Option(help="Most records to re-embed.")] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     k: Annotated[int, typer.Option("--k", help="k of overlap@k and of retrieval.")] = 10,
+    queries: Annotated[
+        Path | None,
+        typer.Option(help='JSONL of {"query": ..., "relevant": [ids]}; else synthetic queries.'),
+    ] = None,
+    subcorpus: Annotated[
+        int, typer.Option(help="Sampled distractors of the re-index sub-corpus.", min=1)
+    ] = 1000,
     output_format: Annotated[CompareFormat, typer.Option("--format")] = CompareFormat.text,
     output: Annotated[Path | None, typer.Option(help="Write the report to this file.")] = None,
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Embed every text afresh; leave the cache alone.")
     ] = False,
 ) -> None:
-    """Rank CANDIDATES on one sample of STORE: loads, verdict, speed, memory.
+    """Rank CANDIDATES on one sample of STORE: loads, verdict, speed, memory, retrieval.
 
     Exit 0 when one can be switched to without re-indexing, 1 when none can but some
     load, 4 when none loads, 2 on errors."""
@@ -234,6 +270,7 @@ def compare(
         }
     thresholds = thresholds_from(overrides)
     embeddings = open_cache(CacheConfig(), no_cache=no_cache)
+    asked = _queries(queries)
     target = open_store(store)
     reference = open_engine(baseline) if baseline else None
     try:
@@ -244,6 +281,8 @@ def compare(
             seed=seed,
             baseline=reference,
             cache=embeddings,
+            queries=asked,
+            distractors=subcorpus,
         )
     finally:
         if embeddings is not None:
@@ -259,7 +298,11 @@ def compare(
         reports.to_text(result, Console(file=buffer, width=140, color_system=None))
         rendered = buffer.getvalue()
     else:
-        render = reports.to_json if output_format is CompareFormat.json else reports.to_markdown
+        render = {
+            CompareFormat.json: reports.to_json,
+            CompareFormat.markdown: reports.to_markdown,
+            CompareFormat.html: reports.to_html,
+        }[output_format]
         rendered = render(result)
         if output is None:
             print(rendered)

@@ -29,6 +29,15 @@ from guard.core.policy import Thresholds
 from guard.engines import EmbeddingEngine, open_engine
 from guard.errors import ConfigError, EngineError
 from guard.logs import get_logger
+from guard.retrieval import (
+    SUBCORPUS_DISTRACTORS,
+    Context,
+    QuerySet,
+    judged,
+    measure,
+    prepare,
+    synthetic_queries,
+)
 from guard.stores import VectorStore
 
 log = get_logger(__name__)
@@ -47,26 +56,41 @@ def run_compare(
     seed: int,
     baseline: EmbeddingEngine | None = None,
     cache: EmbeddingCache | None = None,
+    queries: QuerySet | None = None,
+    distractors: int = SUBCORPUS_DISTRACTORS,
 ) -> CompareReport:
     """Judge every candidate URI on one draw from ``store``; the report is ranked.
 
     With ``cache``, each check reads through it; the timed pass never does (speed is
     the engine's), but its vectors go into the cache.
 
-    Candidate URIs that cannot even be parsed (unknown scheme, bad option) are a
-    ConfigError before anything is measured; failures to load are rows."""
+    Retrieval quality is measured on ``queries``, or on queries derived from the
+    sample's texts (``synthetic``); the re-index sub-corpus holds ``distractors`` of the
+    sample's records. Candidate URIs that cannot even be parsed (unknown scheme, bad
+    option) are a ConfigError before anything is measured; failures to load are rows."""
     engines = _open_all(candidates)
     try:
         drawn = draw_sample(store, thresholds, seed)
         if baseline is not None:  # loaded now, so no candidate's memory figure holds it
             baseline.embed(_first_texts(drawn)[:1])
+        context = prepare(
+            store,
+            drawn.info,
+            queries or synthetic_queries(drawn.usable),
+            k=thresholds.overlap_k,
+            seed=seed,
+            baseline=baseline,
+            pool=drawn.usable,
+            distractors=distractors,
+        )
         rows = [
-            _judge(store, drawn, engine, thresholds, seed, baseline, cache) for engine in engines
+            _judge(store, drawn, engine, thresholds, seed, baseline, cache, context)
+            for engine in engines
         ]
     finally:
         for engine in engines:
             engine.close()
-    return build_compare_report(drawn, rows, thresholds=thresholds, seed=seed)
+    return build_compare_report(drawn, rows, thresholds=thresholds, seed=seed, context=context)
 
 
 def _open_all(candidates: Sequence[str]) -> list[EmbeddingEngine]:
@@ -94,11 +118,12 @@ def _judge(
     seed: int,
     baseline: EmbeddingEngine | None,
     cache: EmbeddingCache | None,
+    context: Context,
 ) -> CandidateRow:
-    """One candidate's row: load, speed, then the check on the shared sample. The
-    engine is closed afterwards, so the next candidate's memory starts from here."""
+    """One candidate's row: load, speed, the check on the shared sample, retrieval.
+    The engine is closed afterwards, so the next candidate's memory starts from here."""
     try:
-        return _measure(store, drawn, engine, thresholds, seed, baseline, cache)
+        return _measure(store, drawn, engine, thresholds, seed, baseline, cache, context)
     finally:
         engine.close()
 
@@ -111,6 +136,7 @@ def _measure(
     seed: int,
     baseline: EmbeddingEngine | None,
     cache: EmbeddingCache | None,
+    context: Context,
 ) -> CandidateRow:
     texts = _first_texts(drawn)
     base = _reset_peak_rss()
@@ -138,12 +164,20 @@ def _measure(
             embedded=vectors,
             cache=cache,
         )
+        bridge = report.bridge or {}
+        measured = measure(
+            context,
+            engine,
+            corpus_vectors=vectors,
+            fitted_bridge=bridge.get("path") if bridge.get("passed") else None,
+        )
+        report = judged(report, measured, context.queries, thresholds)
     except (EngineError, ConfigError) as exc:
         log.info("compare.failed", candidate=engine.uri, error=str(exc))
         return CandidateRow.failed(engine.uri, str(exc), speed)
     speed = replace(speed, peak_rss_added_bytes=_rss_added(base))
     log.info("compare.judged", candidate=engine.uri, verdict=report.verdict)
-    return CandidateRow.judged(engine.uri, report, speed)
+    return CandidateRow.judged(engine.uri, report, speed, measured.figures())
 
 
 def _model_bytes(engine: EmbeddingEngine) -> int | None:

@@ -3,13 +3,16 @@
 ``CompareReport.to_dict`` holds the stable fields of the compare contract (README):
 ``store``, ``sample``, ``k``, ``queries``, ``candidates`` best first, each with
 ``candidate``, ``loaded``, ``error``, ``verdict``, ``exit_code``, ``causes``, ``bound``,
-``speed`` and ``retrieval``. Retrieval quality is not measured yet: ``queries`` and
-every ``retrieval`` entry are null.
+``speed`` and ``retrieval`` (``as_stored``, ``switch``, ``reindexed``, ``bridged``, each
+``{recall_at_k, mrr_at_k, ndcg_at_k}`` with ``*_ci`` intervals, or null where not
+measured, plus ``as_stored_subcorpus``: the baseline on the re-index sub-corpus).
 """
 
 from __future__ import annotations
 
+import html
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
@@ -24,9 +27,10 @@ from guard.check import DrawnSample
 from guard.core.policy import Thresholds
 from guard.core.ranking import Standing, exit_code, rank
 from guard.report import VERDICT_STYLES, CheckReport
+from guard.retrieval import Context
 from guard.uri import redact
 
-RETRIEVAL_FIELDS = ("as_stored", "switch", "reindexed", "bridged")
+RETRIEVAL_FIELDS = ("as_stored", "switch", "reindexed", "bridged", "as_stored_subcorpus")
 NOT_LOADED = "not loaded"
 FAILED = "error"
 
@@ -70,6 +74,7 @@ class CandidateRow:
     error: str | None
     check: CheckReport | None
     speed: Speed | None
+    retrieval: dict[str, dict[str, Any] | None] | None = None
 
     @classmethod
     def not_loaded(cls, uri: str, error: str) -> CandidateRow:
@@ -81,8 +86,14 @@ class CandidateRow:
         return cls(redact(uri), True, _one_line(error), None, speed)
 
     @classmethod
-    def judged(cls, uri: str, check: CheckReport, speed: Speed) -> CandidateRow:
-        return cls(redact(uri), True, None, check, speed)
+    def judged(
+        cls,
+        uri: str,
+        check: CheckReport,
+        speed: Speed,
+        retrieval: dict[str, dict[str, Any] | None],
+    ) -> CandidateRow:
+        return cls(redact(uri), True, None, check, speed, retrieval)
 
     @property
     def verdict(self) -> str | None:
@@ -107,7 +118,7 @@ class CandidateRow:
             "causes": self.causes,
             "bound": check.bound if check is not None else None,
             "speed": self.speed.to_dict() if self.speed is not None else None,
-            "retrieval": dict.fromkeys(RETRIEVAL_FIELDS),
+            "retrieval": {name: (self.retrieval or {}).get(name) for name in RETRIEVAL_FIELDS},
         }
 
 
@@ -121,13 +132,16 @@ class CompareReport:
     candidates: tuple[CandidateRow, ...]
     exit_code: int
     thresholds: dict[str, Any]
+    queries: dict[str, Any] | None = None
+    subcorpus: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "store": self.store,
             "sample": self.sample,
             "k": self.k,
-            "queries": None,
+            "queries": self.queries,
+            "subcorpus": self.subcorpus,
             "candidates": [row.to_dict() for row in self.candidates],
             "exit_code": self.exit_code,
             "thresholds": self.thresholds,
@@ -136,7 +150,12 @@ class CompareReport:
 
 
 def build_compare_report(
-    drawn: DrawnSample, rows: Sequence[CandidateRow], *, thresholds: Thresholds, seed: int
+    drawn: DrawnSample,
+    rows: Sequence[CandidateRow],
+    *,
+    thresholds: Thresholds,
+    seed: int,
+    context: Context | None = None,
 ) -> CompareReport:
     """Rank the rows and decide the run's exit code (guard.core.ranking)."""
     standings = [row.standing() for row in rows]
@@ -160,6 +179,8 @@ def build_compare_report(
         candidates=tuple(rows[i] for i in rank(standings)),
         exit_code=exit_code(standings),
         thresholds=thresholds.as_dict(),
+        queries=context.queries.as_dict() if context is not None else None,
+        subcorpus=context.as_dict()["subcorpus"] if context is not None else None,
     )
 
 
@@ -167,8 +188,13 @@ def to_json(report: CompareReport) -> str:
     return json.dumps(report.to_dict(), indent=2, allow_nan=False)
 
 
-_COLUMNS = ("#", "candidate", "verdict", "causes", "texts/s", "tokens/s", "size", "+RSS")
-_NUMBERS = frozenset({"#", "texts/s", "tokens/s", "size", "+RSS"})
+_COLUMNS = (
+    "#", "candidate", "verdict", "causes", "texts/s", "tokens/s", "size", "+RSS",
+    "R@k switch", "R@k reindexed", "R@k bridged",
+)  # fmt: skip
+_NUMBERS = frozenset(
+    {"#", "texts/s", "tokens/s", "size", "+RSS", "R@k switch", "R@k reindexed", "R@k bridged"}
+)
 
 
 def to_text(report: CompareReport, console: Console) -> None:
@@ -194,6 +220,7 @@ def to_text(report: CompareReport, console: Console) -> None:
     console.print(table)
     for note in notes:
         console.print(note, markup=False, highlight=False, soft_wrap=True)
+    console.print(retrieval_note(report), markup=False, highlight=False)
     console.print(_footnote(report), style="dim", markup=False, highlight=False)
 
 
@@ -219,6 +246,8 @@ def to_markdown(report: CompareReport) -> str:
             "| " + " | ".join(cell.replace("|", "\\|") for cell in _cells(place, row)) + " |"
             for place, row in enumerate(report.candidates, start=1)
         ),
+        "",
+        retrieval_note(report),
         "",
         _footnote(report),
     ]
@@ -271,7 +300,52 @@ def _cells(place: int, row: CandidateRow) -> list[str]:
         f"{speed.tokens_per_second:,.0f}" if speed else "-",
         _bytes(speed.model_bytes) if speed else "-",
         _bytes(speed.peak_rss_added_bytes) if speed else "-",
+        *(_recall(row, side) for side in ("switch", "reindexed", "bridged")),
     ]
+
+
+def _recall(row: CandidateRow, side: str) -> str:
+    figures = (row.retrieval or {}).get(side)
+    return "-" if figures is None else f"{figures['recall_at_k']:.3f}"
+
+
+def retrieval_note(report: CompareReport) -> str:
+    """Where the retrieval figures come from, and the as-stored ones to hold them to."""
+    queries, sub = report.queries, report.subcorpus
+    if queries is None:
+        return "retrieval not measured"
+    source = (
+        "ESTIMATED from synthetic queries (each a sampled record's first sentence, that "
+        "record its one relevant document)"
+        if queries["synthetic"]
+        else "measured on the given queries"
+    )
+    stored = (
+        next((row.retrieval for row in report.candidates if row.retrieval is not None), None) or {}
+    )
+    index, on_sub = stored.get("as_stored"), stored.get("as_stored_subcorpus")
+    lines = [f"Retrieval, {queries['count']} queries, recall@{report.k}: {source}."]
+    if index is None:
+        lines.append("As stored: not measured (give --baseline, the engine that wrote the store).")
+    else:
+        lines.append(
+            f"As stored (baseline through the store's index): R@k {_figure(index)}; "
+            f"switch = the candidate's queries through the same index."
+        )
+    if sub is not None:
+        base = f"; as stored on it: R@k {_figure(on_sub)}" if on_sub is not None else ""
+        lines.append(
+            f"Reindexed = the candidate's queries against its own vectors of a sub-corpus of "
+            f"{sub['size']} records ({sub['relevant']} relevant + {sub['distractors']} sampled "
+            f"distractors), exact search{base}: compare reindexed with that figure, not with "
+            "the whole-store one."
+        )
+    return " ".join(lines)
+
+
+def _figure(figures: dict[str, Any]) -> str:
+    low, high = figures["recall_at_k_ci"]
+    return f"{figures['recall_at_k']:.3f} (95% CI {low:.3f}-{high:.3f})"
 
 
 def _bytes(value: int | None) -> str:
@@ -287,3 +361,113 @@ def _bytes(value: int | None) -> str:
 
 def _one_line(message: str) -> str:
     return " ".join(redact(message).split())
+
+
+def to_html(report: CompareReport) -> str:
+    """One self-contained page: inline CSS and SVG, no scripts, no fetches."""
+    e = html.escape
+    head = "".join(f"<th>{e(name)}</th>" for name in _COLUMNS)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f"<td class={'num' if name in _NUMBERS else 'txt'}>{e(cell)}</td>"
+            for name, cell in zip(_COLUMNS, _cells(place, row), strict=True)
+        )
+        + "</tr>"
+        for place, row in enumerate(report.candidates, start=1)
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>guard compare</title>
+<style>
+body {{ font: 15px/1.45 system-ui, sans-serif; max-width: 80rem; margin: 2rem auto;
+  padding: 0 1rem; color: #1f2328; }}
+h1 {{ font-size: 1.5rem; }}
+table {{ border-collapse: collapse; margin: 1rem 0; }}
+td, th {{ padding: .25rem .6rem; border-bottom: 1px solid #d0d7de; text-align: left;
+  vertical-align: top; }}
+td.txt {{ max-width: 22rem; overflow-wrap: anywhere; }}
+.num {{ text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }}
+.muted {{ color: #656d76; }}
+svg {{ display: block; margin: 1rem 0; font: 12px system-ui, sans-serif; }}
+</style></head><body>
+<h1>guard compare: {e(_headline(report))}</h1>
+<p class=muted>{e(_context(report))}</p>
+<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+<p>{e(retrieval_note(report))}</p>
+{_chart_svg(report)}
+<p class=muted>{e(_footnote(report))}</p>
+</body></html>"""
+
+
+_CHART_W, _CHART_H, _PAD_L, _PAD_B, _PAD_T, _PAD_R = 760, 380, 60, 50, 20, 200
+
+
+def _chart_svg(report: CompareReport) -> str:
+    """Speed x quality: texts/s on a log scale against recall@k, one labelled point per
+    candidate and way of searching (switch: filled, reindexed: hollow)."""
+    e = html.escape
+    points = []
+    for row in report.candidates:
+        if row.speed is None or row.retrieval is None:
+            continue
+        for side in ("switch", "reindexed"):
+            figures = row.retrieval.get(side)
+            if figures is not None:
+                points.append((row.speed.texts_per_second, figures["recall_at_k"], side, row))
+    if not points:
+        return "<p>No chart: no candidate has both a speed and a retrieval figure.</p>"
+    speeds = [math.log10(max(p[0], 1e-3)) for p in points]
+    lo, hi = math.floor(min(speeds)), math.ceil(max(speeds))
+    hi = hi if hi > lo else lo + 1
+    width = _CHART_W - _PAD_L - _PAD_R
+    height = _CHART_H - _PAD_T - _PAD_B
+
+    def x(speed: float) -> float:
+        return _PAD_L + (math.log10(max(speed, 1e-3)) - lo) / (hi - lo) * width
+
+    def y(recall: float) -> float:
+        return _PAD_T + (1.0 - recall) * height
+
+    parts = [
+        f'<svg width="{_CHART_W}" height="{_CHART_H}" role="img" '
+        'aria-label="texts per second against recall at k">',
+        f'<rect x="{_PAD_L}" y="{_PAD_T}" width="{width}" height="{height}" fill="#f6f8fa" '
+        'stroke="#d0d7de"/>',
+    ]
+    for decade in range(lo, hi + 1):
+        px = _PAD_L + (decade - lo) / (hi - lo) * width
+        parts.append(
+            f'<line x1="{px:.1f}" y1="{_PAD_T}" x2="{px:.1f}" y2="{_PAD_T + height}" '
+            'stroke="#d0d7de"/>'
+            f'<text x="{px:.1f}" y="{_PAD_T + height + 16}" text-anchor="middle">'
+            f"{10.0**decade:g}</text>"
+        )
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+        parts.append(
+            f'<line x1="{_PAD_L}" y1="{y(tick):.1f}" x2="{_PAD_L + width}" y2="{y(tick):.1f}" '
+            'stroke="#d0d7de"/>'
+            f'<text x="{_PAD_L - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">{tick:g}</text>'
+        )
+    parts.append(
+        f'<text x="{_PAD_L + width / 2:.0f}" y="{_CHART_H - 8}" text-anchor="middle">'
+        "texts/s (log scale)</text>"
+        f'<text transform="translate(16 {_PAD_T + height / 2:.0f}) rotate(-90)" '
+        f'text-anchor="middle">recall@{report.k}</text>'
+    )
+    for index, (speed, recall, side, row) in enumerate(points):
+        colour = _COLOURS[report.candidates.index(row) % len(_COLOURS)]
+        fill = colour if side == "switch" else "white"
+        px, py = x(speed), y(recall)
+        parts.append(
+            f'<circle cx="{px:.1f}" cy="{py:.1f}" r="6" fill="{fill}" stroke="{colour}" '
+            'stroke-width="2"/>'
+            f'<text x="{px + 9:.1f}" y="{py + 4 + (index % 2) * 12:.1f}" fill="{colour}">'
+            f"{e(label(row.candidate).split(':', 1)[-1][:28])} ({side})</text>"
+        )
+    parts.append("</svg>")
+    legend = "filled: switch without re-index; hollow: after a re-index (sub-corpus)"
+    return "".join(parts) + f"<p class=muted>{e(legend)}</p>"
+
+
+_COLOURS = ("#0969da", "#1a7f37", "#bf3989", "#9a6700", "#cf222e", "#8250df")

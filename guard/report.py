@@ -65,6 +65,8 @@ class CheckReport:
     bridge: dict[str, Any] | None = None
     # Vectors taken from the embedding cache: {enabled, hits, misses}.
     cache: dict[str, Any] | None = None
+    # Retrieval quality on queries (check --queries): as stored, switch, their ratio.
+    retrieval: dict[str, Any] | None = None
     # Why the policy decided as it did; shown by the renderers, not part of the JSON.
     reasons: tuple[str, ...] = field(default=(), compare=False)
 
@@ -85,6 +87,7 @@ class CheckReport:
             "guard_version": self.guard_version,
             "bridge": self.bridge,
             "cache": self.cache,
+            "retrieval": self.retrieval,
         }
 
 

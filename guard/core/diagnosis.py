@@ -40,6 +40,7 @@ Cause = Literal[
     "collisions",
     "nondeterministic",
     "batch_inconsistent",
+    "recall_loss",
 ]
 SELF_CHECK_CAUSES: frozenset[Cause] = frozenset(
     {"nan_output", "zero_vectors", "collisions", "nondeterministic", "batch_inconsistent"}

@@ -45,6 +45,8 @@ class Thresholds:
     overlap_k       k of that top-k
     initial_sample  records in the first round; each further round doubles the sample
     max_sample      records in the last round
+    min_recall_ratio  with queries: least recall@k of the switch over recall@k as stored
+                    (lower confidence bound) that still approves
     """
 
     min_cosine: float = 0.99
@@ -54,6 +56,7 @@ class Thresholds:
     overlap_k: int = 10
     initial_sample: int = 100
     max_sample: int = 2000
+    min_recall_ratio: float = 0.98
 
     def __post_init__(self) -> None:
         checks = {
@@ -64,6 +67,7 @@ class Thresholds:
             "overlap_k": self.overlap_k >= 1,
             "initial_sample": self.initial_sample >= 1,
             "max_sample": self.max_sample >= self.initial_sample,
+            "min_recall_ratio": 0.0 <= self.min_recall_ratio <= 1.0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -148,6 +152,43 @@ def decide(
     if overlap is not None:
         reasons.append(f"overlap@{thresholds.overlap_k} is {overlap:.3f}")
     return Verdict.of("approve", *reasons)
+
+
+@dataclass(frozen=True)
+class RecallRatio:
+    """Recall@k of a switch without re-indexing against recall@k as stored, on the same
+    queries; ``lower`` is the ratio's lower confidence bound (None: nothing as stored)."""
+
+    k: int
+    queries: int
+    switch: float
+    as_stored: float
+    lower: float | None
+    confidence: float
+    synthetic: bool
+
+
+def recall_veto(verdict: str, ratio: RecallRatio, thresholds: Thresholds) -> Finding | None:
+    """A ``recall_loss`` finding when an approval would lose more recall than
+    ``min_recall_ratio`` allows; only an approval can be vetoed."""
+    if verdict != "approve" or ratio.lower is None:
+        return None
+    if ratio.lower >= thresholds.min_recall_ratio:
+        return None
+    source = "synthetic queries from stored texts" if ratio.synthetic else "the given queries"
+    return Finding(
+        "recall_loss",
+        f"on {ratio.queries} {source}, recall@{ratio.k} is {ratio.switch:.3f} after the switch "
+        f"against {ratio.as_stored:.3f} as stored: at {_percent(ratio.confidence)} confidence "
+        f"the ratio is at least {ratio.lower:.3f}, below min_recall_ratio "
+        f"{thresholds.min_recall_ratio:g}",
+        "re-index with the candidate, or keep the current engine",
+    )
+
+
+def vetoed(finding: Finding) -> Verdict:
+    """The verdict once a recall veto holds: a re-index."""
+    return Verdict.of("reindex", f"{finding.cause}: {finding.evidence}")
 
 
 def bound_sentence(bound: Bound) -> str:
