@@ -86,11 +86,18 @@ def test_four_candidates_are_ranked_with_verdict_speed_and_load_failures(
         assert speed["texts"] == 100 and speed["tokens"] > speed["texts"]
         assert speed["model_bytes"] > 1_000_000
         assert speed["peak_rss_added_bytes"] is not None and speed["peak_rss_added_bytes"] >= 0
-        assert rows[uri]["retrieval"] == dict.fromkeys(
-            ("as_stored", "switch", "reindexed", "bridged")
-        )
+        retrieval = rows[uri]["retrieval"]
+        assert (retrieval["as_stored"], retrieval["bridged"]) == (None, None)  # no baseline
+        assert retrieval["switch"]["queries"] == report["queries"]["count"]
+        assert retrieval["reindexed"] is not None
+    assert rows[unknown]["retrieval"]["switch"] is None
     assert rows[f16]["speed"]["model_bytes"] > rows[q4]["speed"]["model_bytes"]
-    assert (report["k"], report["queries"], report["sample"]["size"]) == (10, None, 120)
+    assert (report["k"], report["queries"]["synthetic"], report["sample"]["size"]) == (
+        10,
+        True,
+        120,
+    )
+    assert report["queries"]["count"] > 20
 
 
 def test_no_candidate_loading_exits_4(f16_store: str, gguf_unknown_arch: Path) -> None:
@@ -158,3 +165,114 @@ def test_a_bad_store_is_one_line_exit_2(store: str, gguf_f16: Path) -> None:
         guard("compare", "--store", store, "--candidate", f"llamacpp:{gguf_f16}")
     )
     assert line.startswith("error:")
+
+
+def stdlib_docs() -> list[tuple[str, str]]:
+    """(summary line, docstring body) of documented stdlib functions: queries whose one
+    right answer is known."""
+    import inspect
+    import json as json_module
+    import os.path
+    import shutil
+    import statistics
+    import string
+    import textwrap
+
+    pairs = []
+    for module in (os.path, shutil, statistics, textwrap, string, json_module, inspect):
+        for name, value in sorted(vars(module).items()):
+            doc = inspect.getdoc(value) if callable(value) and not name.startswith("_") else None
+            if not doc or "\n\n" not in doc:
+                continue
+            summary, body = doc.split("\n\n", 1)
+            summary, body = " ".join(summary.split()), " ".join(body.split())[:800]
+            if len(summary.split()) >= 4 and len(body.split()) >= 8:
+                pairs.append((summary, body))
+    return list(dict.fromkeys(pairs))
+
+
+@pytest.fixture
+def docs_store(
+    new_store_uri: Callable[..., str], gguf_f16: Path, tmp_path: Path
+) -> tuple[str, Path]:
+    """Docstring bodies embedded by the F16 GGUF, and a queries file of their summaries."""
+    pairs = stdlib_docs()
+    engine = open_engine(f"llamacpp:{gguf_f16}")
+    vectors = engine.embed([body for _, body in pairs])
+    engine.close()
+    uri = new_store_uri()
+    store = open_store(uri)
+    store.create(dims=vectors.shape[1], distance="cosine")
+    store.upsert(RecordBatch(tuple(range(len(pairs))), tuple(b for _, b in pairs), vectors))
+    store.close()
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text(
+        "".join(json.dumps({"query": q, "relevant": [i]}) + "\n" for i, (q, _) in enumerate(pairs))
+    )
+    return uri, queries
+
+
+def test_retrieval_on_stdlib_docstrings_as_stored_switch_and_reindexed(
+    docs_store: tuple[str, Path], gguf_f16: Path, gguf_q4_0: Path, static_model_dir: Path
+) -> None:
+    """Known answers: F16's switch is what is stored; Q4_0 does not beat it; Model2Vec
+    cannot search the stored vectors but is measured after a re-index."""
+    store, queries = docs_store
+    f16, q4, static = (
+        f"llamacpp:{gguf_f16}",
+        f"llamacpp:{gguf_q4_0}",
+        f"model2vec:{static_model_dir}",
+    )
+    result = guard(
+        "compare", "--store", store, "--candidate", f16, "--candidate", q4,
+        "--candidate", static, "--baseline", f16, "--queries", str(queries),
+        "--format", "json",
+    )  # fmt: skip
+    assert "Traceback" not in result.stderr, result.stderr
+    report = json.loads(result.stdout)
+    rows = by_name(report)
+    assert report["queries"] == {"count": len(stdlib_docs()), "synthetic": False}
+    stored = rows[f16]["retrieval"]["as_stored"]
+    assert stored["recall_at_k"] > 0.5
+    assert stored["recall_at_k_ci"][0] <= stored["recall_at_k"] <= stored["recall_at_k_ci"][1]
+    assert rows[f16]["retrieval"]["switch"] == stored
+    assert rows[q4]["retrieval"]["switch"]["recall_at_k"] <= stored["recall_at_k_ci"][1]
+    static_switch = rows[static]["retrieval"]["switch"]
+    assert static_switch["recall_at_k_ci"][1] < stored["recall_at_k_ci"][0]
+    assert rows[static]["retrieval"]["reindexed"]["recall_at_k"] > 0.2
+    sub = report["subcorpus"]
+    assert sub["relevant"] == len(stdlib_docs()) and sub["size"] == len(stdlib_docs())
+
+
+def test_a_bad_queries_file_is_one_line_naming_the_line(
+    f16_store: str, gguf_f16: Path, tmp_path: Path
+) -> None:
+    bad = tmp_path / "q.jsonl"
+    bad.write_text('{"query": "ok text", "relevant": [1]}\n{"query": "no ids"}\n')
+    line = assert_one_line_error(
+        guard("compare", "--store", f16_store, "--candidate", f"llamacpp:{gguf_f16}",
+              "--queries", str(bad))
+    )  # fmt: skip
+    assert "line 2" in line and "relevant" in line
+
+
+def test_check_queries_joins_the_report_and_a_strict_ratio_vetoes_an_approval(
+    docs_store: tuple[str, Path], gguf_f16: Path, gguf_q8_0: Path
+) -> None:
+    """F16 on its own store keeps every query (ratio 1, approve); Q8_0 approves on cosine
+    and is held to min_recall_ratio 1.0 by its figures."""
+    store, queries = docs_store
+    f16, q8 = f"llamacpp:{gguf_f16}", f"llamacpp:{gguf_q8_0}"
+    same = guard("check", "--store", store, "--candidate", f16, "--baseline", f16,
+                 "--queries", str(queries), "--min-recall-ratio", "1.0", "--format", "json")  # fmt: skip
+    report = json.loads(same.stdout)
+    assert (same.returncode, report["verdict"]) == (0, "approve")
+    assert report["retrieval"]["recall_ratio"]["lower_bound"] == 1.0
+    assert report["retrieval"]["as_stored"] == report["retrieval"]["switch"]
+    strict = guard("check", "--store", store, "--candidate", q8, "--baseline", f16,
+                   "--queries", str(queries), "--min-recall-ratio", "1.0", "--format", "json")  # fmt: skip
+    report = json.loads(strict.stdout)
+    lower = report["retrieval"]["recall_ratio"]["lower_bound"]
+    causes = [f["cause"] for f in report["diagnosis"]]
+    assert lower < 1.0, report["retrieval"]
+    assert (strict.returncode, report["verdict"], "recall_loss" in causes) == (1, "reindex", True)
