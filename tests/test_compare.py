@@ -263,14 +263,13 @@ def test_check_queries_joins_the_report_and_a_strict_ratio_vetoes_an_approval(
     and is held to min_recall_ratio 1.0 by its figures."""
     store, queries = docs_store
     f16, q8 = f"llamacpp:{gguf_f16}", f"llamacpp:{gguf_q8_0}"
-    same = guard("check", "--store", store, "--candidate", f16, "--baseline", f16,
-                 "--queries", str(queries), "--min-recall-ratio", "1.0", "--format", "json")  # fmt: skip
+    strictly = ("--queries", str(queries), "--min-recall-ratio", "1.0", "--format", "json")
+    same = guard("check", "--store", store, "--candidate", f16, "--baseline", f16, *strictly)
     report = json.loads(same.stdout)
     assert (same.returncode, report["verdict"]) == (0, "approve")
     assert report["retrieval"]["recall_ratio"]["lower_bound"] == 1.0
     assert report["retrieval"]["as_stored"] == report["retrieval"]["switch"]
-    strict = guard("check", "--store", store, "--candidate", q8, "--baseline", f16,
-                   "--queries", str(queries), "--min-recall-ratio", "1.0", "--format", "json")  # fmt: skip
+    strict = guard("check", "--store", store, "--candidate", q8, "--baseline", f16, *strictly)
     report = json.loads(strict.stdout)
     lower = report["retrieval"]["recall_ratio"]["lower_bound"]
     causes = [f["cause"] for f in report["diagnosis"]]
