@@ -370,8 +370,12 @@ def to_html(report: CompareReport) -> str:
     body = "".join(
         "<tr>"
         + "".join(
-            f"<td class={'num' if name in _NUMBERS else 'txt'}>{e(cell)}</td>"
-            for name, cell in zip(_COLUMNS, _cells(place, row), strict=True)
+            f"<td class={_html_class(name)}>{e(cell)}</td>"
+            for name, cell in zip(
+                _COLUMNS,
+                [*_cells(place, row)[:1], label(row.candidate), *_cells(place, row)[2:]],
+                strict=True,
+            )
         )
         + "</tr>"
         for place, row in enumerate(report.candidates, start=1)
@@ -388,6 +392,8 @@ td, th {{ padding: .25rem .6rem; border-bottom: 1px solid #d0d7de; text-align: l
   vertical-align: top; }}
 td.txt {{ max-width: 22rem; overflow-wrap: anywhere; }}
 .num {{ text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }}
+.verdict {{ white-space: nowrap; font-weight: 600; }}
+.legend {{ list-style: none; padding: 0; margin: 0 0 0 60px; }}
 .muted {{ color: #656d76; }}
 svg {{ display: block; margin: 1rem 0; font: 12px system-ui, sans-serif; }}
 </style></head><body>
@@ -400,7 +406,13 @@ svg {{ display: block; margin: 1rem 0; font: 12px system-ui, sans-serif; }}
 </body></html>"""
 
 
-_CHART_W, _CHART_H, _PAD_L, _PAD_B, _PAD_T, _PAD_R = 760, 380, 60, 50, 20, 200
+def _html_class(column: str) -> str:
+    if column in _NUMBERS:
+        return "num"
+    return "verdict" if column == "verdict" else "txt"
+
+
+_CHART_W, _CHART_H, _PAD_L, _PAD_B, _PAD_T, _PAD_R = 760, 400, 60, 50, 24, 120
 
 
 def _chart_svg(report: CompareReport) -> str:
@@ -455,19 +467,30 @@ def _chart_svg(report: CompareReport) -> str:
         f'<text transform="translate(16 {_PAD_T + height / 2:.0f}) rotate(-90)" '
         f'text-anchor="middle">recall@{report.k}</text>'
     )
-    for index, (speed, recall, side, row) in enumerate(points):
-        colour = _COLOURS[report.candidates.index(row) % len(_COLOURS)]
+    placed: list[tuple[float, float]] = []
+    for speed, recall, side, row in points:
+        place = report.candidates.index(row) + 1
+        colour = _COLOURS[(place - 1) % len(_COLOURS)]
         fill = colour if side == "switch" else "white"
         px, py = x(speed), y(recall)
+        ly = py + 4
+        while any(abs(ly - oy) < 13 and abs(px - ox) < 60 for ox, oy in placed):
+            ly += 13  # labels of points that coincide stack downwards
+        placed.append((px, ly))
         parts.append(
             f'<circle cx="{px:.1f}" cy="{py:.1f}" r="6" fill="{fill}" stroke="{colour}" '
             'stroke-width="2"/>'
-            f'<text x="{px + 9:.1f}" y="{py + 4 + (index % 2) * 12:.1f}" fill="{colour}">'
-            f"{e(label(row.candidate).split(':', 1)[-1][:28])} ({side})</text>"
+            f'<text x="{px + 10:.1f}" y="{ly:.1f}" fill="{colour}">#{place} {side}</text>'
         )
     parts.append("</svg>")
-    legend = "filled: switch without re-index; hollow: after a re-index (sub-corpus)"
-    return "".join(parts) + f"<p class=muted>{e(legend)}</p>"
+    legend = "".join(
+        f'<li><span style="color:{_COLOURS[index % len(_COLOURS)]}">&#9679; #{index + 1}</span> '
+        f"{e(label(row.candidate))}</li>"
+        for index, row in enumerate(report.candidates)
+        if row.speed is not None and row.retrieval is not None
+    )
+    note = "filled: switch without re-index (store's index); hollow: after a re-index (sub-corpus)"
+    return "".join(parts) + f"<ul class=legend>{legend}</ul><p class=muted>{e(note)}</p>"
 
 
 _COLOURS = ("#0969da", "#1a7f37", "#bf3989", "#9a6700", "#cf222e", "#8250df")

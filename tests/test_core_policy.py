@@ -9,7 +9,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from guard.core.diagnosis import Cause, Finding
-from guard.core.policy import EXIT_CODES, Thresholds, Verdict, bound_sentence, decide
+from guard.core.policy import (
+    EXIT_CODES,
+    RecallRatio,
+    Thresholds,
+    Verdict,
+    bound_sentence,
+    decide,
+    recall_veto,
+    vetoed,
+)
 from guard.core.stats import Bound, bound
 from guard.errors import ConfigError
 
@@ -37,6 +46,7 @@ def test_default_thresholds() -> None:
         "overlap_k": 10,
         "initial_sample": 100,
         "max_sample": 2000,
+        "min_recall_ratio": 0.98,
     }
 
 
@@ -230,3 +240,20 @@ def test_never_approves_when_the_bound_exceeds_the_allowed_share(
         assert overlap is None or overlap >= thresholds.min_overlap
     else:
         assert verdict.name == "reindex"
+
+
+def test_a_recall_ratio_below_the_minimum_vetoes_only_an_approval() -> None:
+    """min_recall_ratio 0.98: a lower bound of 0.95 vetoes approve with its figures; the
+    same bound leaves reindex alone; 0.99 passes; no stored recall, no veto."""
+    thresholds = Thresholds()
+    low = RecallRatio(10, 200, 0.88, 0.9, 0.95, 0.95, synthetic=False)
+    finding = recall_veto("approve", low, thresholds)
+    assert finding is not None and finding.cause == "recall_loss"
+    assert "0.880" in finding.evidence and "0.900" in finding.evidence
+    assert "0.950" in finding.evidence and "0.98" in finding.evidence
+    assert (vetoed(finding).name, vetoed(finding).exit_code) == ("reindex", 1)
+    assert recall_veto("reindex", low, thresholds) is None
+    fine = RecallRatio(10, 200, 0.9, 0.9, 0.99, 0.95, synthetic=False)
+    assert recall_veto("approve", fine, thresholds) is None
+    nothing = RecallRatio(10, 200, 0.0, 0.0, None, 0.95, synthetic=False)
+    assert recall_veto("approve", nothing, thresholds) is None
