@@ -26,6 +26,7 @@ from guard import __version__
 from guard.check import DrawnSample
 from guard.core.policy import Thresholds
 from guard.core.ranking import Standing, exit_code, rank
+from guard.report import HTML_COLOURS as VERDICT_COLOURS
 from guard.report import VERDICT_STYLES, CheckReport
 from guard.retrieval import Context
 from guard.uri import redact
@@ -367,19 +368,7 @@ def to_html(report: CompareReport) -> str:
     """One self-contained page: inline CSS and SVG, no scripts, no fetches."""
     e = html.escape
     head = "".join(f"<th>{e(name)}</th>" for name in _COLUMNS)
-    body = "".join(
-        "<tr>"
-        + "".join(
-            f"<td class={_html_class(name)}>{e(cell)}</td>"
-            for name, cell in zip(
-                _COLUMNS,
-                [*_cells(place, row)[:1], label(row.candidate), *_cells(place, row)[2:]],
-                strict=True,
-            )
-        )
-        + "</tr>"
-        for place, row in enumerate(report.candidates, start=1)
-    )
+    body = "".join(_html_row(place, row) for place, row in enumerate(report.candidates, start=1))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>guard compare</title>
@@ -404,6 +393,18 @@ svg {{ display: block; margin: 1rem 0; font: 12px system-ui, sans-serif; }}
 {_chart_svg(report)}
 <p class=muted>{e(_footnote(report))}</p>
 </body></html>"""
+
+
+def _html_row(place: int, row: CandidateRow) -> str:
+    """A table row: the candidate by file name, the verdict in its colour."""
+    cells = _cells(place, row)
+    cells[1] = label(row.candidate)
+    colour = VERDICT_COLOURS.get(row.verdict or "", "#656d76")
+    out = []
+    for name, cell in zip(_COLUMNS, cells, strict=True):
+        style = f' style="color:{colour}"' if name == "verdict" else ""
+        out.append(f"<td class={_html_class(name)}{style}>{html.escape(cell)}</td>")
+    return "<tr>" + "".join(out) + "</tr>"
 
 
 def _html_class(column: str) -> str:

@@ -36,7 +36,7 @@ VERDICT_STYLES = {
     "reject_candidate": "magenta",
     "error": "red",
 }
-_HTML_COLOURS = {
+HTML_COLOURS = {
     "approve": "#1a7f37",
     "fix_config": "#9a6700",
     "reindex": "#cf222e",
@@ -216,7 +216,7 @@ def to_markdown(report: CheckReport) -> str:
 def to_html(report: CheckReport) -> str:
     """One self-contained page: inline CSS, inline SVG charts, no scripts, no fetches."""
     e = html.escape
-    colour = _HTML_COLOURS.get(report.verdict, "#cf222e")
+    colour = HTML_COLOURS.get(report.verdict, "#cf222e")
     rows = "".join(
         f"<tr><td>{e(name)}</td><td class=num>{e(value)}</td></tr>"
         for name, value in _metric_rows(report)

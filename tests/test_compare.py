@@ -275,3 +275,24 @@ def test_check_queries_joins_the_report_and_a_strict_ratio_vetoes_an_approval(
     causes = [f["cause"] for f in report["diagnosis"]]
     assert lower < 1.0, report["retrieval"]
     assert (strict.returncode, report["verdict"], "recall_loss" in causes) == (1, "reindex", True)
+
+
+def test_the_html_report_is_self_contained_with_a_labelled_chart(
+    f16_store: str, gguf_q4_0: Path, tmp_path: Path
+) -> None:
+    """No fetches, no scripts; the table, the synthetic-queries label and the chart."""
+    out = tmp_path / "compare.html"
+    result = guard(
+        "compare", "--store", f16_store, "--candidate", f"llamacpp:{gguf_q4_0}",
+        "--format", "html", "--output", str(out),
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    page = out.read_text()
+    assert ("http://" not in page, "https://" not in page, "<script" not in page) == (
+        True,
+        True,
+        True,
+    )
+    assert f"llamacpp:{gguf_q4_0.name}" in page
+    assert "ESTIMATED from synthetic queries" in page
+    assert page.count("<svg") == 1 and "#1 switch" in page and "#1 reindexed" in page
