@@ -116,6 +116,21 @@ def synthetic_queries(records: RecordBatch, limit: int = SYNTHETIC_QUERIES) -> Q
     return QuerySet(tuple(texts), tuple(relevant), synthetic=True)
 
 
+def relevant_records(store: VectorStore, queries: QuerySet) -> RecordBatch:
+    """The records the queries name; an id the store lacks is a ConfigError (a recall
+    of zero would otherwise hide a wrong file)."""
+    wanted = list(dict.fromkeys(i for ids in queries.relevant for i in ids))
+    fetched = store.fetch(wanted)
+    found = set(fetched.ids)
+    missing = [i for i in wanted if i not in found]
+    if missing:
+        shown = ", ".join(repr(i) for i in missing[:5])
+        raise ConfigError(
+            f"{len(missing)} relevant ids of the queries are not in the store (e.g. {shown})"
+        )
+    return fetched
+
+
 @dataclass(frozen=True)
 class SubCorpus:
     """The records a re-index is measured on: every relevant one with text, then
@@ -140,12 +155,7 @@ def sub_corpus(
     rows line up with vectors a candidate already made of it), then the relevant records
     not among them; a relevant id the store lacks is a ConfigError."""
     wanted = list(dict.fromkeys(i for ids in queries.relevant for i in ids))
-    fetched = store.fetch(wanted)
-    found = set(fetched.ids)
-    missing = [i for i in wanted if i not in found]
-    if missing:
-        shown = ", ".join(repr(i) for i in missing[:5])
-        raise ConfigError(f"{len(missing)} relevant ids are not in the store (e.g. {shown})")
+    fetched = relevant_records(store, queries)
     head = pool.take(range(min(distractors, len(pool))))
     taken = set(head.ids)
     extra = fetched.with_text()
@@ -224,7 +234,11 @@ def prepare(
     its scores as stored through the index and on the sub-corpus."""
     if len(queries) == 0:
         raise ConfigError("no queries: none of the sampled texts has a usable first sentence")
-    sub = sub_corpus(store, queries, pool, distractors) if pool is not None else None
+    if pool is not None:
+        sub: SubCorpus | None = sub_corpus(store, queries, pool, distractors)
+    else:
+        relevant_records(store, queries)
+        sub = None
     stored: dict[str, Scores | None] = {"as_stored": None, "as_stored_subcorpus": None}
     if baseline is not None:
         vectors = baseline.embed(list(queries.texts))

@@ -254,6 +254,13 @@ def test_a_bad_queries_file_is_one_line_naming_the_line(
               "--queries", str(bad))
     )  # fmt: skip
     assert "line 2" in line and "relevant" in line
+    unknown = tmp_path / "unknown.jsonl"
+    unknown.write_text('{"query": "a text", "relevant": [99999]}\n')
+    line = assert_one_line_error(
+        guard("compare", "--store", f16_store, "--candidate", f"llamacpp:{gguf_f16}",
+              "--queries", str(unknown))
+    )  # fmt: skip
+    assert "not in the store" in line and "99999" in line
 
 
 def test_check_queries_joins_the_report_and_a_strict_ratio_vetoes_an_approval(
