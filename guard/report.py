@@ -174,6 +174,8 @@ def to_text(report: CheckReport, console: Console) -> None:
         for row in _length_rows(report):
             lengths.add_row(*row)
         console.print(lengths)
+    if report.retrieval is not None:
+        console.print(retrieval_line(report.retrieval), markup=False, highlight=False)
     if report.diagnosis:
         console.print(Text("diagnosis", style="bold"))
         for finding in report.diagnosis:
@@ -181,6 +183,26 @@ def to_text(report: CheckReport, console: Console) -> None:
             console.print(Text(f"    -> {finding['suggestion']}", style=colour))
     else:
         console.print("diagnosis: no cause found")
+
+
+def retrieval_line(retrieval: dict[str, Any]) -> str:
+    """check --queries in one sentence: recall as stored, after the switch, their ratio."""
+    k, queries = retrieval["k"], retrieval["queries"]
+    parts = [f"retrieval on {queries['count']} queries, recall@{k}:"]
+    for side, name in (("as_stored", "as stored"), ("switch", "switch without re-index")):
+        figures = retrieval[side]
+        if figures is None:
+            parts.append(f"{name} not measured;")
+            continue
+        low, high = figures["recall_at_k_ci"]
+        parts.append(f"{name} {figures['recall_at_k']:.3f} (95% CI {low:.3f}-{high:.3f});")
+    ratio = retrieval["recall_ratio"]
+    if ratio is not None and ratio["lower_bound"] is not None:
+        parts.append(
+            f"ratio at least {ratio['lower_bound']:.3f} at 95% confidence "
+            f"(min_recall_ratio {ratio['min_recall_ratio']:g})"
+        )
+    return " ".join(parts)
 
 
 def to_markdown(report: CheckReport) -> str:
@@ -201,6 +223,8 @@ def to_markdown(report: CheckReport) -> str:
     if report.metrics["by_length"]:
         lines += ["", "| tokens | records | min cosine | median cosine |", "|---:|---:|---:|---:|"]
         lines += ["| " + " | ".join(row) + " |" for row in _length_rows(report)]
+    if report.retrieval is not None:
+        lines += ["", retrieval_line(report.retrieval)]
     lines += ["", "### Diagnosis", ""]
     if report.diagnosis:
         lines += [
