@@ -235,7 +235,10 @@ def test_retrieval_on_stdlib_docstrings_as_stored_switch_and_reindexed(
     stored = rows[f16]["retrieval"]["as_stored"]
     assert stored["recall_at_k"] > 0.5
     assert stored["recall_at_k_ci"][0] <= stored["recall_at_k"] <= stored["recall_at_k_ci"][1]
-    assert rows[f16]["retrieval"]["switch"] == stored
+    switch = rows[f16]["retrieval"]["switch"]  # the same engine: the same hits; pgvector's
+    # HNSW may order ties of two runs' vectors differently, which moves MRR a little
+    assert switch["recall_at_k"] == stored["recall_at_k"]
+    assert abs(switch["mrr_at_k"] - stored["mrr_at_k"]) < 0.01
     assert rows[q4]["retrieval"]["switch"]["recall_at_k"] <= stored["recall_at_k_ci"][1]
     static_switch = rows[static]["retrieval"]["switch"]
     assert static_switch["recall_at_k_ci"][1] < stored["recall_at_k_ci"][0]
