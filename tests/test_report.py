@@ -32,6 +32,7 @@ DESIGN_FIELDS = [
     "guard_version",
     "bridge",
     "cache",
+    "retrieval",
 ]
 STORE = StoreInfo(
     uri="postgresql://guard:s3cret@db:5432/docs?table=chunks",
