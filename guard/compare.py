@@ -17,12 +17,13 @@ its peak, model and working buffers together. Elsewhere it is None.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from guard.cache import CachedEngine, EmbeddingCache
+from guard.cache import CachedEngine, EmbeddingCache, cached
 from guard.check import DrawnSample, check_drawn, draw_sample
 from guard.compare_report import CandidateRow, CompareReport, Speed, build_compare_report
 from guard.core.policy import Thresholds
@@ -61,14 +62,20 @@ def run_compare(
 ) -> CompareReport:
     """Judge every candidate URI on one draw from ``store``; the report is ranked.
 
-    With ``cache``, each check reads through it; the timed pass never does (speed is
-    the engine's), but its vectors go into the cache.
+    With ``cache``, each check and the retrieval measurement read through it; the timed
+    pass never does (speed is the engine's), but its vectors go into the cache. Without
+    one, the run uses its own in a temporary folder, so the sub-corpus is not embedded
+    a second time where the check already embedded it.
 
     Retrieval quality is measured on ``queries``, or on queries derived from the
     sample's texts (``synthetic``); the re-index sub-corpus holds ``distractors`` of the
     sample's records. Candidate URIs that cannot even be parsed (unknown scheme, bad
     option) are a ConfigError before anything is measured; failures to load are rows."""
     engines = _open_all(candidates)
+    scratch = None
+    if cache is None:  # this run's own: retrieval reuses the vectors each check made
+        scratch = tempfile.TemporaryDirectory(prefix="guard-compare-")
+        cache = EmbeddingCache(Path(scratch.name) / "run.sqlite")
     try:
         drawn = draw_sample(store, thresholds, seed)
         if baseline is not None:  # loaded now, so no candidate's memory figure holds it
@@ -90,6 +97,9 @@ def run_compare(
     finally:
         for engine in engines:
             engine.close()
+        if scratch is not None:
+            cache.close()
+            scratch.cleanup()
     return build_compare_report(drawn, rows, thresholds=thresholds, seed=seed, context=context)
 
 
@@ -167,7 +177,7 @@ def _measure(
         bridge = report.bridge or {}
         measured = measure(
             context,
-            engine,
+            cached(engine, cache),
             corpus_vectors=vectors,
             fitted_bridge=bridge.get("path") if bridge.get("passed") else None,
         )
