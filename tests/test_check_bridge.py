@@ -184,3 +184,42 @@ def test_bridge_is_applied_before_normalize_and_its_sha256_is_in_the_fingerprint
     finally:
         plain.close()
         bridged.close()
+
+
+def test_compare_measures_retrieval_through_the_bridge_the_check_fitted(
+    filled: Callable[[np.ndarray], str],
+    f16_rows: Vectors,
+    gguf_f16: Path,
+    sentences: list[str],
+    tmp_path: Path,
+) -> None:
+    """A rotated store: the candidate's own queries find next to nothing through the
+    store's index; the same queries through the bridge the check fitted find their
+    records (queries: the first six words of every tenth sentence)."""
+    rotation, _ = np.linalg.qr(np.random.default_rng(13).normal(size=(384, 384)))
+    store = filled(_unit(f16_rows.astype(np.float64) @ rotation))
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text(
+        "".join(
+            json.dumps({"query": " ".join(sentences[i].split()[:6]), "relevant": [i]}) + "\n"
+            for i in range(0, RECORDS, 10)
+        ),
+        encoding="utf-8",
+    )
+
+    result = guard(
+        "compare", "--store", store, "--candidate", f"llamacpp:{gguf_f16}",
+        "--sample", str(RECORDS), "--queries", str(queries), "--format", "json",
+    )  # fmt: skip
+
+    assert "Traceback" not in result.stderr
+    assert result.stdout, result.stderr
+    report = json.loads(result.stdout)
+    (row,) = report["candidates"]
+    assert row["verdict"] == "fix_config", row
+    retrieval = row["retrieval"]
+    assert report["queries"]["synthetic"] is False
+    assert retrieval["switch"]["recall_at_k"] < 0.1
+    assert retrieval["bridged"]["recall_at_k"] >= 0.8
+    low, _high = retrieval["bridged"]["recall_at_k_ci"]
+    assert low > retrieval["switch"]["recall_at_k_ci"][1]
