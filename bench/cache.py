@@ -6,7 +6,8 @@ Fills an embedded store with demo-corpus paragraphs embedded by llama.cpp F16 (w
 reference's 256-token limit), then prints, each against the bare engine (a freshly
 opened engine embedding exactly the texts the check embedded, model load included; the
 faster of two runs):
-- a first check with an empty cache (GUARD_HOME in a temporary folder; goal <= 1.05);
+- a first check with an empty cache (GUARD_HOME in a temporary folder; goal <= 1.05),
+  the faster of two, each on an empty cache;
 - a rerun of the same check on the filled cache (goal <= 0.3);
 - for candidates whose check ends in ``reindex`` or ``fix_config`` (Q4_0, and the F16
   model without the 256-token limit, a truncation mismatch), the diagnosis's share of
@@ -53,12 +54,14 @@ def main() -> None:
     engine.close()
     store = open_store(_fill(folder, args.store, texts, vectors))
     thresholds = Thresholds()
-    cache = EmbeddingCache(folder / "home" / "cache" / "embeddings.sqlite")
-
-    first_seconds, first = _timed_check(store, f16, thresholds, cache)
+    # The first check and the bare engine each twice, the faster run counted on both
+    # sides: the machine may be shared. Each first check starts from an empty cache.
+    firsts = []
+    for attempt in range(2):
+        cache = EmbeddingCache(folder / "home" / "cache" / f"embeddings-{attempt}.sqlite")
+        firsts.append(_timed_check(store, f16, thresholds, cache))
+    first_seconds, first = min(firsts, key=lambda run: run[0])
     rerun_seconds, rerun = _timed_check(store, f16, thresholds, cache)
-    # Twice, the faster one counted: the machine may be shared, and the bare run is the
-    # floor every ratio divides by.
     bare_seconds = min(_bare(store, f16, thresholds, first) for _ in range(2))
     print(f"store: {args.records} records ({args.store}), candidate F16 max_tokens=256")
     print(f"bare engine on the check's {first.sample['size']} texts: {bare_seconds:.2f} s")
