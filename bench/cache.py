@@ -5,9 +5,9 @@
 Fills an embedded store with demo-corpus paragraphs embedded by llama.cpp F16 (with the
 reference's 256-token limit), then prints, each against the bare engine (a freshly
 opened engine embedding exactly the texts the check embedded, model load included; the
-faster of two runs):
+fastest of three runs):
 - a first check with an empty cache (GUARD_HOME in a temporary folder; goal <= 1.05),
-  the faster of two, each on an empty cache;
+  first checks and bare runs alternating three times, the fastest of each counted;
 - a rerun of the same check on the filled cache (goal <= 0.3);
 - for candidates whose check ends in ``reindex`` or ``fix_config`` (Q4_0, and the F16
   model without the 256-token limit, a truncation mismatch), the diagnosis's share of
@@ -36,6 +36,8 @@ from guard.records import RecordBatch
 from guard.report import CheckReport
 from guard.stores import VectorStore, open_store
 
+ATTEMPTS = 3
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -54,15 +56,17 @@ def main() -> None:
     engine.close()
     store = open_store(_fill(folder, args.store, texts, vectors))
     thresholds = Thresholds()
-    # The first check and the bare engine each twice, the faster run counted on both
-    # sides: the machine may be shared. Each first check starts from an empty cache.
-    firsts = []
-    for attempt in range(2):
+    # First checks (each on an empty cache) and bare runs alternate, ATTEMPTS of each,
+    # the fastest of each side counted: this VM's speed drifts by 10% within minutes, and
+    # alternating exposes both sides to the same drift.
+    firsts, bares = [], []
+    for attempt in range(ATTEMPTS):
         cache = EmbeddingCache(folder / "home" / "cache" / f"embeddings-{attempt}.sqlite")
         firsts.append(_timed_check(store, f16, thresholds, cache))
+        bares.append(_bare(store, f16, thresholds, firsts[-1][1]))
     first_seconds, first = min(firsts, key=lambda run: run[0])
     rerun_seconds, rerun = _timed_check(store, f16, thresholds, cache)
-    bare_seconds = min(_bare(store, f16, thresholds, first) for _ in range(2))
+    bare_seconds = min(bares)
     print(f"store: {args.records} records ({args.store}), candidate F16 max_tokens=256")
     print(f"bare engine on the check's {first.sample['size']} texts: {bare_seconds:.2f} s")
     print(f"{'run':<16} {'seconds':>8} {'ratio':>6} {'goal':>6}  cache hits/misses")
