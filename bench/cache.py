@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+from check_overhead import _fill  # the script's folder is on sys.path
 
 from guard.cache import EmbeddingCache
 from guard.check import run_check
@@ -32,7 +32,6 @@ from guard.engines import open_engine
 from guard.logs import configure
 from guard.models import build_demo_models
 from guard.paths import models_dir
-from guard.records import RecordBatch
 from guard.report import CheckReport
 from guard.stores import VectorStore, open_store
 
@@ -54,7 +53,7 @@ def main() -> None:
     engine = open_engine(f16)
     vectors = engine.embed(texts)
     engine.close()
-    store = open_store(_fill(folder, args.store, texts, vectors))
+    store = open_store(_fill(folder, args.store, "f16", texts, vectors))
     thresholds = Thresholds()
     # First checks (each on an empty cache) and bare runs alternate, ATTEMPTS of each,
     # the fastest of each side counted: this VM's speed drifts by 10% within minutes, and
@@ -125,23 +124,6 @@ def _bare(store: VectorStore, uri: str, thresholds: Thresholds, report: CheckRep
 
 def _phases(report: CheckReport) -> dict[str, float]:
     return {name: round(seconds, 2) for name, seconds in report.timing.items()}
-
-
-def _fill(folder: Path, kind: str, texts: list[str], vectors: np.ndarray) -> str:
-    uri = (
-        f"pgserver:{folder / 'pg'}?table=f16"
-        if kind == "pgserver"
-        else f"qdrant+local:{folder / 'qdrant'}?collection=f16"
-    )
-    store = open_store(uri)
-    store.create(dims=vectors.shape[1], distance="cosine")
-    for start in range(0, len(texts), 500):
-        stop = min(start + 500, len(texts))
-        store.upsert(
-            RecordBatch(tuple(range(start, stop)), tuple(texts[start:stop]), vectors[start:stop])
-        )
-    store.close()
-    return uri
 
 
 if __name__ == "__main__":
