@@ -218,13 +218,6 @@ def _queries(path: Path | None) -> QuerySet | None:
     return load_queries(path) if path is not None else None
 
 
-class CompareFormat(StrEnum):
-    text = "text"
-    json = "json"
-    markdown = "markdown"
-    html = "html"
-
-
 @app.command()
 def compare(
     store: Annotated[str, typer.Option(help="Store URI, e.g. qdrant+local:PATH?collection=C.")],
@@ -244,7 +237,7 @@ def compare(
     subcorpus: Annotated[
         int, typer.Option(help="Sampled distractors of the re-index sub-corpus.", min=1)
     ] = 1000,
-    output_format: Annotated[CompareFormat, typer.Option("--format")] = CompareFormat.text,
+    output_format: Annotated[ReportFormat, typer.Option("--format")] = ReportFormat.text,
     output: Annotated[Path | None, typer.Option(help="Write the report to this file.")] = None,
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Embed every text afresh; leave the cache alone.")
@@ -291,17 +284,17 @@ def compare(
         if reference is not None:
             reference.close()
     rendered: str | None = None
-    if output_format is CompareFormat.text and output is None:
+    if output_format is ReportFormat.text and output is None:
         reports.to_text(result, stdout)
-    elif output_format is CompareFormat.text:
+    elif output_format is ReportFormat.text:
         buffer = io.StringIO()
         reports.to_text(result, Console(file=buffer, width=140, color_system=None))
         rendered = buffer.getvalue()
     else:
         render = {
-            CompareFormat.json: reports.to_json,
-            CompareFormat.markdown: reports.to_markdown,
-            CompareFormat.html: reports.to_html,
+            ReportFormat.json: reports.to_json,
+            ReportFormat.markdown: reports.to_markdown,
+            ReportFormat.html: reports.to_html,
         }[output_format]
         rendered = render(result)
         if output is None:
