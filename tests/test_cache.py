@@ -27,7 +27,7 @@ from guard.core.cachekey import cacheable, fingerprint_key, text_key
 from guard.core.policy import Thresholds
 from guard.engines import EmbeddingEngine, open_engine
 from guard.records import RecordBatch, Vectors
-from guard.stores import open_store
+from guard.stores import VectorStore, open_store
 
 
 @pytest.fixture(scope="module")
@@ -79,19 +79,7 @@ def test_a_rerun_of_the_same_check_hits_the_cache_with_identical_figures(
     store = open_store(store_uri)
     store.create(dims=384, distance="cosine")
     store.upsert(RecordBatch(tuple(range(len(texts))), tuple(texts), _fresh(uri, texts)))
-    thresholds = Thresholds(initial_sample=20, max_sample=60)
-
-    def check() -> dict[str, object]:
-        engine: EmbeddingEngine = open_engine(uri)
-        try:
-            return run_check(store, engine, thresholds=thresholds, seed=3, cache=cache).to_dict()
-        finally:
-            engine.close()
-
-    try:
-        first, rerun = check(), check()
-    finally:
-        store.close()
+    first, rerun = _checked_twice(store, uri, cache)
     embedded = first["cache"]["misses"]  # type: ignore[index]
     assert first["cache"] == {"enabled": True, "hits": 0, "misses": embedded}
     assert embedded >= 20
@@ -110,19 +98,7 @@ def test_the_diagnosis_alternatives_count_into_the_report_and_hit_on_a_rerun(
     store.create(dims=384, distance="cosine")
     written = _fresh(f"{uri}?prefix={quote('query: ')}", texts)
     store.upsert(RecordBatch(tuple(range(len(texts))), tuple(texts), written))
-    thresholds = Thresholds(initial_sample=20, max_sample=60)
-
-    def check() -> dict[str, object]:
-        engine: EmbeddingEngine = open_engine(uri)
-        try:
-            return run_check(store, engine, thresholds=thresholds, seed=3, cache=cache).to_dict()
-        finally:
-            engine.close()
-
-    try:
-        first, rerun = check(), check()
-    finally:
-        store.close()
+    first, rerun = _checked_twice(store, uri, cache)
     assert [f["cause"] for f in first["diagnosis"]] == ["prefix_mismatch"]  # type: ignore[attr-defined]
     embedded = first["cache"]["misses"]  # type: ignore[index]
     assert embedded > first["sample"]["size"]  # type: ignore[index]
@@ -357,3 +333,23 @@ def test_the_key_is_the_canonical_fingerprint_and_only_content_hashed_models_are
     assert fingerprint_key(local) != fingerprint_key({**local, "settings": {"prefix": "q: "}})
     assert cacheable(local)
     assert not cacheable({"model": {"requested": "m", "served": "m"}, "settings": {}})
+
+
+def _checked_twice(
+    store: VectorStore, uri: str, cache: EmbeddingCache
+) -> tuple[dict[str, object], dict[str, object]]:
+    """The same check twice, each with a freshly opened engine, through ``cache``;
+    the store is closed afterwards."""
+    thresholds = Thresholds(initial_sample=20, max_sample=60)
+
+    def check() -> dict[str, object]:
+        engine: EmbeddingEngine = open_engine(uri)
+        try:
+            return run_check(store, engine, thresholds=thresholds, seed=3, cache=cache).to_dict()
+        finally:
+            engine.close()
+
+    try:
+        return check(), check()
+    finally:
+        store.close()
