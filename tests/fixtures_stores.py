@@ -31,12 +31,14 @@ import pytest
 from pgvector.psycopg import register_vector
 from psycopg.conninfo import make_conninfo
 
+from guard.engines import open_engine
 from guard.pgserver import embedded_dsn
 from guard.records import RecordBatch
 from guard.stores import open_store
 
 __all__ = [
     "STORE_KINDS",
+    "f16_store",
     "make_batch",
     "new_store_uri",
     "pg_conn",
@@ -180,3 +182,19 @@ def new_store_uri(
         store = open_store(uri)
         store.drop()
         store.close()
+
+
+@pytest.fixture
+def f16_store(new_store_uri: Callable[..., str], gguf_f16: Path, corpus: list[str]) -> str:
+    """120 short paragraphs embedded by llama.cpp F16 in a store of the test's kind: the
+    whole store is the sample."""
+    texts = [text for text in corpus if len(text) < 600][:120]
+    engine = open_engine(f"llamacpp:{gguf_f16}")
+    vectors = engine.embed(texts)
+    engine.close()
+    uri = new_store_uri()
+    store = open_store(uri)
+    store.create(dims=vectors.shape[1], distance="cosine")
+    store.upsert(RecordBatch(tuple(range(len(texts))), tuple(texts), vectors))
+    store.close()
+    return uri

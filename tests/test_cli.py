@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,9 +15,6 @@ import typer
 from test_report import DESIGN_FIELDS
 
 from guard.cli import app
-from guard.engines import open_engine
-from guard.records import RecordBatch
-from guard.stores import open_store
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "hunter2-s3cret"
@@ -86,21 +82,6 @@ def test_usage_errors_exit_2() -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "--candidate" in result.stderr
-
-
-@pytest.fixture
-def f16_store(new_store_uri: Callable[..., str], gguf_f16: Path, corpus: list[str]) -> str:
-    """120 short paragraphs embedded by llama.cpp F16: the whole store is the sample."""
-    texts = [text for text in corpus if len(text) < 600][:120]
-    engine = open_engine(f"llamacpp:{gguf_f16}")
-    vectors = engine.embed(texts)
-    engine.close()
-    uri = new_store_uri()
-    store = open_store(uri)
-    store.create(dims=vectors.shape[1], distance="cosine")
-    store.upsert(RecordBatch(tuple(range(len(texts))), tuple(texts), vectors))
-    store.close()
-    return uri
 
 
 def test_check_writes_every_report_format(f16_store: str, gguf_f16: Path, tmp_path: Path) -> None:

@@ -18,21 +18,6 @@ from guard.records import RecordBatch
 from guard.stores import open_store
 
 
-@pytest.fixture
-def f16_store(new_store_uri: Callable[..., str], gguf_f16: Path, corpus: list[str]) -> str:
-    """120 short paragraphs embedded by llama.cpp F16: the whole store is the sample."""
-    texts = [text for text in corpus if len(text) < 600][:120]
-    engine = open_engine(f"llamacpp:{gguf_f16}")
-    vectors = engine.embed(texts)
-    engine.close()
-    uri = new_store_uri()
-    store = open_store(uri)
-    store.create(dims=vectors.shape[1], distance="cosine")
-    store.upsert(RecordBatch(tuple(range(len(texts))), tuple(texts), vectors))
-    store.close()
-    return uri
-
-
 def compare_json(store: str, *candidates: str, seed: int = 3) -> tuple[int, dict[str, Any]]:
     args = [arg for uri in candidates for arg in ("--candidate", uri)]
     result = guard("compare", "--store", store, *args, "--seed", str(seed), "--format", "json")
