@@ -10,7 +10,8 @@ import os
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from types import ModuleType
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -181,24 +182,7 @@ def check(
         engine.close()
         if reference is not None:
             reference.close()
-    if output_format is ReportFormat.text:
-        if output is None:
-            reports.to_text(result, stdout)
-        else:
-            file_console = Console(file=io.StringIO(), width=100, color_system=None)
-            reports.to_text(result, file_console)
-            output.write_text(file_console.file.getvalue(), encoding="utf-8")  # type: ignore[attr-defined]
-    else:
-        render = {
-            ReportFormat.json: reports.to_json,
-            ReportFormat.markdown: reports.to_markdown,
-            ReportFormat.html: reports.to_html,
-        }[output_format]
-        rendered = render(result)
-        if output is None:
-            print(rendered)
-        else:
-            output.write_text(rendered + "\n", encoding="utf-8")
+    _emit(reports, result, output_format, output, width=100)
     if output is not None:
         stderr.print(f"{result.verdict}: report written to {output}")
     if schedule and result.verdict == "reindex":
@@ -210,6 +194,36 @@ def check(
             f"start it with: guard reindex run {job.job_id}"
         )
     raise typer.Exit(result.exit_code)
+
+
+def _emit(
+    reports: ModuleType,
+    report: Any,
+    output_format: ReportFormat,
+    output: Path | None,
+    *,
+    width: int,
+) -> None:
+    """Print ``report`` in ``output_format``, or write it to ``output``; ``reports`` is the
+    module that renders it (guard.report or guard.compare_report)."""
+    if output_format is ReportFormat.text:
+        if output is None:
+            reports.to_text(report, stdout)
+            return
+        buffer = io.StringIO()
+        reports.to_text(report, Console(file=buffer, width=width, color_system=None))
+        rendered = buffer.getvalue()
+    else:
+        render = {
+            ReportFormat.json: reports.to_json,
+            ReportFormat.markdown: reports.to_markdown,
+            ReportFormat.html: reports.to_html,
+        }[output_format]
+        rendered = render(report)
+        if output is None:
+            print(rendered)
+            return
+    output.write_text(rendered.rstrip("\n") + "\n", encoding="utf-8")
 
 
 def _queries(path: Path | None) -> QuerySet | None:
@@ -283,24 +297,8 @@ def compare(
         target.close()
         if reference is not None:
             reference.close()
-    rendered: str | None = None
-    if output_format is ReportFormat.text and output is None:
-        reports.to_text(result, stdout)
-    elif output_format is ReportFormat.text:
-        buffer = io.StringIO()
-        reports.to_text(result, Console(file=buffer, width=140, color_system=None))
-        rendered = buffer.getvalue()
-    else:
-        render = {
-            ReportFormat.json: reports.to_json,
-            ReportFormat.markdown: reports.to_markdown,
-            ReportFormat.html: reports.to_html,
-        }[output_format]
-        rendered = render(result)
-        if output is None:
-            print(rendered)
-    if output is not None and rendered is not None:
-        output.write_text(rendered.rstrip("\n") + "\n", encoding="utf-8")
+    _emit(reports, result, output_format, output, width=140)
+    if output is not None:
         stderr.print(f"exit {result.exit_code}: report written to {output}")
     raise typer.Exit(result.exit_code)
 
