@@ -19,7 +19,16 @@ import numpy as np
 
 from guard import bridgefile
 from guard.cache import EmbeddingCache, bare, cached, stats_of
-from guard.core.bridge import KINDS, Trial, fit, fitting_rows, judge, split
+from guard.core.bridge import (
+    KINDS,
+    LinearMap,
+    MapKind,
+    Trial,
+    fit,
+    fitting_rows,
+    judge,
+    split,
+)
 from guard.core.compare import Comparison, compare, overlap_at_k
 from guard.core.diagnosis import (
     PROBE_RECORDS,
@@ -527,22 +536,23 @@ def _fit_and_judge(
     vectors = _embedded_up_to(usable, embedded, candidate, fit_n + rounds[0])
     stored = usable.vectors.astype(np.float64)
     rescale = info.distance == "cosine"
-    maps = [
-        fit(
-            kind,
-            vectors[fit_rows],
-            stored[fit_rows],
-            threshold=thresholds.min_cosine,
-            rescale_rows=rescale,
-        )
-        for kind in KINDS
-    ]
+    # Each map is fitted when first judged: a rotation that passes spares the affine fit.
+    maps: dict[MapKind, LinearMap] = {}
     trials: list[Trial] = []
     for number, size in enumerate(rounds, start=1):
         vectors = _embedded_up_to(usable, vectors, candidate, fit_n + size)
         held = np.arange(fit_n, fit_n + size, dtype=np.int64)
         undecided = False
-        for index, bridge in enumerate(maps):
+        for index, kind in enumerate(KINDS):
+            if kind not in maps:
+                maps[kind] = fit(
+                    kind,
+                    vectors[fit_rows],
+                    stored[fit_rows],
+                    threshold=thresholds.min_cosine,
+                    rescale_rows=rescale,
+                )
+            bridge = maps[kind]
             trial = judge(
                 bridge,
                 fitted_on=fit_n,

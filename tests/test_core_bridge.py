@@ -54,6 +54,22 @@ def test_orthogonal_recovers_a_rotation_of_unit_rows() -> None:
     assert trial.summary.min > 0.99999
 
 
+@pytest.mark.parametrize(("into", "rank"), [(40, 24), (16, 16), (24, 24), (24, 12)])
+def test_orthogonal_is_the_procrustes_solution_into_any_width(into: int, rank: int) -> None:
+    """Wider, narrower, square and rank-deficient cross products: the fit is the scaled
+    ``U @ V.T`` of the SVD Procrustes solution wherever the rows carry signal."""
+    rng = np.random.default_rng(into + rank)
+    x = _candidate(300, 24, seed=into) @ np.eye(24)[:, :rank] @ rng.normal(size=(rank, 24))
+    y = rng.normal(size=(300, into)) + x @ rng.normal(size=(24, into))
+    bridge = fit_orthogonal(x, y)
+    u, singular, vt = np.linalg.svd(x.T @ y, full_matrices=False)
+    signal = singular > 1e-6 * singular[0]
+    expected = (u[:, signal] @ vt[signal]) * singular.sum() / np.sum(x * x)
+    assert bridge.matrix.shape == (24, into)
+    assert np.allclose(x @ bridge.matrix, x @ expected, atol=1e-8)
+    assert bridge.parameters["scale"] == pytest.approx(singular.sum() / np.sum(x * x))
+
+
 def test_affine_recovers_a_projection_to_fewer_dimensions_stored_as_unit_rows() -> None:
     """A dropped 24 -> 16 dense layer, the stored side normalised (as Qdrant stores it)."""
     x = _candidate(1200, 24, seed=3)
