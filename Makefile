@@ -7,7 +7,7 @@ demo:
 
 test:
 	./scripts/bootstrap.sh test
-	.venv/bin/python -m pytest
+	.venv/bin/python -m pytest -n auto --dist loadfile
 
 lint:
 	.venv/bin/ruff check .

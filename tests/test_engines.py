@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -199,6 +202,30 @@ def test_another_pooling_is_a_new_context_on_the_loaded_weights(
     assert len(loads) == 1
     assert (cosines(expected, actual) > 0.99999).all()
     assert (cosines(mean, actual) < 0.99).all()
+
+
+@pytest.mark.skipif(
+    (os.cpu_count() or 1) < 2, reason="llama-cpp-python's own default is right on one CPU"
+)
+def test_llamacpp_threads_follow_the_cpus_the_process_may_use(gguf_f16: Path) -> None:
+    """A process given one CPU (a cpuset, taskset) runs one llama.cpp thread, in the
+    loaded context and in a pooling alternative's; ``n_threads`` in the URI still wins."""
+    script = (
+        "import os, sys, llama_cpp\n"
+        "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
+        "from guard.engines import open_engine\n"
+        "def threads(engine):\n"
+        "    engine.embed(['one text'])\n"
+        "    ctx = engine._model._ctx.ctx\n"
+        "    return [llama_cpp.llama_n_threads(ctx), llama_cpp.llama_n_threads_batch(ctx)]\n"
+        "plain = open_engine('llamacpp:' + sys.argv[1])\n"
+        "print(threads(plain), threads(plain.with_options(pooling='cls')),\n"
+        "      threads(open_engine('llamacpp:' + sys.argv[1] + '?n_threads=3')))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(gguf_f16)], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip().splitlines()[-1] == "[1, 1] [1, 1] [3, 3]"
 
 
 # -- the ST and model2vec engines -----------------------------------------------------------

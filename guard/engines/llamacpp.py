@@ -14,6 +14,7 @@ tokens and ``n_seq_max`` sequences), which ``Llama.embed`` cannot do for token l
 
 from __future__ import annotations
 
+import os
 import struct
 import threading
 from collections.abc import Sequence
@@ -225,6 +226,18 @@ class _Weights:
         return tokens
 
 
+def _threads(options: EngineOptions) -> int:
+    """``n_threads`` from the URI, else one thread per CPU this process may run on.
+
+    llama-cpp-python's own default counts every CPU of the machine, also when a cpuset
+    or ``taskset`` grants fewer; ggml's threads spin at each barrier, so threads beyond
+    the granted CPUs wait on each other for whole time slices."""
+    if options.n_threads:
+        return options.n_threads
+    granted = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    return len(granted) if granted else os.cpu_count() or 1
+
+
 class _LoadedModel:
     """One llama.cpp context on loaded weights, reference-counted so ``with_options``
     copies that keep the same pooling and threads share it. Another pooling or thread
@@ -259,8 +272,8 @@ class _LoadedModel:
                 n_batch=context,
                 n_ubatch=context,
                 pooling_type=_pooling_type(options),
-                n_threads=options.n_threads,
-                n_threads_batch=options.n_threads,
+                n_threads=_threads(options),
+                n_threads_batch=_threads(options),
                 # Without it, packing texts into one decode is slower than one text per
                 # decode on CPU (2 cores: 44 vs 92 texts/s; with it, packed runs 122).
                 flash_attn=True,
@@ -282,8 +295,7 @@ class _LoadedModel:
         """A new context on these weights with the pooling and threads of ``options``."""
         params = llama_cpp.llama_context_params.from_buffer_copy(self._ctx.params)
         params.pooling_type = _pooling_type(options)
-        if options.n_threads:
-            params.n_threads = params.n_threads_batch = options.n_threads
+        params.n_threads = params.n_threads_batch = _threads(options)
         llama = self.weights.llama
         try:
             ctx = llama_internals.LlamaContext(model=llama._model, params=params, verbose=False)
