@@ -200,17 +200,20 @@ def check_drawn(
         first = _embedded_up_to(
             usable, _none_yet(info) if embedded is None else embedded, candidate, rounds[0]
         )[: rounds[0]]
+    with timer.phase("fingerprint"):  # hashes the model file once, for report and bridge
+        fingerprint = candidate.fingerprint()
     if first.shape[1] != info.dims:
         findings = diagnose(Evidence(None, thresholds.min_cosine, info.dims, first.shape[1]))
         verdict = decide(None, findings, thresholds)
         with timer.phase("bridge"):
             verdict, findings, bridged = _bridge(
-                store, usable, first, candidate, info, thresholds, verdict, findings, bridge_out
-            )
+                store, usable, first, candidate, info, thresholds, verdict, findings, bridge_out,
+                fingerprint=fingerprint,
+            )  # fmt: skip
         return build_report(
             verdict=verdict,
             store=info,
-            candidate=candidate.fingerprint(),
+            candidate=fingerprint,
             baseline=baseline.fingerprint() if baseline else None,
             thresholds=thresholds,
             comparison=None,
@@ -260,12 +263,13 @@ def check_drawn(
             verdict,
             findings,
             bridge_out,
+            fingerprint=fingerprint,
         )
     log.info("check.verdict", verdict=verdict.name, store=store.uri, candidate=candidate.uri)
     return build_report(
         verdict=verdict,
         store=info,
-        candidate=candidate.fingerprint(),
+        candidate=fingerprint,
         baseline=baseline_fingerprint,
         thresholds=thresholds,
         comparison=measured.comparison,
@@ -449,6 +453,8 @@ def _bridge(
     verdict: Verdict,
     findings: tuple[Finding, ...],
     out: Path | None,
+    *,
+    fingerprint: dict[str, Any],
 ) -> tuple[Verdict, tuple[Finding, ...], dict[str, Any] | None]:
     """Fit candidate -> stored maps on the sample's first rows, judge them on the rest.
 
@@ -491,7 +497,7 @@ def _bridge(
         winner.bridge,
         out,
         fitted_between={
-            "candidate": candidate.fingerprint(),
+            "candidate": fingerprint,
             "store": {"uri": store.uri, "dims": info.dims, "distance": info.distance},
         },
         validation=figures,

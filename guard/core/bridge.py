@@ -90,6 +90,10 @@ def fit_orthogonal(x: npt.ArrayLike, y: npt.ArrayLike, *, rescale_rows: bool = F
     """Scaled orthogonal Procrustes: ``s * Q`` with Q's columns (or rows) orthonormal."""
     xs, ys = _pair(x, y)
     target, scales = ys, np.ones(ys.shape[0])
+    if rescale_rows:  # start from the scales a pure rotation settles at (one round fewer)
+        lengths = np.linalg.norm(ys, axis=1)
+        scales = _scales(np.linalg.norm(xs, axis=1) * lengths, lengths**2)
+        target = ys * scales[:, None]
     for _ in range(RESCALE_ITERATIONS if rescale_rows else 1):
         rotation, singular_sum = _polar(xs.T @ target)
         scale = singular_sum / max(float(np.sum(xs * xs)), 1e-300)
