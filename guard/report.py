@@ -281,6 +281,7 @@ svg {{ display: block; margin: 1rem 0; font: 11px system-ui, sans-serif; }}
 {e(_sample_line(report))}.</p>
 <table>{rows}</table>
 {charts}
+{f"<p>{e(retrieval_line(report.retrieval))}</p>" if report.retrieval is not None else ""}
 <h2>Diagnosis</h2>
 {f"<ul>{findings}</ul>" if findings else "<p>No cause found.</p>"}
 <p class=muted>guard {e(report.guard_version)}</p>

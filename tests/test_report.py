@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import io
 import json
 import re
 
@@ -13,9 +15,19 @@ from guard import __version__
 from guard.core.compare import compare
 from guard.core.diagnosis import Finding
 from guard.core.policy import Thresholds, decide
+from guard.core.retrieval import score
 from guard.core.stats import bound
 from guard.records import StoreInfo
-from guard.report import CheckReport, build_report, to_html, to_json, to_markdown, to_text
+from guard.report import (
+    CheckReport,
+    build_report,
+    retrieval_line,
+    to_html,
+    to_json,
+    to_markdown,
+    to_text,
+)
+from guard.retrieval import Measured, QuerySet, judged
 
 DESIGN_FIELDS = [
     "verdict",
@@ -200,6 +212,27 @@ def test_html_is_self_contained_with_charts() -> None:
     assert page.count("<svg") == 2
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page)
     assert "<script" not in page and "@import" not in page and "url(" not in page
+
+
+def test_every_format_shows_the_retrieval_of_check_queries() -> None:
+    """`guard check --queries`: text, markdown and HTML say recall as stored, after the
+    switch, and the ratio's bound, as the JSON holds them."""
+    relevant = [[f"doc-{i}"] for i in range(40)]
+    as_stored = score([[f"doc-{i}", "x"] for i in range(40)], relevant, k=10)
+    switch = score([["x", f"doc-{i}"] if i % 4 else ["x"] for i in range(40)], relevant, k=10)
+    measured = Measured({"as_stored": as_stored, "switch": switch}, k=10, seed=1)
+    queries = QuerySet(tuple(f"q{i}" for i in range(40)), tuple(map(tuple, relevant)), False)
+    report = judged(_report(), measured, queries, Thresholds())
+    line = retrieval_line(report.retrieval or {})
+    text = io.StringIO()
+    to_text(report, Console(file=text, width=400, color_system=None))
+
+    assert "recall@10: as stored 1.000" in line and "switch without re-index 0.750" in line
+    assert "ratio at least 0.6" in line
+    assert line in text.getvalue()
+    assert line in to_markdown(report)
+    assert html.escape(line) in to_html(report)
+    assert json.loads(to_json(report))["retrieval"]["switch"]["recall_at_k"] == 0.75
 
 
 def test_html_escapes_what_it_shows() -> None:
