@@ -21,7 +21,6 @@ alternates between the map and those per-row scales (``rescale_rows``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -185,29 +184,10 @@ def _settled_scales(centred: Matrix, inverse: Matrix, ys: Matrix) -> Floats:
     return scales
 
 
-def choose_ridge(
-    x: npt.ArrayLike,
-    y: npt.ArrayLike,
-    *,
-    threshold: float,
-    rescale_rows: bool = False,
-    grid: Sequence[float] = RIDGE_GRID,
-) -> float:
-    """The penalty whose map, fitted on the first part of these rows, leaves the fewest of
-    the last ``RIDGE_VALIDATION_SHARE`` below ``threshold`` (then the best p1 cosine).
-
-    Only fitting rows take part (the rows' free lengths are settled on all of them); the
-    held-out rows that judge the map never do."""
-    xs, ys = _pair(x, y)
-    return _fit_with_chosen_ridge(
-        xs, ys, threshold=threshold, rescale_rows=rescale_rows, grid=grid
-    ).parameters["ridge"]
-
-
 def _fit_with_chosen_ridge(
-    xs: Matrix, ys: Matrix, *, threshold: float, rescale_rows: bool, grid: Sequence[float]
+    xs: Matrix, ys: Matrix, *, threshold: float, rescale_rows: bool
 ) -> LinearMap:
-    """The affine map at the penalty ``choose_ridge`` picks, fitted on all of these rows.
+    """The affine map, fitted on all of these rows, at the penalty ``_best_ridge`` picks.
 
     The decomposition of all rows is made once, and the map fitted to settle the rows'
     free lengths is the answer itself when the smallest penalty wins (the usual case for
@@ -215,20 +195,24 @@ def _fit_with_chosen_ridge(
     whole = _Centred.of(xs)
     settled = None
     if rescale_rows:  # settle the stored rows' free lengths once, then one solve per ridge
-        settled = _fit_affine(whole, ys, ridge=min(grid), rescale_rows=True)
+        settled = _fit_affine(whole, ys, ridge=min(RIDGE_GRID), rescale_rows=True)
         scaled, _, _ = _rescaled(ys, settled.apply(xs), np.ones(ys.shape[0]))
     else:
         scaled = ys
-    ridge = _best_ridge(xs, scaled, threshold=threshold, grid=grid)
-    if settled is not None and ridge == min(grid):
+    ridge = _best_ridge(xs, scaled, threshold=threshold)
+    if settled is not None and ridge == min(RIDGE_GRID):
         return settled
     return _fit_affine(whole, ys, ridge=ridge, rescale_rows=rescale_rows)
 
 
-def _best_ridge(xs: Matrix, ys: Matrix, *, threshold: float, grid: Sequence[float]) -> float:
-    """Each penalty's map predicts the validation rows straight from the eigenbasis of the
-    fitting rows (``(x - mean) @ V @ diag(1 / (values + penalty)) @ V.T @ X.T @ Y``), so
-    a penalty costs one small product, not a fit and an apply."""
+def _best_ridge(xs: Matrix, ys: Matrix, *, threshold: float) -> float:
+    """The penalty whose map, fitted on the first part of these rows, leaves the fewest of
+    the last ``RIDGE_VALIDATION_SHARE`` below ``threshold`` (then the best p1 cosine).
+
+    Only fitting rows take part (the rows' free lengths are settled on all of them); the
+    held-out rows that judge the map never do. Each penalty's map predicts the validation
+    rows straight from the eigenbasis of the fitting rows (``(x - mean) @ V @ diag(1 /
+    (values + penalty)) @ V.T @ X.T @ Y``): one small product, not a fit and an apply."""
     n = xs.shape[0]
     held = max(1, round(n * RIDGE_VALIDATION_SHARE))
     fit_rows, val_rows = split(n, n - held)
@@ -237,14 +221,14 @@ def _best_ridge(xs: Matrix, ys: Matrix, *, threshold: float, grid: Sequence[floa
     projected = fitting.vectors.T @ (fitting.rows.T @ (ys[fit_rows] - mean_y))
     validation = (xs[val_rows] - fitting.mean) @ fitting.vectors
     scores = []
-    for ridge in grid:
+    for ridge in RIDGE_GRID:
         predicted = (validation * fitting.inverted(ridge)) @ projected + mean_y
         cosines, _ = rowwise_cosine(ys[val_rows], predicted)
         cosines = np.nan_to_num(cosines, nan=-1.0)
         scores.append(
             (int(np.count_nonzero(cosines < threshold)), -float(np.percentile(cosines, 1)))
         )
-    return float(grid[min(range(len(grid)), key=lambda i: scores[i])])
+    return RIDGE_GRID[min(range(len(RIDGE_GRID)), key=lambda i: scores[i])]
 
 
 def fit(
@@ -254,9 +238,7 @@ def fit(
     if kind == "orthogonal":
         return fit_orthogonal(x, y, rescale_rows=rescale_rows)
     xs, ys = _pair(x, y)
-    return _fit_with_chosen_ridge(
-        xs, ys, threshold=threshold, rescale_rows=rescale_rows, grid=RIDGE_GRID
-    )
+    return _fit_with_chosen_ridge(xs, ys, threshold=threshold, rescale_rows=rescale_rows)
 
 
 @dataclass(frozen=True, eq=False)

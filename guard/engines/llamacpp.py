@@ -264,6 +264,7 @@ class _LoadedModel:
         this llama.cpp does not know."""
         # In embedding mode llama-cpp-python sets n_seq_max to min(n_batch, 256) itself,
         # so a decode can hold as many texts as fit in n_batch tokens.
+        threads = _threads(options)
         try:
             llama = llama_cpp.Llama(
                 model_path=str(path),
@@ -272,8 +273,8 @@ class _LoadedModel:
                 n_batch=context,
                 n_ubatch=context,
                 pooling_type=_pooling_type(options),
-                n_threads=_threads(options),
-                n_threads_batch=_threads(options),
+                n_threads=threads,
+                n_threads_batch=threads,
                 # Without it, packing texts into one decode is slower than one text per
                 # decode on CPU (2 cores: 44 vs 92 texts/s; with it, packed runs 122).
                 flash_attn=True,
