@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -49,6 +49,7 @@ __all__ = [
     "state_dsn",
     "store_kind",
     "unit_vectors",
+    "write_store",
 ]
 
 STORE_KINDS = ["qdrant-local", "pgvector"] + (
@@ -192,9 +193,15 @@ def f16_store(new_store_uri: Callable[..., str], gguf_f16: Path, corpus: list[st
     engine = open_engine(f"llamacpp:{gguf_f16}")
     vectors = engine.embed(texts)
     engine.close()
-    uri = new_store_uri()
+    return write_store(new_store_uri(), texts, vectors)
+
+
+def write_store(uri: str, texts: Sequence[str], vectors: np.ndarray) -> str:
+    """A new cosine store at ``uri`` holding ``texts`` (ids 0, 1, ...) with ``vectors``."""
     store = open_store(uri)
-    store.create(dims=vectors.shape[1], distance="cosine")
-    store.upsert(RecordBatch(tuple(range(len(texts))), tuple(texts), vectors))
-    store.close()
+    try:
+        store.create(dims=vectors.shape[1], distance="cosine")
+        store.upsert(RecordBatch(tuple(range(len(texts))), tuple(texts), vectors))
+    finally:
+        store.close()
     return uri

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fixtures_stores import write_store
 
 from guard.check import effective_settings, run_check
 from guard.core.compare import compare
@@ -20,7 +21,7 @@ from guard.core.diagnosis import Evidence, settings_to_try
 from guard.core.policy import Thresholds
 from guard.engines import EmbeddingEngine, EngineOptions, open_engine
 from guard.errors import StoreError
-from guard.records import RecordBatch, Vectors
+from guard.records import Vectors
 from guard.report import CheckReport
 from guard.stores import open_store
 
@@ -59,12 +60,7 @@ def fill(new_store_uri: Callable[..., str], check_texts: list[str]) -> Callable[
     """A fresh store of the test's kind holding ``check_texts`` with the given vectors."""
 
     def make(vectors: Vectors) -> str:
-        uri = new_store_uri()
-        store = open_store(uri)
-        store.create(dims=vectors.shape[1], distance="cosine")
-        store.upsert(RecordBatch(tuple(range(len(check_texts))), tuple(check_texts), vectors))
-        store.close()
-        return uri
+        return write_store(new_store_uri(), check_texts, vectors)
 
     return make
 

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures_stores import write_store
 from test_cli import assert_one_line_error, guard
 
 from guard import bridgefile
 from guard.core.bridge import LinearMap
 from guard.engines import open_engine
-from guard.records import RecordBatch, Vectors
-from guard.stores import open_store
+from guard.records import Vectors
 
 RECORDS = 1300
 
@@ -49,13 +49,8 @@ def f16_rows(gguf_f16: Path, sentences: list[str]) -> Vectors:
 @pytest.fixture
 def filled(new_store_uri: Callable[..., str], sentences: list[str]) -> Callable[[np.ndarray], str]:
     def make(vectors: np.ndarray) -> str:
-        uri = new_store_uri()
-        store = open_store(uri)
-        store.create(dims=vectors.shape[1], distance="cosine")
         rows = np.ascontiguousarray(vectors, dtype=np.float32)
-        store.upsert(RecordBatch(tuple(range(len(sentences))), tuple(sentences), rows))
-        store.close()
-        return uri
+        return write_store(new_store_uri(), sentences, rows)
 
     return make
 

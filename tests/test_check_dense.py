@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures_stores import write_store
 from test_cli import guard
 
 from guard.engines import open_engine
@@ -83,12 +84,7 @@ def written_by(sentences: list[str]) -> Callable[[Path], Vectors]:
 @pytest.fixture
 def filled(new_store_uri: Callable[..., str], sentences: list[str]) -> Callable[[Vectors], str]:
     def make(vectors: Vectors) -> str:
-        uri = new_store_uri()
-        store = open_store(uri)
-        store.create(dims=vectors.shape[1], distance="cosine")
-        store.upsert(RecordBatch(tuple(range(len(sentences))), tuple(sentences), vectors))
-        store.close()
-        return uri
+        return write_store(new_store_uri(), sentences, vectors)
 
     return make
 

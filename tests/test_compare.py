@@ -11,11 +11,10 @@ from typing import Any
 
 import pytest
 from fixtures_models import UNKNOWN_ARCHITECTURE, free_port
+from fixtures_stores import write_store
 from test_cli import assert_one_line_error, guard
 
 from guard.engines import open_engine
-from guard.records import RecordBatch
-from guard.stores import open_store
 
 
 def compare_json(store: str, *candidates: str, seed: int = 3) -> tuple[int, dict[str, Any]]:
@@ -185,11 +184,7 @@ def docs_store(
     engine = open_engine(f"llamacpp:{gguf_f16}")
     vectors = engine.embed([body for _, body in pairs])
     engine.close()
-    uri = new_store_uri()
-    store = open_store(uri)
-    store.create(dims=vectors.shape[1], distance="cosine")
-    store.upsert(RecordBatch(tuple(range(len(pairs))), tuple(b for _, b in pairs), vectors))
-    store.close()
+    uri = write_store(new_store_uri(), [body for _, body in pairs], vectors)
     queries = tmp_path / "queries.jsonl"
     queries.write_text(
         "".join(json.dumps({"query": q, "relevant": [i]}) + "\n" for i, (q, _) in enumerate(pairs))
