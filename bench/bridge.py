@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
-from guard.check import run_check
+from guard.checking.run import run_check
 from guard.core.policy import Thresholds
 from guard.corpus import demo_corpus
 from guard.engines import EmbeddingEngine, open_engine

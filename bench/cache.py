@@ -25,14 +25,14 @@ from pathlib import Path
 from check_overhead import _fill  # the script's folder is on sys.path
 
 from guard.cache import EmbeddingCache
-from guard.check import run_check
+from guard.checking.report import CheckReport
+from guard.checking.run import run_check
 from guard.core.policy import Thresholds
 from guard.corpus import demo_corpus
 from guard.engines import open_engine
 from guard.logs import configure
 from guard.models import build_demo_models
 from guard.paths import models_dir
-from guard.report import CheckReport
 from guard.stores import VectorStore, open_store
 
 ATTEMPTS = 3

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from guard.check import run_check
+from guard.checking.run import run_check
 from guard.core.policy import Thresholds
 from guard.corpus import demo_corpus
 from guard.engines import open_engine

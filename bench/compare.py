@@ -19,15 +19,15 @@ from pathlib import Path
 
 from check_overhead import _fill  # the script's folder is on sys.path
 
-from guard.check import draw_sample
-from guard.compare import run_compare
+from guard.checking.retrieval import SUBCORPUS_DISTRACTORS, synthetic_queries
+from guard.checking.sample import draw_sample
+from guard.comparing.run import run_compare
 from guard.config import thresholds_from
 from guard.corpus import demo_corpus
 from guard.engines import open_engine
 from guard.logs import configure
 from guard.models import build_demo_models, build_static_model
 from guard.paths import models_dir
-from guard.retrieval import SUBCORPUS_DISTRACTORS, synthetic_queries
 from guard.stores import open_store
 
 

@@ -18,7 +18,8 @@ import numpy as np
 
 from guard.corpus import demo_corpus
 from guard.engines import EmbeddingEngine, open_engine
-from guard.models import build_demo_models, default_models_dir, reference_model_dir
+from guard.models import build_demo_models, default_models_dir
+from guard.paths import reference_model_dir
 
 BUCKETS = ((1, 64), (65, 128), (129, 256), (257, 10_000))
 

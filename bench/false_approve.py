@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from guard.check import run_check
+from guard.checking.run import run_check
 from guard.core.policy import Thresholds
 from guard.core.stats import clopper_pearson
 from guard.engines import EmbeddingEngine, EngineOptions

@@ -12,11 +12,12 @@ again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from guard.config import CacheConfig
-from guard.core.cachekey import cacheable, fingerprint_key, row_checksum, text_key
 from guard.engines import EmbeddingEngine, EngineOptions
+from guard.hashing import fingerprint_sha256, text_sha256
 from guard.logs import get_logger
 from guard.paths import guard_home
 from guard.records import Vectors
@@ -53,6 +54,22 @@ CREATE INDEX IF NOT EXISTS vectors_last_used ON vectors (last_used);
 CREATE TABLE IF NOT EXISTS totals (id INTEGER PRIMARY KEY CHECK (id = 1), bytes INTEGER NOT NULL);
 INSERT OR IGNORE INTO totals VALUES (1, 0);
 """
+
+
+def cacheable(fingerprint: Mapping[str, Any]) -> bool:
+    """Only a fingerprint that names the model's content (a file or folder sha256) may key
+    vectors: a served model name can stand for other weights after a server upgrade, and
+    a cached vector would then hide exactly the drift the guard looks for."""
+    model = fingerprint.get("model")
+    return isinstance(model, Mapping) and bool(model.get("sha256"))
+
+
+def row_checksum(fingerprint: str, text: str, dims: int, blob: bytes) -> str:
+    """Ties a stored vector to its keys and size: a flipped byte or a row moved under
+    another key no longer matches."""
+    digest = hashlib.sha256(f"{fingerprint}\0{text}\0{dims}\0".encode())
+    digest.update(blob)
+    return digest.hexdigest()
 
 
 def default_path() -> Path:
@@ -295,7 +312,7 @@ class CachedEngine:
         if not texts or fingerprint is None:
             self._counts.misses += len(texts)
             return self.inner.embed(texts)
-        keys = [text_key(text) for text in texts]
+        keys = [text_sha256(text) for text in texts]
         try:
             found = self.cache.get_many(fingerprint, keys)
         except _Rebuilt:
@@ -325,7 +342,7 @@ class CachedEngine:
         fingerprint = self._fingerprint_key()
         if fingerprint is None or not texts:
             return
-        keys = [text_key(text) for text in texts]
+        keys = [text_sha256(text) for text in texts]
         with suppress(_Rebuilt):
             self.cache.put_many(fingerprint, list(zip(keys, vectors, strict=True)))
 
@@ -349,7 +366,7 @@ class CachedEngine:
         name its model's content: it is passed through."""
         if self._key is None:
             fingerprint = self.inner.fingerprint()
-            self._key = fingerprint_key(fingerprint) if cacheable(fingerprint) else ""
+            self._key = fingerprint_sha256(fingerprint) if cacheable(fingerprint) else ""
         return self._key or None
 
 

@@ -24,7 +24,7 @@ from guard.reindex.cli import reindex_app
 from guard.uri import redact
 
 if TYPE_CHECKING:
-    from guard.retrieval import QuerySet
+    from guard.checking.retrieval import QuerySet
 
 app = typer.Typer(
     add_completion=False,
@@ -131,12 +131,12 @@ def check(
     ] = None,
 ) -> None:
     """Is switching to CANDIDATE safe without re-indexing STORE? Exit code = verdict."""
-    from guard import report as reports
     from guard.cache import open_cache
-    from guard.check import run_check
+    from guard.checking import report as reports
+    from guard.checking.retrieval import check_retrieval
+    from guard.checking.run import run_check
     from guard.config import load_config, thresholds_from
     from guard.engines import open_engine
-    from guard.retrieval import check_retrieval
     from guard.stores import open_store
 
     overrides = {
@@ -205,7 +205,7 @@ def _emit(
     width: int,
 ) -> None:
     """Print ``report`` in ``output_format``, or write it to ``output``; ``reports`` is the
-    module that renders it (guard.report or guard.compare_report)."""
+    module that renders it (guard.checking.report or guard.comparing.report)."""
     if output_format is ReportFormat.text:
         if output is None:
             reports.to_text(report, stdout)
@@ -227,7 +227,7 @@ def _emit(
 
 
 def _queries(path: Path | None) -> QuerySet | None:
-    from guard.retrieval import load_queries
+    from guard.checking.retrieval import load_queries
 
     return load_queries(path) if path is not None else None
 
@@ -261,9 +261,9 @@ def compare(
 
     Exit 0 when one can be switched to without re-indexing, 1 when none can but some
     load, 4 when none loads, 2 on errors."""
-    from guard import compare_report as reports
     from guard.cache import open_cache
-    from guard.compare import run_compare
+    from guard.comparing import report as reports
+    from guard.comparing.run import run_compare
     from guard.config import CacheConfig, thresholds_from
     from guard.core.policy import Thresholds
     from guard.engines import open_engine

@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from guard.core.policy import Thresholds
 from guard.errors import ConfigError
+from guard.schedule import parse_schedule
 
 
 def _known_thresholds(value: dict[str, Any]) -> dict[str, Any]:
@@ -42,8 +43,6 @@ class WatchConfig(BaseModel):
     @field_validator("schedule")
     @classmethod
     def _valid_schedule(cls, value: str) -> str:
-        from guard.monitor.schedule import parse_schedule
-
         parse_schedule(value)
         return value
 

@@ -17,14 +17,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from guard import models
-from guard.check import run_check
+from guard import models, paths
+from guard.checking.report import VERDICT_STYLES, CheckReport
+from guard.checking.run import run_check
 from guard.core.policy import Thresholds
 from guard.engines import EmbeddingEngine, open_engine
 from guard.errors import StoreError
 from guard.paths import guard_home, llama_cpp_src, models_dir
 from guard.records import RecordBatch
-from guard.report import VERDICT_STYLES, CheckReport
 from guard.stores import VectorStore, open_store
 
 
@@ -111,7 +111,7 @@ def run_demo(console: Console, *, limit: int, sample_size: int, seed: int) -> li
     for store in stores:
         console.print(f"Store: {store.uri}")
     if any(_stored_count(store) != len(texts) for store in stores):
-        reference = open_engine(f"st:{models.reference_model_dir()}")
+        reference = open_engine(f"st:{paths.reference_model_dir()}")
         with _progress(console) as progress:
             vectors = embed_with_progress(reference, texts, progress, "Reference embeddings")
         reference.close()

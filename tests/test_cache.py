@@ -18,14 +18,13 @@ import numpy as np
 import pytest
 from test_cli import guard
 
-from guard import bridgefile
-from guard.cache import CachedEngine, EmbeddingCache
-from guard.check import run_check
-from guard.compare import run_compare
+from guard.cache import CachedEngine, EmbeddingCache, cacheable
+from guard.checking.run import run_check
+from guard.comparing.run import run_compare
 from guard.core.bridge import LinearMap
-from guard.core.cachekey import cacheable, fingerprint_key, text_key
 from guard.core.policy import Thresholds
-from guard.engines import EmbeddingEngine, open_engine
+from guard.engines import EmbeddingEngine, bridgefile, open_engine
+from guard.hashing import fingerprint_sha256, text_sha256
 from guard.records import RecordBatch, Vectors
 from guard.stores import VectorStore, open_store
 
@@ -126,9 +125,9 @@ def test_compare_keeps_its_timed_vectors_and_reads_the_rest_through_the_cache(
         store.close()
     assert first.check is not None and rerun.check is not None
     engine = open_engine(uri)
-    key = fingerprint_key(engine.fingerprint())
+    key = fingerprint_sha256(engine.fingerprint())
     engine.close()
-    assert len(timed) == len(cache.get_many(key, [text_key(t or "") for t in timed]))
+    assert len(timed) == len(cache.get_many(key, [text_sha256(t or "") for t in timed]))
     embedded = first.check.cache["misses"]  # type: ignore[index]
     assert embedded > 0
     assert rerun.check.cache == {"enabled": True, "hits": embedded, "misses": 0}
@@ -220,12 +219,12 @@ def test_a_row_with_a_flipped_byte_is_not_served(
     fresh = _filled(path, uri, texts)
     with sqlite3.connect(path) as conn:
         (blob,) = conn.execute(
-            "SELECT vector FROM vectors WHERE text = ?", (text_key(texts[5]),)
+            "SELECT vector FROM vectors WHERE text = ?", (text_sha256(texts[5]),)
         ).fetchone()
         flipped = bytearray(blob)
         flipped[103] ^= 0x40  # the exponent of one coordinate: a vector far off
         conn.execute(
-            "UPDATE vectors SET vector = ? WHERE text = ?", (bytes(flipped), text_key(texts[5]))
+            "UPDATE vectors SET vector = ? WHERE text = ?", (bytes(flipped), text_sha256(texts[5]))
         )
     conn.close()
     cache = EmbeddingCache(path)
@@ -329,8 +328,8 @@ def test_the_key_is_the_canonical_fingerprint_and_only_content_hashed_models_are
     """Key order does not matter; a served model name (HTTP engines) is not a content hash."""
     local = {"model": {"sha256": "ab", "file": "m.gguf"}, "settings": {"prefix": "", "a": 1}}
     reordered = {"settings": {"a": 1, "prefix": ""}, "model": {"file": "m.gguf", "sha256": "ab"}}
-    assert fingerprint_key(local) == fingerprint_key(reordered)
-    assert fingerprint_key(local) != fingerprint_key({**local, "settings": {"prefix": "q: "}})
+    assert fingerprint_sha256(local) == fingerprint_sha256(reordered)
+    assert fingerprint_sha256(local) != fingerprint_sha256({**local, "settings": {"prefix": "q: "}})
     assert cacheable(local)
     assert not cacheable({"model": {"requested": "m", "served": "m"}, "settings": {}})
 

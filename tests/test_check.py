@@ -15,14 +15,15 @@ import numpy as np
 import pytest
 from fixtures_stores import write_store
 
-from guard.check import effective_settings, run_check
-from guard.core.compare import compare
-from guard.core.diagnosis import Evidence, settings_to_try
+from guard.checking.report import CheckReport
+from guard.checking.run import effective_settings, run_check
+from guard.core.cosines import compare
+from guard.core.diagnosis import settings_to_try
+from guard.core.evidence import Evidence
 from guard.core.policy import Thresholds
 from guard.engines import EmbeddingEngine, EngineOptions, open_engine
 from guard.errors import StoreError
 from guard.records import Vectors
-from guard.report import CheckReport
 from guard.stores import open_store
 
 THRESHOLDS = Thresholds()

@@ -21,9 +21,8 @@ import pytest
 from fixtures_stores import write_store
 from test_cli import assert_one_line_error, guard
 
-from guard import bridgefile
 from guard.core.bridge import LinearMap
-from guard.engines import open_engine
+from guard.engines import bridgefile, open_engine
 from guard.records import Vectors
 
 RECORDS = 1300

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from guard.check import run_check
-from guard.core.compare import rowwise_cosine
+from guard.checking.report import CheckReport
+from guard.checking.run import run_check
+from guard.core.cosines import rowwise_cosine
 from guard.core.policy import Thresholds
 from guard.engines import open_engine
 from guard.records import RecordBatch, Vectors
-from guard.report import CheckReport
 from guard.stores import open_store
 
 RECORDS = 5_000

@@ -14,16 +14,11 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from guard.core.compare import Comparison, DimensionMismatch, compare
+from guard.core.cosines import Comparison, DimensionMismatch, compare
 from guard.core.diagnosis import (
     MIN_REMEASURED,
     PROBE_RECORDS,
     RULES,
-    Alternative,
-    Evidence,
-    Finding,
-    RecordTimes,
-    SettingValue,
     diagnose,
     explains_every_mismatch,
     mixed_store,
@@ -31,6 +26,8 @@ from guard.core.diagnosis import (
     settings_to_try,
     worth_remeasuring,
 )
+from guard.core.evidence import Alternative, Evidence, RecordTimes
+from guard.core.findings import Finding, SettingValue
 from guard.core.policy import Thresholds, decide
 from guard.core.selfcheck import (
     batch_inconsistent,

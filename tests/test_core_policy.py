@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from guard.core.diagnosis import Cause, Finding
+from guard.core.findings import Cause, Finding
 from guard.core.policy import (
     EXIT_CODES,
     RecallRatio,

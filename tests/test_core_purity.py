@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 CORE = [
-    "guard.core.compare",
+    "guard.core.cosines",
     "guard.core.stats",
     "guard.core.diagnosis",
     "guard.core.policy",

@@ -6,7 +6,7 @@ import threading
 
 import psycopg
 
-from guard.reindex.state import apply_migrations, connect, migrations
+from guard.state import apply_migrations, connect, migrations
 
 
 def test_shipped_files_are_numbered_in_order() -> None:

@@ -20,8 +20,8 @@ from guard.core.population import (
 )
 from guard.errors import ConfigError
 from guard.monitor.alerts import webhook_label
-from guard.monitor.schedule import parse_schedule
 from guard.records import Vectors
+from guard.schedule import parse_schedule
 
 
 def anisotropic(n: int, seed: int, dims: int = 64) -> Vectors:

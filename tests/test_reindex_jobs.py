@@ -32,11 +32,11 @@ from guard.records import RecordBatch
 from guard.reindex.catchup import catch_up
 from guard.reindex.ledger import Ledger
 from guard.reindex.plan import plan_job
-from guard.reindex.state import connect
 from guard.reindex.status import job_status, set_paused
 from guard.reindex.switch import cleanup, cutover, rollback
 from guard.reindex.verify import verify_job
 from guard.reindex.worker import run_worker
+from guard.state import connect
 from guard.stores import open_store
 
 RECORDS = 60

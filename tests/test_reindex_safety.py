@@ -31,10 +31,10 @@ from guard.reindex.catchup import catch_up
 from guard.reindex.jobs import load_job
 from guard.reindex.ledger import Ledger
 from guard.reindex.plan import plan_job
-from guard.reindex.state import connect
 from guard.reindex.switch import locations
 from guard.reindex.verify import verify_job
 from guard.reindex.worker import run_worker
+from guard.state import connect
 from guard.stores import open_reindex, open_store
 from guard.uri import parse
 

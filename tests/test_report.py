@@ -1,4 +1,4 @@
-"""guard.report: the JSON contract and the text, Markdown and HTML renderings."""
+"""guard.checking.report: the JSON contract and the text, Markdown and HTML renderings."""
 
 from __future__ import annotations
 
@@ -12,13 +12,7 @@ import pytest
 from rich.console import Console
 
 from guard import __version__
-from guard.core.compare import compare
-from guard.core.diagnosis import Finding
-from guard.core.policy import Thresholds, decide
-from guard.core.retrieval import score
-from guard.core.stats import bound
-from guard.records import StoreInfo
-from guard.report import (
+from guard.checking.report import (
     CheckReport,
     build_report,
     retrieval_line,
@@ -27,7 +21,13 @@ from guard.report import (
     to_markdown,
     to_text,
 )
-from guard.retrieval import Measured, QuerySet, judged
+from guard.checking.retrieval import Measured, QuerySet, judged
+from guard.core.cosines import compare
+from guard.core.findings import Finding
+from guard.core.policy import Thresholds, decide
+from guard.core.retrieval import score
+from guard.core.stats import bound
+from guard.records import StoreInfo
 
 DESIGN_FIELDS = [
     "verdict",

@@ -26,11 +26,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_cli import SECRET, assert_one_line_error, guard
 
-from guard import bridgefile
 from guard.core.bridge import LinearMap
-from guard.engines import EmbeddingEngine, open_engine
+from guard.engines import EmbeddingEngine, bridgefile, open_engine
+from guard.hashing import fingerprint_sha256
 from guard.records import RecordBatch
-from guard.reindex.provenance import fingerprint_hash
 from guard.stores import open_store
 
 RECORDS = 600  # zero failures in 600 puts the 99% bound under the 1% allowed share
@@ -116,10 +115,10 @@ def test_the_openai_client_gets_the_engines_vectors_usage_and_fingerprint(
     assert np.allclose(alone, [item.embedding for item in one.data], atol=1e-5)
     assert list(range(12)) == [item.index for item in many.data]
     assert (server.model, sum(engine.count_tokens(texts))) == (many.model, many.usage.total_tokens)
-    digest = fingerprint_hash(engine.fingerprint())
+    digest = fingerprint_sha256(engine.fingerprint())
     assert f"sha256:{digest}" == raw.headers["x-guard-fingerprint"]
     [listed] = client.models.list().data
-    assert (server.model, digest) == (listed.id, listed.model_extra["fingerprint_sha256"])
+    assert (server.model, digest) == (listed.id, listed.model_extra["fingerprint_hash"])
     assert (
         json.loads(json.dumps(engine.fingerprint(), default=str))
         == listed.model_extra["fingerprint"]
@@ -164,7 +163,7 @@ def test_guards_own_http_engines_check_a_store_through_it_and_approve(
     if api == "openai":
         assert server.model == served["served"]
     else:
-        assert f"sha256:{fingerprint_hash(engine.fingerprint())}" == served["digest"]
+        assert f"sha256:{fingerprint_sha256(engine.fingerprint())}" == served["digest"]
 
 
 def test_a_bridge_engine_is_served_with_its_bridge_applied(

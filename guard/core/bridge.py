@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from guard.core.compare import Floats, Ints, Summary, rowwise_cosine
+from guard.core.cosines import Floats, Ints, Summary, rowwise_cosine
 from guard.core.stats import Bound, bound
 
 MapKind = Literal["orthogonal", "affine"]

@@ -1,13 +1,15 @@
 """From measurements and findings to one verdict with an exit code.
 
-The order of the rules is the contract of design.md:
-1. any self-check finding: ``reject_candidate`` (4): the candidate itself is broken;
-2. ``dimension_mismatch`` or ``different_space``: ``reindex`` (1): no setting helps;
+The order of the rules is the contract of design.md; findings count by their ``role``
+(guard.core.findings), never by their cause:
+1. a ``broken_candidate`` finding: ``reject_candidate`` (4): the candidate itself is broken;
+2. an ``other_space`` finding: ``reindex`` (1): no setting helps;
 3. a finding whose setting explains every mismatch: ``fix_config`` (3);
 4. the bound's upper share within the allowed share, overlap@k at least the minimum
-   (when measured) and no norm mismatch under a length-sensitive distance: ``approve`` (0)
-   (a ``mixed_store`` finding alone does not block: its group is within the allowed share);
-5. anything else: ``reindex`` (1), with the ``mixed_store`` evidence among the reasons.
+   (when measured) and no ``blocks_approval`` finding: ``approve`` (0)
+   (a ``supports_reindex`` finding alone does not block: its group is within the
+   allowed share);
+5. anything else: ``reindex`` (1), with the ``supports_reindex`` evidence among the reasons.
 ``error`` (2) belongs to the shell. The policy never approves when the bound exceeds
 the allowed share.
 """
@@ -19,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-from guard.core.diagnosis import SELF_CHECK_CAUSES, Finding
+from guard.core.findings import Finding, Role
 from guard.core.stats import Bound
 from guard.errors import ConfigError
 
@@ -31,7 +33,6 @@ EXIT_CODES: Mapping[VerdictName, int] = {
     "fix_config": 3,
     "reject_candidate": 4,
 }
-_NO_SETTING_HELPS = frozenset({"dimension_mismatch", "different_space"})
 
 
 @dataclass(frozen=True)
@@ -119,15 +120,15 @@ def decide(
     ) != (thresholds.min_cosine, thresholds.allowed_share, thresholds.confidence):
         raise ValueError("the bound was computed with other thresholds than the policy's")
 
-    broken = [f for f in findings if f.cause in SELF_CHECK_CAUSES]
+    broken = _reasons(findings, "broken_candidate")
     if broken:
-        return Verdict.of("reject_candidate", *(f"{f.cause}: {f.evidence}" for f in broken))
+        return Verdict.of("reject_candidate", *broken)
 
-    hopeless = [f for f in findings if f.cause in _NO_SETTING_HELPS]
+    hopeless = _reasons(findings, "other_space")
     if hopeless:
-        return Verdict.of("reindex", *(f"{f.cause}: {f.evidence}" for f in hopeless))
+        return Verdict.of("reindex", *hopeless)
 
-    fixes = [f for f in findings if f.setting is not None and f.explains_all]
+    fixes = [f for f in findings if f.fixes_by_setting]
     if fixes:
         return Verdict.of("fix_config", *(f"{f.cause}: {f.suggestion}" for f in fixes))
 
@@ -142,16 +143,17 @@ def decide(
         blockers.append(
             f"overlap@{thresholds.overlap_k} is {overlap:.3f}, below {thresholds.min_overlap:g}"
         )
-    blockers += [
-        f"{f.cause}: {f.evidence}" for f in findings if f.cause == "normalization_mismatch"
-    ]
+    blockers += _reasons(findings, "blocks_approval")
     if blockers:
-        mixed = [f"{f.cause}: {f.evidence}" for f in findings if f.cause == "mixed_store"]
-        return Verdict.of("reindex", *blockers, *mixed)
+        return Verdict.of("reindex", *blockers, *_reasons(findings, "supports_reindex"))
     reasons = [bound_sentence(bound)]
     if overlap is not None:
         reasons.append(f"overlap@{thresholds.overlap_k} is {overlap:.3f}")
     return Verdict.of("approve", *reasons)
+
+
+def _reasons(findings: Sequence[Finding], role: Role) -> list[str]:
+    return [f.reason for f in findings if f.role == role]
 
 
 @dataclass(frozen=True)
@@ -188,7 +190,7 @@ def recall_veto(verdict: str, ratio: RecallRatio, thresholds: Thresholds) -> Fin
 
 def vetoed(finding: Finding) -> Verdict:
     """The verdict once a recall veto holds: a re-index."""
-    return Verdict.of("reindex", f"{finding.cause}: {finding.evidence}")
+    return Verdict.of("reindex", finding.reason)
 
 
 def bound_sentence(bound: Bound) -> str:

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from guard.core.compare import rowwise_cosine
-from guard.core.diagnosis import Finding
+from guard.core.cosines import rowwise_cosine
+from guard.core.findings import Finding
 from guard.records import as_vectors
 
 # Distinct texts whose vectors agree beyond this cosine are counted as one vector.

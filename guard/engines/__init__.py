@@ -28,7 +28,7 @@ class EngineOptions:
     batch_size: int = 32
     n_threads: int | None = None
     truncate: bool = True  # False: refuse texts over the token limit instead of cutting
-    bridge: str | None = None  # a bridge file (guard.bridgefile) applied to the output
+    bridge: str | None = None  # a bridge file (guard.engines.bridgefile) applied to the output
 
     @classmethod
     def from_params(cls, params: dict[str, str]) -> EngineOptions:
@@ -52,7 +52,7 @@ class EngineOptions:
         settings = asdict(self)
         del settings["batch_size"], settings["n_threads"], settings["truncate"]
         if self.bridge:  # the file's content, not its name, decides the vectors
-            from guard.bridgefile import load
+            from guard.engines.bridgefile import load
 
             settings["bridge"] = {"path": self.bridge, "sha256": load(self.bridge).sha256}
         return settings

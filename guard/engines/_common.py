@@ -6,9 +6,7 @@ registry importing any of it.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,7 @@ def check_params(parsed: ParsedURI, extra: Sequence[str] = ()) -> None:
             f" (known: {', '.join(sorted(known))})"
         )
     if parsed.params.get("bridge"):  # refuse a file that is not a bridge before any work
-        from guard.bridgefile import load
+        from guard.engines.bridgefile import load
 
         load(parsed.params["bridge"])
 
@@ -103,7 +101,7 @@ def finish(rows: Any, *, expected: int, options: EngineOptions, engine: str) -> 
             engine=engine,
         )
     if options.bridge:
-        from guard.bridgefile import load
+        from guard.engines.bridgefile import load
 
         array = load(options.bridge).apply(array, engine=engine)
     if options.normalize:
@@ -117,41 +115,3 @@ def version(distribution: str) -> str | None:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:
         return None
-
-
-@dataclass(frozen=True)
-class _Stamp:
-    path: str
-    mtime_ns: int
-    size: int
-
-
-_HASHES: dict[_Stamp, str] = {}
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, computed once per (path, mtime, size) in this process."""
-    stat = path.stat()
-    stamp = _Stamp(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-    if stamp not in _HASHES:
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        _HASHES[stamp] = digest.hexdigest()
-    return _HASHES[stamp]
-
-
-_SKIPPED = {"README.md", ".gitattributes"}
-
-
-def tree_sha256(folder: Path) -> str:
-    """One sha256 over every file of a model folder (names and contents), so that any
-    change to weights, tokenizer or module config changes the identity."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        relative = path.relative_to(folder).as_posix()
-        if path.name in _SKIPPED or any(part.startswith(".") for part in Path(relative).parts):
-            continue
-        digest.update(f"{relative}\0{file_sha256(path)}\n".encode())
-    return digest.hexdigest()

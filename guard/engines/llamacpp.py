@@ -29,7 +29,6 @@ from guard.engines import EngineOptions
 from guard.engines._common import (
     batches,
     check_params,
-    file_sha256,
     finish,
     local_path,
     refuse_long,
@@ -37,6 +36,7 @@ from guard.engines._common import (
     with_params,
 )
 from guard.errors import ConfigError, EngineError
+from guard.hashing import file_sha256
 from guard.logs import get_logger
 from guard.records import Vectors
 from guard.uri import ParsedURI

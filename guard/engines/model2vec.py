@@ -20,11 +20,11 @@ from guard.engines._common import (
     local_path,
     refuse_long,
     reject_options,
-    tree_sha256,
     version,
     with_params,
 )
 from guard.errors import ConfigError, EngineError
+from guard.hashing import tree_sha256
 from guard.records import Vectors
 from guard.uri import ParsedURI
 

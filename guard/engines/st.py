@@ -26,11 +26,11 @@ from guard.engines._common import (
     finish,
     local_path,
     refuse_long,
-    tree_sha256,
     version,
     with_params,
 )
 from guard.errors import ConfigError, EngineError
+from guard.hashing import tree_sha256
 from guard.records import Vectors
 from guard.uri import ParsedURI
 
@@ -167,7 +167,7 @@ def _resolve(name: str, engine: str) -> Path | None:
     if path.is_dir():
         return path
     if name.lower() in _PACKAGED:
-        from guard.models import reference_model_dir
+        from guard.paths import reference_model_dir
 
         return reference_model_dir()
     if path.is_absolute() or name.startswith((".", "~")):

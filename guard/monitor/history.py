@@ -2,7 +2,7 @@
 
 One row per watch run, each watch's alert state and the watermark that tells which
 records were written since the previous run. Connections come from
-``guard.reindex.state.connect``, which applies the migrations once per process.
+``guard.state.connect``, which applies the migrations once per process.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from guard.monitor.results import WatchRun, WatchStatus
-from guard.reindex.state import Conn, connect
+from guard.state import Conn, connect
 
 # Trend columns, in the order `guard monitor history` prints them.
 TREND_FIELDS = (

@@ -22,9 +22,11 @@ from datetime import UTC, datetime
 import numpy as np
 
 from guard.cache import EmbeddingCache, cached, stats_of
+from guard.checking.overlap import overlap_through_index
 from guard.config import WatchConfig
-from guard.core.compare import compare, overlap_at_k
-from guard.core.diagnosis import Evidence, RecordTimes, mixed_store
+from guard.core.cosines import compare
+from guard.core.diagnosis import mixed_store
+from guard.core.evidence import Evidence, RecordTimes
 from guard.core.policy import Thresholds
 from guard.core.population import PopulationDrift, population_drift
 from guard.core.stats import bound
@@ -146,14 +148,12 @@ def sample_check(
         confidence=thresholds.confidence,
         population=len(usable) if len(drawn) == info.count else None,
     )
-    queries = min(OVERLAP_QUERIES, len(usable))
-    overlap = overlap_at_k(
-        store.search(usable.vectors[:queries], thresholds.overlap_k),
-        store.search(vectors[:queries], thresholds.overlap_k),
-        thresholds.overlap_k,
+    overlap = overlap_through_index(
+        store, usable.vectors, vectors, thresholds.overlap_k, queries=OVERLAP_QUERIES
     )
     drifted = (
         measured.share_below_threshold_lower > thresholds.allowed_share
+        or overlap is None
         or overlap < thresholds.min_overlap
     )
     return SampleCheck(

@@ -31,8 +31,8 @@ from guard.monitor.history import open_history
 from guard.monitor.metrics import MonitorMetrics, serve
 from guard.monitor.results import WatchRun
 from guard.monitor.run import run_watch
-from guard.monitor.schedule import parse_schedule
 from guard.reindex.due import run_due_jobs
+from guard.schedule import parse_schedule
 from guard.uri import redact
 
 log = get_logger(__name__)

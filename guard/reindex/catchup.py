@@ -28,7 +28,7 @@ from guard.reindex.provenance import (
     merge,
     rows,
 )
-from guard.reindex.state import Conn, connect
+from guard.state import Conn, connect
 from guard.stores import VectorStore, open_reindex, open_store
 
 log = get_logger(__name__)

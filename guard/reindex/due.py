@@ -15,8 +15,8 @@ from guard.cache import EmbeddingCache
 from guard.errors import GuardError
 from guard.logs import get_logger
 from guard.reindex.jobs import JOB_COLUMNS, Job
-from guard.reindex.state import connect
 from guard.reindex.worker import WorkerResult, run_worker
+from guard.state import connect
 
 log = get_logger(__name__)
 

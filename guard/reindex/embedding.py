@@ -10,13 +10,12 @@ import numpy as np
 
 from guard.engines import EmbeddingEngine
 from guard.errors import EngineError, ReindexError, TextTooLongError
+from guard.hashing import fingerprint_sha256, text_sha256
 from guard.records import RecordBatch, as_vectors
 from guard.reindex.jobs import Job
 from guard.reindex.ledger import Skip
 from guard.reindex.provenance import (
-    fingerprint_hash,
     has_text,
-    text_hash,
 )
 
 
@@ -47,11 +46,11 @@ def embed_records(engine: EmbeddingEngine, batch: RecordBatch) -> tuple[RecordBa
         text = str(batch.texts[index])
         if isinstance(vector, EngineError):
             reason = "too_long" if isinstance(vector, TextTooLongError) else "embed_failed"
-            skipped.append(Skip(batch.ids[index], reason, str(vector)[:500], text_hash(text)))
+            skipped.append(Skip(batch.ids[index], reason, str(vector)[:500], text_sha256(text)))
             continue
         if not np.all(np.isfinite(vector)):
             detail = "NaN or infinite values"
-            skipped.append(Skip(batch.ids[index], "invalid_vector", detail, text_hash(text)))
+            skipped.append(Skip(batch.ids[index], "invalid_vector", detail, text_sha256(text)))
             continue
         out_ids.append(batch.ids[index])
         out_texts.append(text)
@@ -77,7 +76,7 @@ def _embed_alone(engine: EmbeddingEngine, text: str) -> Any:
 
 def check_engine(job: Job, engine: EmbeddingEngine) -> None:
     """Refuse to embed with an engine whose fingerprint differs from the planned one."""
-    if fingerprint_hash(engine.fingerprint()) != job.fingerprint_hash:
+    if fingerprint_sha256(engine.fingerprint()) != job.fingerprint_hash:
         raise ReindexError(
             "the candidate engine's fingerprint differs from the one planned "
             "(model file or settings changed); plan a new job",

@@ -15,7 +15,7 @@ from typing import Any
 
 from guard.errors import ConfigError, ReindexError
 from guard.reindex.provenance import Window
-from guard.reindex.state import Conn
+from guard.state import Conn
 
 JOB_COLUMNS = (
     "id, created_at, source_uri, target_uri, candidate_uri, fingerprint_hash, dims, distance,"

@@ -14,7 +14,7 @@ from psycopg.types.json import Jsonb
 from guard.errors import ReindexError
 from guard.records import RecordId
 from guard.reindex.jobs import Job
-from guard.reindex.state import Conn
+from guard.state import Conn
 
 MAX_BACKOFF_S = 300
 

@@ -16,11 +16,12 @@ from psycopg.types.json import Jsonb
 from guard import faults
 from guard.engines import EmbeddingEngine, open_engine
 from guard.errors import ConfigError, ReindexError, TextTooLongError
+from guard.hashing import fingerprint_sha256
 from guard.logs import get_logger
 from guard.records import RecordId
-from guard.reindex.provenance import Window, fingerprint_hash, has_text, short_id
-from guard.reindex.state import Conn, connect
+from guard.reindex.provenance import Window, has_text, short_id
 from guard.secrets import strip
+from guard.state import Conn, connect
 from guard.stores import VectorStore, open_reindex, open_store
 from guard.uri import redact
 
@@ -134,9 +135,9 @@ def plan_job(
         if info.count == 0:
             raise ReindexError(f"the source store is empty: {redact(store)}")
         fingerprint = engine.fingerprint()
-        if report_fingerprint is not None and fingerprint_hash(
+        if report_fingerprint is not None and fingerprint_sha256(
             report_fingerprint
-        ) != fingerprint_hash(fingerprint):
+        ) != fingerprint_sha256(fingerprint):
             raise ConfigError(
                 "the candidate's fingerprint differs from the one in the report; "
                 "check this candidate first"
@@ -288,12 +289,12 @@ def _insert_job(
     with conn.transaction():
         conn.execute(
             "INSERT INTO guard_reindex_jobs (id, source_uri, target_uri, candidate_uri,"
-            " fingerprint, fingerprint_hash, dims, distance, total_records, batch_size,"
+            " fingerprint, dims, distance, total_records, batch_size,"
             " max_attempts, window_start, window_end, max_rate, measured_rate)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 0, %s, %s, %s, %s, %s, %s)",
             (
                 job_id, source, target, candidate, Jsonb(fingerprint),
-                fingerprint_hash(fingerprint), dims, distance, batch_size, max_attempts,
+                fingerprint_sha256(fingerprint), dims, distance, batch_size, max_attempts,
                 window.start if window else None, window.end if window else None,
                 max_rate, rate,
             ),

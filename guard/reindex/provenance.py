@@ -1,4 +1,4 @@
-"""Pure helpers of the re-index: text and fingerprint hashes, id order, time windows.
+"""Pure helpers of the re-index: id order, time windows, streams of rows.
 
 Target records carry nothing of the guard's (frameworks such as Haystack show every
 payload key and column to the application): a target record is a copy of its source
@@ -9,8 +9,6 @@ engine fingerprint's hash per job and the text hash of each skipped record.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -19,16 +17,6 @@ from typing import Any
 
 from guard.errors import ConfigError
 from guard.records import RecordBatch, RecordId
-
-
-def text_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def fingerprint_hash(fingerprint: Mapping[str, Any]) -> str:
-    """sha256 of the fingerprint as canonical JSON (sorted keys), stable across runs."""
-    canonical = json.dumps(fingerprint, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def has_text(text: str | None) -> bool:

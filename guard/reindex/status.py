@@ -9,7 +9,7 @@ from typing import Any
 from guard.errors import ReindexError
 from guard.logs import get_logger
 from guard.reindex.jobs import load_job
-from guard.reindex.state import connect
+from guard.state import connect
 from guard.uri import redact
 
 log = get_logger(__name__)

@@ -29,7 +29,7 @@ from guard.errors import ReindexError
 from guard.logs import get_logger
 from guard.reindex.jobs import Job, load_job
 from guard.reindex.provenance import short_id
-from guard.reindex.state import Conn, connect
+from guard.state import Conn, connect
 from guard.stores import ReindexStore, Switch, open_reindex
 
 log = get_logger(__name__)

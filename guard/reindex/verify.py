@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from guard.engines import open_engine
+from guard.hashing import text_sha256
 from guard.records import RecordId
 from guard.reindex.embedding import check_engine
 from guard.reindex.jobs import Job, load_job
@@ -26,10 +27,9 @@ from guard.reindex.provenance import (
     id_key,
     merge,
     rows,
-    text_hash,
 )
-from guard.reindex.state import Conn, connect
 from guard.reindex.switch import locations
+from guard.state import Conn, connect
 from guard.stores import open_reindex, open_store
 
 SCAN_PAGE = 1000
@@ -186,7 +186,7 @@ def _check_ids_and_hashes(
             if tgt is None:
                 assert src is not None
                 key = id_key(src.id)
-                text_now = text_hash(str(src.text)) if has_text(src.text) else None
+                text_now = text_sha256(str(src.text)) if has_text(src.text) else None
                 if key in skip_hashes and skip_hashes[key] == text_now:
                     result.skipped += 1  # skipped for the text it still has
                 else:

@@ -39,7 +39,7 @@ from guard.reindex.ledger import Lease, Ledger, Skip
 from guard.reindex.provenance import (
     in_range,
 )
-from guard.reindex.state import connect
+from guard.state import connect
 from guard.stores import VectorStore, open_store
 
 log = get_logger(__name__)

@@ -10,7 +10,7 @@ from urllib.parse import unquote
 
 from guard.engines import EmbeddingEngine
 from guard.errors import ConfigError
-from guard.reindex.provenance import fingerprint_hash
+from guard.hashing import fingerprint_sha256
 from guard.uri import parse
 
 
@@ -66,5 +66,5 @@ def describe(engine: EmbeddingEngine, engine_uri: str, dims: int) -> ServedModel
         id=name or parsed.scheme,
         dims=dims,
         fingerprint=fingerprint,
-        fingerprint_sha256=fingerprint_hash(fingerprint),
+        fingerprint_sha256=fingerprint_sha256(fingerprint),
     )

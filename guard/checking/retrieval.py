@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from guard import bridgefile
+from guard.checking.report import CheckReport
 from guard.core.policy import RecallRatio, Thresholds, recall_veto, vetoed
 from guard.core.retrieval import (
     INTERVAL,
@@ -34,11 +34,10 @@ from guard.core.retrieval import (
     recall_ratio_lower,
     score,
 )
-from guard.engines import EmbeddingEngine
+from guard.engines import EmbeddingEngine, bridgefile
 from guard.errors import ConfigError
 from guard.logs import get_logger
 from guard.records import RecordBatch, RecordId, StoreInfo, Vectors
-from guard.report import CheckReport
 from guard.stores import VectorStore
 
 log = get_logger(__name__)

@@ -1,4 +1,4 @@
-"""guard.core.compare: per-record cosines, norm ratios, summaries, buckets, overlap@k."""
+"""guard.core.cosines: per-record cosines, norm ratios, summaries, buckets, overlap@k."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from guard.core.compare import (
+from guard.core.cosines import (
     Comparison,
     DimensionMismatch,
     LengthBucket,

@@ -20,8 +20,8 @@ from rich.table import Table
 from rich.text import Text
 
 from guard import __version__
-from guard.core.compare import Comparison, Summary
-from guard.core.diagnosis import Finding
+from guard.core.cosines import Comparison, Summary
+from guard.core.findings import Finding
 from guard.core.policy import Thresholds, Verdict, bound_sentence
 from guard.core.stats import Bound
 from guard.records import StoreInfo

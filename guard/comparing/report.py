@@ -23,12 +23,12 @@ from rich.table import Table
 from rich.text import Text
 
 from guard import __version__
-from guard.check import DrawnSample
+from guard.checking.report import HTML_COLOURS as VERDICT_COLOURS
+from guard.checking.report import VERDICT_STYLES, CheckReport
+from guard.checking.retrieval import Context
+from guard.checking.sample import DrawnSample
 from guard.core.policy import Thresholds
 from guard.core.ranking import Standing, exit_code, rank
-from guard.report import HTML_COLOURS as VERDICT_COLOURS
-from guard.report import VERDICT_STYLES, CheckReport
-from guard.retrieval import Context
 from guard.uri import redact
 
 RETRIEVAL_FIELDS = ("as_stored", "switch", "reindexed", "bridged", "as_stored_subcorpus")

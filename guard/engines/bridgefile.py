@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from guard.core.bridge import LinearMap
-from guard.engines._common import file_sha256
 from guard.errors import ConfigError
+from guard.hashing import file_sha256
 from guard.paths import guard_home
 from guard.records import Vectors
 

@@ -24,13 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from guard.cache import CachedEngine, EmbeddingCache, cached
-from guard.check import DrawnSample, check_drawn, draw_sample
-from guard.compare_report import CandidateRow, CompareReport, Speed, build_compare_report
-from guard.core.policy import Thresholds
-from guard.engines import EmbeddingEngine, open_engine
-from guard.errors import ConfigError, EngineError
-from guard.logs import get_logger
-from guard.retrieval import (
+from guard.checking.retrieval import (
     SUBCORPUS_DISTRACTORS,
     Context,
     QuerySet,
@@ -39,6 +33,13 @@ from guard.retrieval import (
     prepare,
     synthetic_queries,
 )
+from guard.checking.run import check_drawn
+from guard.checking.sample import DrawnSample, draw_sample
+from guard.comparing.report import CandidateRow, CompareReport, Speed, build_compare_report
+from guard.core.policy import Thresholds
+from guard.engines import EmbeddingEngine, open_engine
+from guard.errors import ConfigError, EngineError
+from guard.logs import get_logger
 from guard.stores import VectorStore
 
 log = get_logger(__name__)
