@@ -29,6 +29,7 @@ from psycopg import sql
 from guard.adapters import pgtable
 from guard.adapters.pgtable import Conn
 from guard.adapters.pgvector import PgVectorStore
+from guard.closing import Closing
 from guard.errors import ReindexError
 from guard.records import StoreInfo
 from guard.stores import OthersCheck, Switch
@@ -54,7 +55,7 @@ class Part:
     params: tuple[Any, ...]
 
 
-class PgVectorReindex:
+class PgVectorReindex(Closing):
     """One pgvector table's re-index: shadow table, index build, swap, drop."""
 
     def __init__(self, parsed: ParsedURI) -> None:

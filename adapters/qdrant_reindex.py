@@ -25,10 +25,11 @@ import numpy as np
 from qdrant_client import models
 
 from guard.adapters.qdrant import QdrantStore
+from guard.closing import Closing
 from guard.errors import ReindexError
 from guard.records import StoreInfo
-from guard.reindex.provenance import Row, merge
 from guard.stores import OthersCheck, Switch
+from guard.streams import Row, merge
 from guard.uri import ParsedURI, parse
 
 PAGE = 256
@@ -41,7 +42,7 @@ def _collection(uri: str) -> str:
     return QdrantStore(parse(uri)).collection
 
 
-class QdrantReindex:
+class QdrantReindex(Closing):
     """One Qdrant collection's re-index: new collection, alias switch, drop."""
 
     def __init__(self, parsed: ParsedURI) -> None:

@@ -19,12 +19,13 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from guard.closing import Closing
 from guard.config import CacheConfig
 from guard.engines import EmbeddingEngine, EngineOptions
 from guard.hashing import fingerprint_sha256, text_sha256
@@ -85,10 +86,10 @@ class CacheStats:
     misses: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"enabled": self.enabled, "hits": self.hits, "misses": self.misses}
+        return asdict(self)
 
 
-class EmbeddingCache:
+class EmbeddingCache(Closing):
     """Vectors by (fingerprint key, text key) in one SQLite file."""
 
     def __init__(self, path: Path | None = None, *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
@@ -285,7 +286,7 @@ class _Counts:
     misses: int = 0
 
 
-class CachedEngine:
+class CachedEngine(Closing):
     """An EmbeddingEngine that serves the vectors its cache holds for the engine's exact
     fingerprint and embeds only the misses through the real engine, in its batches."""
 

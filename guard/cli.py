@@ -11,20 +11,17 @@ import sys
 from enum import StrEnum
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from guard import __version__, logs
-from guard.errors import ConfigError, GuardError
+from guard.errors import GuardError
 from guard.monitor.cli import monitor_app
 from guard.reindex.cli import reindex_app
 from guard.uri import redact
-
-if TYPE_CHECKING:
-    from guard.checking.retrieval import QuerySet
 
 app = typer.Typer(
     add_completion=False,
@@ -131,13 +128,8 @@ def check(
     ] = None,
 ) -> None:
     """Is switching to CANDIDATE safe without re-indexing STORE? Exit code = verdict."""
-    from guard.cache import open_cache
-    from guard.checking import report as reports
-    from guard.checking.retrieval import check_retrieval
-    from guard.checking.run import run_check
-    from guard.config import load_config, thresholds_from
-    from guard.engines import open_engine
-    from guard.stores import open_store
+    from guard import api
+    from guard.checking import render as reports
 
     overrides = {
         "min_cosine": min_cosine,
@@ -146,49 +138,25 @@ def check(
         "min_overlap": min_overlap,
         "overlap_k": overlap_k,
         "initial_sample": initial_sample,
-        "max_sample": sample,
         "min_recall_ratio": min_recall_ratio,
     }
-    settings = load_config(config)
-    thresholds = thresholds_from(
-        {key: value for key, value in overrides.items() if value is not None},
-        base=thresholds_from(settings.thresholds),
+    result = api.check(
+        store,
+        candidate,
+        baseline=baseline,
+        config=config,
+        sample=sample,
+        seed=seed,
+        queries=queries,
+        thresholds={key: value for key, value in overrides.items() if value is not None},
+        bridge_out=bridge_out,
+        cache=not no_cache,
     )
-    embeddings = open_cache(settings.cache, no_cache=no_cache)
-    asked = _queries(queries)
-    if asked is not None and baseline is None:
-        raise ConfigError("--queries needs --baseline: recall as stored is the baseline's")
-    target = open_store(store)
-    engine = open_engine(candidate)
-    reference = open_engine(baseline) if baseline else None
-    try:
-        result = run_check(
-            target,
-            engine,
-            thresholds=thresholds,
-            seed=seed,
-            baseline=reference,
-            bridge_out=bridge_out,
-            cache=embeddings,
-        )
-        if asked is not None and reference is not None:
-            result = check_retrieval(
-                target, engine, reference, result, asked, thresholds=thresholds, seed=seed
-            )
-    finally:
-        if embeddings is not None:
-            embeddings.close()
-        target.close()
-        engine.close()
-        if reference is not None:
-            reference.close()
     _emit(reports, result, output_format, output, width=100)
     if output is not None:
         stderr.print(f"{result.verdict}: report written to {output}")
     if schedule and result.verdict == "reindex":
-        from guard.reindex.plan import plan_job
-
-        job = plan_job(store=store, candidate=candidate)
+        job = api.plan(store=store, candidate=candidate)
         stderr.print(
             f"re-index job {job.job_id} planned into {redact(job.target)}; "
             f"start it with: guard reindex run {job.job_id}"
@@ -205,7 +173,7 @@ def _emit(
     width: int,
 ) -> None:
     """Print ``report`` in ``output_format``, or write it to ``output``; ``reports`` is the
-    module that renders it (guard.checking.report or guard.comparing.report)."""
+    module that renders it (guard.checking.render or guard.comparing.render)."""
     if output_format is ReportFormat.text:
         if output is None:
             reports.to_text(report, stdout)
@@ -224,12 +192,6 @@ def _emit(
             print(rendered)
             return
     output.write_text(rendered.rstrip("\n") + "\n", encoding="utf-8")
-
-
-def _queries(path: Path | None) -> QuerySet | None:
-    from guard.checking.retrieval import load_queries
-
-    return load_queries(path) if path is not None else None
 
 
 @app.command()
@@ -261,42 +223,20 @@ def compare(
 
     Exit 0 when one can be switched to without re-indexing, 1 when none can but some
     load, 4 when none loads, 2 on errors."""
-    from guard.cache import open_cache
-    from guard.comparing import report as reports
-    from guard.comparing.run import run_compare
-    from guard.config import CacheConfig, thresholds_from
-    from guard.core.policy import Thresholds
-    from guard.engines import open_engine
-    from guard.stores import open_store
+    from guard import api
+    from guard.comparing import render as reports
 
-    overrides: dict[str, int] = {"overlap_k": k}
-    if sample is not None:  # a sample below the first round's size is the first round
-        overrides |= {
-            "max_sample": sample,
-            "initial_sample": min(sample, Thresholds().initial_sample),
-        }
-    thresholds = thresholds_from(overrides)
-    embeddings = open_cache(CacheConfig(), no_cache=no_cache)
-    asked = _queries(queries)
-    target = open_store(store)
-    reference = open_engine(baseline) if baseline else None
-    try:
-        result = run_compare(
-            target,
-            candidate,
-            thresholds=thresholds,
-            seed=seed,
-            baseline=reference,
-            cache=embeddings,
-            queries=asked,
-            distractors=subcorpus,
-        )
-    finally:
-        if embeddings is not None:
-            embeddings.close()
-        target.close()
-        if reference is not None:
-            reference.close()
+    result = api.compare(
+        store,
+        candidate,
+        baseline=baseline,
+        sample=sample,
+        seed=seed,
+        k=k,
+        queries=queries,
+        subcorpus=subcorpus,
+        cache=not no_cache,
+    )
     _emit(reports, result, output_format, output, width=140)
     if output is not None:
         stderr.print(f"exit {result.exit_code}: report written to {output}")

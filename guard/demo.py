@@ -18,7 +18,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from guard import models, paths
-from guard.checking.report import VERDICT_STYLES, CheckReport
+from guard.checking.render import VERDICT_STYLES
+from guard.checking.report import CheckReport
 from guard.checking.run import run_check
 from guard.core.policy import Thresholds
 from guard.engines import EmbeddingEngine, open_engine
@@ -111,10 +112,11 @@ def run_demo(console: Console, *, limit: int, sample_size: int, seed: int) -> li
     for store in stores:
         console.print(f"Store: {store.uri}")
     if any(_stored_count(store) != len(texts) for store in stores):
-        reference = open_engine(f"st:{paths.reference_model_dir()}")
-        with _progress(console) as progress:
+        with (
+            open_engine(f"st:{paths.reference_model_dir()}") as reference,
+            _progress(console) as progress,
+        ):
             vectors = embed_with_progress(reference, texts, progress, "Reference embeddings")
-        reference.close()
         for store in stores:
             with _step(console, f"Writing {store.uri}"):
                 fill_store(store, texts, vectors)
@@ -123,10 +125,8 @@ def run_demo(console: Console, *, limit: int, sample_size: int, seed: int) -> li
     results = []
     for store in stores:
         for name, uri in demo_candidates(built).items():
-            engine = open_engine(uri)
-            with _step(console, f"Checking {name} against {store.uri}"):
+            with open_engine(uri) as engine, _step(console, f"Checking {name} against {store.uri}"):
                 report = run_check(store, engine, thresholds=thresholds, seed=seed)
-            engine.close()
             results.append(CandidateResult(store.uri, name, report))
         store.close()
     console.print(

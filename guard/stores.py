@@ -1,6 +1,7 @@
-"""The vector-store extension points, each one Protocol with one registry keyed by URI
+"""The vector-store extension points, two Protocols with one registry keyed by URI
 scheme: ``VectorStore`` (reading and writing records) and ``ReindexStore`` (the write side
-of a re-index: targets, switches, drops).
+of a re-index: targets, switches, drops). Each scheme is registered once, as a
+``StoreKind`` naming both of its classes.
 
 Adapters live in ``guard.adapters`` (the top-level adapters/ folder, shipped under
 ``guard`` because PyPI's ``adapters`` is another project), one module per store and
@@ -11,10 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from types import TracebackType
+from typing import Any, Protocol, Self, runtime_checkable
 
 from guard.records import Distance, RecordBatch, RecordId, Sample, StoreInfo, Vectors
-from guard.registry import instantiate
+from guard.registry import build, lookup
 
 
 @runtime_checkable
@@ -70,6 +72,15 @@ class VectorStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None: ...
 
 
 @dataclass
@@ -168,35 +179,53 @@ class ReindexStore(Protocol):
 
     def close(self) -> None: ...
 
+    def __enter__(self) -> Self: ...
 
-# scheme -> "module:Class"; modules are imported lazily so that a missing optional
-# driver only matters to the URIs that need it.
-STORES: dict[str, str] = {
-    "qdrant+http": "guard.adapters.qdrant:QdrantStore",
-    "qdrant+https": "guard.adapters.qdrant:QdrantStore",
-    "qdrant+local": "guard.adapters.qdrant:QdrantStore",
-    "postgresql": "guard.adapters.pgvector:PgVectorStore",
-    "postgres": "guard.adapters.pgvector:PgVectorStore",
-    "pgserver": "guard.adapters.pgvector:PgVectorStore",
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class StoreKind:
+    """One store's classes, each as "module:Class": its ``VectorStore`` and its
+    ``ReindexStore``. Modules are imported only when a URI asks for them, so that a
+    missing optional driver only matters to the URIs that need it."""
+
+    store: str
+    reindex: str
+
+
+QDRANT = StoreKind(
+    store="guard.adapters.qdrant:QdrantStore",
+    reindex="guard.adapters.qdrant_reindex:QdrantReindex",
+)
+PGVECTOR = StoreKind(
+    store="guard.adapters.pgvector:PgVectorStore",
+    reindex="guard.adapters.pgvector_reindex:PgVectorReindex",
+)
+
+STORES: dict[str, StoreKind] = {
+    "qdrant+http": QDRANT,
+    "qdrant+https": QDRANT,
+    "qdrant+local": QDRANT,
+    "postgresql": PGVECTOR,
+    "postgres": PGVECTOR,
+    "pgserver": PGVECTOR,
 }
 
 
 def open_store(uri: str) -> VectorStore:
-    store: VectorStore = instantiate(STORES, uri, "store")
+    parsed, kind = lookup(STORES, uri, "store")
+    store: VectorStore = build(kind.store, parsed, "store")
     return store
-
-
-REINDEX_STORES: dict[str, str] = {
-    "qdrant+http": "guard.adapters.qdrant_reindex:QdrantReindex",
-    "qdrant+https": "guard.adapters.qdrant_reindex:QdrantReindex",
-    "qdrant+local": "guard.adapters.qdrant_reindex:QdrantReindex",
-    "postgresql": "guard.adapters.pgvector_reindex:PgVectorReindex",
-    "postgres": "guard.adapters.pgvector_reindex:PgVectorReindex",
-    "pgserver": "guard.adapters.pgvector_reindex:PgVectorReindex",
-}
 
 
 def open_reindex(uri: str) -> ReindexStore:
     """The re-index side of the store at ``uri`` (the job's source URI)."""
-    store: ReindexStore = instantiate(REINDEX_STORES, uri, "store")
+    parsed, kind = lookup(STORES, uri, "store")
+    store: ReindexStore = build(kind.reindex, parsed, "store")
     return store

@@ -15,9 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 RESOLVE = """
 import importlib, json, sys
-from guard.stores import REINDEX_STORES, STORES
+from guard.stores import STORES
 out = {}
-for scheme, target in [*STORES.items(), *REINDEX_STORES.items()]:
+for scheme, target in [(s, t) for s, kind in STORES.items() for t in (kind.store, kind.reindex)]:
     module, _, name = target.partition(":")
     getattr(importlib.import_module(module), name)
     out[scheme + " " + target] = module

@@ -30,8 +30,8 @@ from guard.records import StoreInfo
 from guard.reindex.catchup import catch_up
 from guard.reindex.jobs import load_job
 from guard.reindex.ledger import Ledger
+from guard.reindex.places import locations
 from guard.reindex.plan import plan_job
-from guard.reindex.switch import locations
 from guard.reindex.verify import verify_job
 from guard.reindex.worker import run_worker
 from guard.state import connect

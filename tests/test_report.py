@@ -12,15 +12,8 @@ import pytest
 from rich.console import Console
 
 from guard import __version__
-from guard.checking.report import (
-    CheckReport,
-    build_report,
-    retrieval_line,
-    to_html,
-    to_json,
-    to_markdown,
-    to_text,
-)
+from guard.checking.render import retrieval_line, to_html, to_json, to_markdown, to_text
+from guard.checking.report import CheckReport, build_report
 from guard.checking.retrieval import Measured, QuerySet, judged
 from guard.core.cosines import compare
 from guard.core.findings import Finding

@@ -118,7 +118,7 @@ def test_the_openai_client_gets_the_engines_vectors_usage_and_fingerprint(
     digest = fingerprint_sha256(engine.fingerprint())
     assert f"sha256:{digest}" == raw.headers["x-guard-fingerprint"]
     [listed] = client.models.list().data
-    assert (server.model, digest) == (listed.id, listed.model_extra["fingerprint_hash"])
+    assert (server.model, digest) == (listed.id, listed.model_extra["fingerprint_sha256"])
     assert (
         json.loads(json.dumps(engine.fingerprint(), default=str))
         == listed.model_extra["fingerprint"]

@@ -162,7 +162,13 @@ def _measure(
         vectors = engine.embed(texts)
         seconds = time.perf_counter() - started
         tokens = sum(engine.count_tokens(texts))
-        speed = Speed(len(texts), tokens, seconds, _model_bytes(engine), None)
+        speed = Speed(
+            texts=len(texts),
+            tokens=tokens,
+            seconds=seconds,
+            model_bytes=_model_bytes(engine),
+            peak_rss_added_bytes=None,
+        )
         if cache is not None:
             CachedEngine(engine, cache).remember(texts, vectors)
         report = check_drawn(

@@ -2,7 +2,8 @@
 
 Pure: the shell ranks (through the store's index, or ``exact_top_k`` on a sub-corpus)
 and hands over the ranked ids per query. Each figure comes with a percentile bootstrap
-interval over queries, seeded, so the same seed gives the same interval. Relevance is
+interval over queries (``scipy.stats.bootstrap``), seeded, so the same seed gives the
+same interval. Relevance is
 binary; recall@k divides by the number of relevant ids, nDCG@k by the best DCG that
 ``min(k, relevant)`` hits could reach.
 """
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from scipy.stats import bootstrap
 
 Floats = npt.NDArray[np.float64]
 
@@ -97,9 +99,16 @@ def score(
     return Scores(recall, rr, ndcg)
 
 
-def _resamples(n: int, seed: int, resamples: int) -> npt.NDArray[np.int64]:
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, n, size=(resamples, n), dtype=np.int64)
+def _means(*samples: Floats, axis: int = -1) -> Floats:
+    """Each sample's mean along ``axis``, stacked (the bootstrap's vectorized statistic)."""
+    return np.stack([sample.mean(axis=axis) for sample in samples])
+
+
+def _recall_ratio(switch: Floats, stored: Floats, axis: int = -1) -> Floats:
+    """Mean recall (switch) over mean recall (as stored); 1 where the stored mean is 0."""
+    over, under = switch.mean(axis=axis), stored.mean(axis=axis)
+    ratio: Floats = np.divide(over, under, out=np.ones_like(over), where=under > 0)
+    return ratio
 
 
 def quality(
@@ -107,18 +116,35 @@ def quality(
 ) -> Quality:
     """Means over queries with percentile bootstrap intervals (same seed, same interval).
 
+    The three metrics are resampled together (paired: the same queries in each resample).
+
     :raises ValueError: no queries.
     """
     if len(scores) == 0:
         raise ValueError("no queries to measure")
-    picks = _resamples(len(scores), seed, resamples)
-    tail = (1.0 - interval) / 2.0 * 100.0
-    figures = []
-    for values in (scores.recall, scores.reciprocal_rank, scores.ndcg):
-        means = values[picks].mean(axis=1)
-        low, high = np.percentile(means, [tail, 100.0 - tail])
-        figures.append(Figure(float(values.mean()), float(low), float(high)))
-    return Quality(len(scores), *figures)
+    samples = (scores.recall, scores.reciprocal_rank, scores.ndcg)
+    values = _means(*samples)
+    if len(scores) == 1:  # every resample is the one query: a point interval
+        low = high = values
+    else:
+        result = bootstrap(
+            samples,
+            _means,
+            n_resamples=resamples,
+            vectorized=True,
+            paired=True,
+            confidence_level=interval,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+        low, high = result.confidence_interval
+    return Quality(
+        len(scores),
+        *(
+            Figure(float(v), float(lo), float(hi))
+            for v, lo, hi in zip(values, low, high, strict=True)
+        ),
+    )
 
 
 def recall_ratio_lower(
@@ -130,8 +156,8 @@ def recall_ratio_lower(
     resamples: int = BOOTSTRAP_RESAMPLES,
 ) -> float | None:
     """One-sided lower confidence bound of mean recall (switch) over mean recall (as
-    stored), from a paired bootstrap over the same queries. None when the stored recall
-    is zero (no ratio to speak of).
+    stored), from a paired percentile bootstrap over the same queries. None when the
+    stored recall is zero (no ratio to speak of).
 
     :raises ValueError: the two were not scored on the same queries.
     """
@@ -139,11 +165,20 @@ def recall_ratio_lower(
         raise ValueError("both sides must be scored on the same, non-empty queries")
     if stored.recall.sum() == 0:
         return None
-    picks = _resamples(len(stored), seed, resamples)
-    over = switch.recall[picks].mean(axis=1)
-    under = stored.recall[picks].mean(axis=1)
-    ratios = np.divide(over, under, out=np.ones_like(over), where=under > 0)
-    return float(np.percentile(ratios, (1.0 - confidence) * 100.0))
+    if len(stored) == 1:  # every resample is the one query
+        return float(_recall_ratio(switch.recall, stored.recall))
+    result = bootstrap(
+        (switch.recall, stored.recall),
+        _recall_ratio,
+        n_resamples=resamples,
+        vectorized=True,
+        paired=True,
+        confidence_level=confidence,
+        alternative="greater",
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return float(result.confidence_interval.low)
 
 
 def exact_top_k(

@@ -25,6 +25,7 @@ import llama_cpp
 import llama_cpp._internals as llama_internals
 import numpy as np
 
+from guard.closing import Closing
 from guard.engines import EngineOptions
 from guard.engines._common import (
     batches,
@@ -70,7 +71,7 @@ def _silence(_level: int, _text: bytes, _user_data: Any) -> None:
 llama_cpp.llama_log_set(_silence, None)
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(Closing):
     """A GGUF model in this process; loaded on first use. ``with_options`` copies share
     its context when they keep the same pooling and threads, and its weights always."""
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from guard.closing import Closing
 from guard.engines import EngineOptions
 from guard.engines._common import (
     check_params,
@@ -29,7 +30,7 @@ from guard.records import Vectors
 from guard.uri import ParsedURI
 
 
-class Model2VecEngine:
+class Model2VecEngine(Closing):
     """A model2vec ``StaticModel`` loaded from a local folder on first use."""
 
     def __init__(self, parsed: ParsedURI) -> None:

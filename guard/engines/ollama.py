@@ -12,30 +12,11 @@ Ollama lists in /api/tags, with the details /api/show reports.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-from guard.engines import EngineOptions
-from guard.engines._common import (
-    batches,
-    check_params,
-    finish,
-    reject_options,
-    version,
-    with_params,
-)
-from guard.engines._http import (
-    HttpClient,
-    base_url,
-    retries_param,
-    timeout_param,
-    vectors_field,
-)
-from guard.errors import ConfigError, EngineError, TextTooLongError
-from guard.records import Vectors
-from guard.uri import ParsedURI
+from guard.engines._http import HttpEngine, vectors_field
+from guard.errors import EngineError, TextTooLongError
 
-_PARAMS = ("model", "timeout", "retries")
 # The parts of /api/show's model_info that change vectors or tell models apart.
 _INFO_SUFFIXES = (
     "general.architecture",
@@ -46,44 +27,28 @@ _INFO_SUFFIXES = (
 )
 
 
-class OllamaEngine:
+class OllamaEngine(HttpEngine):
     """POST /api/embed with {"model", "input": [texts], "truncate": true}, one per batch."""
 
-    def __init__(self, parsed: ParsedURI) -> None:
-        check_params(parsed, _PARAMS)
-        self._parsed = parsed
-        self.uri = parsed.redacted
-        self.options = EngineOptions.from_params(parsed.params)
-        reject_options(parsed, self.options, "pooling", why="Ollama pools as the model file says")
-        self.model = parsed.params.get("model") or ""
-        if not self.model:
-            raise ConfigError(f"ollama engines need ?model=NAME [{self.uri}]")
-        self._url = base_url(parsed)
-        self._timeout = timeout_param(parsed)
-        self._retries = retries_param(parsed)
-        self._client: HttpClient | None = None
+    kind = "ollama"
+    extra_params = ("model", "timeout", "retries")
+    refused_options = ("pooling",)
+    refused_why = "Ollama pools as the model file says"
 
-    def embed(self, texts: Sequence[str]) -> Vectors:
-        rows: list[Any] = []
-        for chunk in batches(texts, self.options.batch_size):
-            inputs = [self.options.prefix + text for text in chunk]
-            try:
-                answer = self._http().post_json("/api/embed", self._request(inputs))
-            except EngineError as exc:
-                if not self.options.truncate and "context length" in str(exc):
-                    raise TextTooLongError(
-                        "Ollama refused an input over the model's context (truncate=false)",
-                        engine=self.uri,
-                    ) from exc
-                raise
-            rows.extend(vectors_field(answer, "embeddings", expected=len(inputs), engine=self.uri))
-        return finish(rows, expected=len(texts), options=self.options, engine=self.uri)
+    def _embed_batch(self, inputs: list[str]) -> list[Any]:
+        try:
+            answer = self._http().post_json("/api/embed", self._payload(inputs))
+        except EngineError as exc:
+            if not self.options.truncate and "context length" in str(exc):
+                raise TextTooLongError(
+                    "Ollama refused an input over the model's context (truncate=false)",
+                    engine=self.uri,
+                ) from exc
+            raise
+        return vectors_field(answer, "embeddings", expected=len(inputs), engine=self.uri)
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Characters, prefix included: Ollama has no tokenize endpoint."""
-        return [len(self.options.prefix + text) for text in texts]
-
-    def fingerprint(self) -> dict[str, Any]:
+    def _identify(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The digest /api/tags lists, the details /api/show reports, the server version."""
         http = self._http()
         listed = http.get_json("/api/tags")
         entry = _find_model(listed, self.model)
@@ -95,48 +60,27 @@ class OllamaEngine:
         shown = http.post_json("/api/show", {"model": self.model})
         info = shown.get("model_info") if isinstance(shown, dict) else None
         server = http.get_json("/api/version")
-        settings = self.options.vector_settings()
-        settings["server_normalizes"] = True
-        settings["truncation"] = (
-            f"server, num_ctx={self.options.max_tokens}"
-            if self.options.max_tokens
-            else "server, the model's num_ctx"
-        )
-        return {
-            "engine": "ollama",
-            "model": {
-                "name": entry.get("name") or entry.get("model"),
-                "digest": entry.get("digest"),
-                "details": entry.get("details") or {},
-                "info": {
-                    key: value
-                    for key, value in (info or {}).items()
-                    if key.endswith(_INFO_SUFFIXES)
-                },
-            },
-            "settings": settings,
-            "versions": {
-                "ollama": server.get("version") if isinstance(server, dict) else None,
-                "httpx": version("httpx"),
+        model = {
+            "name": entry.get("name") or entry.get("model"),
+            "digest": entry.get("digest"),
+            "details": entry.get("details") or {},
+            "info": {
+                key: value for key, value in (info or {}).items() if key.endswith(_INFO_SUFFIXES)
             },
         }
+        return model, {"ollama": server.get("version") if isinstance(server, dict) else None}
 
-    def with_options(self, **changes: Any) -> OllamaEngine:
-        return OllamaEngine(with_params(self._parsed, changes))
+    def _server_settings(self) -> dict[str, Any]:
+        return {
+            "server_normalizes": True,
+            "truncation": (
+                f"server, num_ctx={self.options.max_tokens}"
+                if self.options.max_tokens
+                else "server, the model's num_ctx"
+            ),
+        }
 
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-    def _http(self) -> HttpClient:
-        if self._client is None:
-            self._client = HttpClient(
-                self._url, engine=self.uri, timeout=self._timeout, retries=self._retries
-            )
-        return self._client
-
-    def _request(self, inputs: list[str]) -> dict[str, Any]:
+    def _payload(self, inputs: list[str]) -> dict[str, Any]:
         options: dict[str, Any] = {}
         if self.options.max_tokens:
             options["num_ctx"] = self.options.max_tokens

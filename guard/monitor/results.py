@@ -58,18 +58,12 @@ class WatchRun:
     cache: dict[str, object] | None = field(default=None, hash=False)
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "watch": self.watch,
-            "status": self.status,
-            "store": self.store,
-            "engine": self.engine,
+        # The fields in order (sample and population as dicts), except that the status
+        # comes second and the watermark, saved with the run, is left out.
+        fields: dict[str, object] = {"watch": self.watch, "status": self.status} | asdict(self)
+        del fields["watermark"]
+        return fields | {
             "started_at": self.started_at.isoformat(),
             "finished_at": self.finished_at.isoformat(),
-            "seed": self.seed,
-            "sample": asdict(self.sample) if self.sample else None,
-            "new_records": self.new_records,
-            "population": self.population.as_dict() if self.population else None,
             "reasons": list(self.reasons),
-            "error": self.error,
-            "cache": self.cache,
         }

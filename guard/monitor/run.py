@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 
@@ -59,19 +60,11 @@ def run_watch(
     holds the model file's sha256) are not embedded again."""
     started = datetime.now(UTC)
     seed = time.time_ns() % 2**31  # a fresh, recorded sample each run
-    store: VectorStore | None = None
-    engine: EmbeddingEngine | None = None
     try:
-        store = open_store(watch.store)
-        engine = cached(open_engine(watch.engine), cache)
-        info = store.describe()
-        if info.count == 0:
-            raise StoreError("the store is empty", uri=store.uri)
-        sample = sample_check(store, engine, info, thresholds, watch.sample, seed)
-        new, population, watermark = population_check(
-            store, history, watch.name, population_sample, seed
-        )
-        from_cache = stats_of(engine).as_dict()
+        with open_store(watch.store) as store, cached(open_engine(watch.engine), cache) as engine:
+            sample, new, population, watermark, from_cache = _measure(
+                watch, history, store, engine, thresholds, population_sample, seed
+            )
     except Exception as exc:  # a run's failure is recorded and alerted, never raised
         message = str(exc) if isinstance(exc, GuardError) else f"{type(exc).__name__}: {exc}"
         log.warning("monitor.run_failed", watch=watch.name, error=redact(message))
@@ -89,11 +82,6 @@ def run_watch(
             (),
             redact(message),
         )
-    finally:
-        if engine is not None:
-            engine.close()
-        if store is not None:
-            store.close()
     reasons = _reasons(sample, population, thresholds)
     status: WatchStatus = "drift" if reasons else "ok"
     return WatchRun(
@@ -111,6 +99,26 @@ def run_watch(
         watermark=watermark,
         cache=from_cache,
     )
+
+
+def _measure(
+    watch: WatchConfig,
+    history: History,
+    store: VectorStore,
+    engine: EmbeddingEngine,
+    thresholds: Thresholds,
+    population_sample: int,
+    seed: int,
+) -> tuple[SampleCheck, int | None, PopulationDrift | None, Watermark, dict[str, Any]]:
+    """The sample check and the population check of one run, on open resources."""
+    info = store.describe()
+    if info.count == 0:
+        raise StoreError("the store is empty", uri=store.uri)
+    sample = sample_check(store, engine, info, thresholds, watch.sample, seed)
+    new, population, watermark = population_check(
+        store, history, watch.name, population_sample, seed
+    )
+    return sample, new, population, watermark, stats_of(engine).as_dict()
 
 
 def sample_check(

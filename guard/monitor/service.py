@@ -14,8 +14,8 @@ import signal
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
-from http.server import ThreadingHTTPServer
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -47,7 +47,7 @@ class MonitorService:
         self._last: dict[str, WatchRun] = {}
         self._scheduler: BackgroundScheduler | None = None
         self._reindex_stop = threading.Event()  # set on stop: the re-index run ends too
-        self._server: ThreadingHTTPServer | None = None
+        self._server: WSGIServer | None = None
 
     @property
     def port(self) -> int:

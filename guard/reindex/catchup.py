@@ -10,7 +10,8 @@ embedding.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -22,14 +23,10 @@ from guard.records import RecordBatch, RecordId, as_vectors
 from guard.reindex.embedding import check_engine, embed_records
 from guard.reindex.jobs import Job, load_job
 from guard.reindex.ledger import RECORD_SKIP
-from guard.reindex.provenance import (
-    Row,
-    has_text,
-    merge,
-    rows,
-)
+from guard.reindex.provenance import has_text
 from guard.state import Conn, connect
 from guard.stores import VectorStore, open_reindex, open_store
+from guard.streams import Row, merge, rows
 
 log = get_logger(__name__)
 SCAN_PAGE = 1000
@@ -46,15 +43,7 @@ class CatchUp:
     others_copied: int = 0  # rows outside a re-indexed collection copied again
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "inserted": self.inserted,
-            "updated": self.updated,
-            "deleted": self.deleted,
-            "unchanged": self.unchanged,
-            "skipped": self.skipped,
-            "others_copied": self.others_copied,
-        }
+        return asdict(self)
 
 
 def catch_up(job_ref: str, *, dsn: str | None = None) -> CatchUp:
@@ -86,9 +75,10 @@ class _CatchUp:
         self.deletes: list[RecordId] = []
 
     def run(self) -> CatchUp:
-        source, target = open_store(self.job.source_uri), open_store(self.job.target_uri)
-        engine = open_engine(self.job.candidate_uri)
-        try:
+        with ExitStack() as stack:
+            source = stack.enter_context(open_store(self.job.source_uri))
+            target = stack.enter_context(open_store(self.job.target_uri))
+            engine = stack.enter_context(open_engine(self.job.candidate_uri))
             check_engine(self.job, engine)
             left = rows(source.scan(batch_size=SCAN_PAGE, with_payload=True))
             right = rows(target.scan(batch_size=SCAN_PAGE, with_payload=True))
@@ -100,18 +90,11 @@ class _CatchUp:
                     self._delete(target)
             self._embed(engine, target)
             self._delete(target)
-        finally:
-            engine.close()
-            target.close()
-            source.close()
-        store = open_reindex(self.job.source_uri)
-        try:
+        with open_reindex(self.job.source_uri) as store:
             if store.selects_part():
                 self.result.others_copied = store.copy_others(
                     self.job.source_uri, self.job.target_uri
                 )
-        finally:
-            store.close()
         log.info("catch-up done", job=self.job.short, **self.result.as_dict())
         return self.result
 

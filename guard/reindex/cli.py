@@ -66,12 +66,12 @@ def plan(
     output_format: FormatOption = Format.text,
 ) -> None:
     """Record a job, cut the source into batches and create the empty target."""
-    from guard.reindex.plan import plan_job
+    from guard import api
 
-    result = plan_job(
+    result = api.plan(
         store=store,
         candidate=candidate,
-        report=from_report,
+        from_report=from_report,
         batch_size=batch_size,
         window=window,
         max_rate=max_rate,
@@ -110,16 +110,9 @@ def run(
     ] = False,
 ) -> None:
     """Work on the job until it is done, paused or outside its window; safe to kill."""
-    from guard.cache import open_cache
-    from guard.config import load_config
-    from guard.reindex.worker import run_worker
+    from guard import api
 
-    cache = open_cache(load_config(config).cache, no_cache=no_cache)
-    try:
-        result = run_worker(job_id, lease_seconds=lease_seconds, cache=cache)
-    finally:
-        if cache is not None:
-            cache.close()
+    result = api.run(job_id, lease_seconds=lease_seconds, config=config, cache=not no_cache)
     if output_format is Format.json:
         _json(result.as_dict())
     else:
@@ -142,9 +135,9 @@ def run(
 @reindex_app.command()
 def status(job_id: JobId, output_format: FormatOption = Format.text) -> None:
     """Progress, rate, ETA and failures by reason."""
-    from guard.reindex.status import job_status
+    from guard import api
 
-    result = job_status(job_id)
+    result = api.status(job_id)
     if output_format is Format.json:
         _json(result.as_dict())
         return
@@ -180,17 +173,17 @@ def status(job_id: JobId, output_format: FormatOption = Format.text) -> None:
 @reindex_app.command()
 def pause(job_id: JobId) -> None:
     """Stop workers before their next chunk; `resume` lets them go on."""
-    from guard.reindex.status import set_paused
+    from guard import api
 
-    out.print(f"paused {set_paused(job_id, True)}")
+    out.print(f"paused {api.pause(job_id)}")
 
 
 @reindex_app.command()
 def resume(job_id: JobId) -> None:
     """Let workers go on (failed batches get a fresh set of attempts); start `run` again."""
-    from guard.reindex.status import set_paused
+    from guard import api
 
-    out.print(f"resumed {set_paused(job_id, False)}")
+    out.print(f"resumed {api.resume(job_id)}")
 
 
 @reindex_app.command()
@@ -204,9 +197,9 @@ def verify(
     output_format: FormatOption = Format.text,
 ) -> None:
     """Exit 0 only when the target holds exactly the source ids, texts and vectors."""
-    from guard.reindex.verify import verify_job
+    from guard import api
 
-    result = verify_job(job_id, sample=sample, seed=seed, accept_skipped=accept_skipped)
+    result = api.verify(job_id, sample=sample, seed=seed, accept_skipped=accept_skipped)
     if output_format is Format.json:
         _json(result.as_dict())
     else:
@@ -226,9 +219,9 @@ def verify(
 @reindex_app.command("catch-up")
 def catch_up(job_id: JobId, output_format: FormatOption = Format.text) -> None:
     """Apply source inserts, updates and deletes made since the job started."""
-    from guard.reindex.catchup import catch_up as run_catch_up
+    from guard import api
 
-    result = run_catch_up(job_id)
+    result = api.catch_up(job_id)
     if output_format is Format.json:
         _json(result.as_dict())
         return
@@ -260,25 +253,25 @@ def cutover(
     ] = False,
 ) -> None:
     """Switch readers to the target atomically (verifies first)."""
-    from guard.reindex.switch import cutover as run_cutover
+    from guard import api
 
-    result = run_cutover(job_id, alias=alias, force=force, accept_skipped=accept_skipped)
+    result = api.cutover(job_id, alias=alias, force=force, accept_skipped=accept_skipped)
     out.print(f"cut over: {result.live} (kept until cleanup: {result.kept})", highlight=False)
 
 
 @reindex_app.command()
 def rollback(job_id: JobId) -> None:
     """Switch readers back to the original data."""
-    from guard.reindex.switch import rollback as run_rollback
+    from guard import api
 
-    result = run_rollback(job_id)
+    result = api.rollback(job_id)
     out.print(f"rolled back: {result.live} (kept until cleanup: {result.kept})", highlight=False)
 
 
 @reindex_app.command()
 def cleanup(job_id: JobId) -> None:
     """Drop what is not live: the old data after cutover, else the target."""
-    from guard.reindex.switch import cleanup as run_cleanup
+    from guard import api
 
-    result = run_cleanup(job_id)
+    result = api.cleanup(job_id)
     out.print(f"dropped {result.kept}; live: {result.live}", highlight=False)

@@ -14,9 +14,7 @@ from guard.hashing import fingerprint_sha256, text_sha256
 from guard.records import RecordBatch, as_vectors
 from guard.reindex.jobs import Job
 from guard.reindex.ledger import Skip
-from guard.reindex.provenance import (
-    has_text,
-)
+from guard.reindex.provenance import has_text
 
 
 def embed_records(engine: EmbeddingEngine, batch: RecordBatch) -> tuple[RecordBatch, list[Skip]]:

@@ -7,7 +7,8 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,20 +51,16 @@ class Plan:
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "target": self.target,
-            "source": self.source,
-            "records": self.records,
-            "batches": self.batches,
-            "dims": self.dims,
-            "distance": self.distance,
-            "measured_rate": round(self.measured_rate, 2),
-            "estimated_seconds": round(self.estimated_seconds, 1),
-            "window": self.window,
-            "max_rate": self.max_rate,
-            "notes": self.notes,
-        }
+        # The fields in order, except that the target comes before the source.
+        first = {"job_id": self.job_id, "target": self.target}
+        return (
+            first
+            | asdict(self)
+            | {
+                "measured_rate": round(self.measured_rate, 2),
+                "estimated_seconds": round(self.estimated_seconds, 1),
+            }
+        )
 
 
 def read_report(path: Path) -> tuple[str | None, dict[str, Any] | None, str | None]:
@@ -126,11 +123,11 @@ def plan_job(
     parsed_window = Window.parse(window) if window else None
 
     job_id = uuid.uuid4()
-    reindex = open_reindex(store)
-    target = reindex.renamed(f"{reindex.name()}__{short_id(job_id)}")
-    source_store = open_store(store)
-    engine = open_engine(candidate)
-    try:
+    with ExitStack() as stack:
+        reindex = stack.enter_context(open_reindex(store))
+        target = reindex.renamed(f"{reindex.name()}__{short_id(job_id)}")
+        source_store = stack.enter_context(open_store(store))
+        engine = stack.enter_context(open_engine(candidate))
         info = source_store.describe()
         if info.count == 0:
             raise ReindexError(f"the source store is empty: {redact(store)}")
@@ -168,10 +165,6 @@ def plan_job(
             total = conn.execute(
                 "SELECT total_records FROM guard_reindex_jobs WHERE id = %s", (job_id,)
             ).fetchone()
-    finally:
-        engine.close()
-        source_store.close()
-        reindex.close()
     records = int(total[0]) if total else 0
     effective = min(rate, max_rate) if max_rate else rate
     plan = Plan(
@@ -289,7 +282,7 @@ def _insert_job(
     with conn.transaction():
         conn.execute(
             "INSERT INTO guard_reindex_jobs (id, source_uri, target_uri, candidate_uri,"
-            " fingerprint, dims, distance, total_records, batch_size,"
+            " fingerprint, fingerprint_hash, dims, distance, total_records, batch_size,"
             " max_attempts, window_start, window_end, max_rate, measured_rate)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 0, %s, %s, %s, %s, %s, %s)",
             (

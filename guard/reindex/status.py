@@ -3,7 +3,7 @@ batch ledger, and the flag workers check between batches."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from guard.errors import ReindexError
@@ -43,23 +43,15 @@ class JobStatus:
         return total > 0 and self.batches.get("done", 0) == total
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "state": self.state,
-            "paused": self.paused,
-            "source": self.source,
-            "target": self.target,
-            "records": self.records,
-            "written": self.written,
-            "skipped": self.skipped,
-            "batches": self.batches,
-            "complete": self.complete,
+        # The fields in order, except that the batches (and whether all are done) follow
+        # written and skipped; rate and ETA rounded.
+        fields = asdict(self)
+        batches = {"batches": fields.pop("batches"), "complete": self.complete}
+        items = list(fields.items())
+        at = list(fields).index("skipped") + 1
+        return dict([*items[:at], *batches.items(), *items[at:]]) | {
             "rate": None if self.rate is None else round(self.rate, 2),
             "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds, 1),
-            "skipped_by_reason": self.skipped_by_reason,
-            "failed_batches": self.failed_batches,
-            "window": self.window,
-            "max_rate": self.max_rate,
         }
 
 

@@ -28,9 +28,11 @@ from guard import faults
 from guard.errors import ReindexError
 from guard.logs import get_logger
 from guard.reindex.jobs import Job, load_job
+from guard.reindex.places import job_store
 from guard.reindex.provenance import short_id
+from guard.reindex.verify import verify_job
 from guard.state import Conn, connect
-from guard.stores import ReindexStore, Switch, open_reindex
+from guard.stores import Switch
 
 log = get_logger(__name__)
 
@@ -44,29 +46,6 @@ class Switched:
 
     def as_dict(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "state": self.state, "live": self.live, "kept": self.kept}
-
-
-def locations(job: Job) -> tuple[str, str]:
-    """(source URI, target URI) where their data is now: after a cutover the source's
-    name (alias or table) serves the target, and the old data has another name."""
-    if job.state != "cut_over" or not job.cutover:
-        return job.source_uri, job.target_uri
-    with _store(job) as store:
-        return store.locations(job.cutover, job.target_uri)
-
-
-@contextmanager
-def _store(job: Job) -> Iterator[ReindexStore]:
-    """The job's store; its refusals name the job."""
-    store = open_reindex(job.source_uri)
-    try:
-        yield store
-    except ReindexError as exc:
-        if exc.job_id:
-            raise
-        raise ReindexError(str(exc), job_id=job.short) from exc
-    finally:
-        store.close()
 
 
 @contextmanager
@@ -122,7 +101,7 @@ def _target_served(job: Job) -> bool:
     store itself: the truth after a crash, whatever the state database says."""
     if not job.cutover:
         return False
-    with _store(job) as store:
+    with job_store(job) as store:
         return store.serves_target(job.cutover)
 
 
@@ -143,7 +122,7 @@ def _settle(conn: Conn, job: Job) -> tuple[Job, str | None]:
 
 def _switched(job: Job) -> Switched:
     """What readers see for a job just cut over or rolled back."""
-    with _store(job) as store:
+    with job_store(job) as store:
         live, kept = store.shown(job.cutover or {}, cut_over=job.state == "cut_over")
     return Switched(str(job.id), job.state, live, kept)
 
@@ -159,8 +138,6 @@ def cutover(
     """Switch readers to the target. Unless ``force``, verify first (batches done, ids and
     text hashes equal, sampled vectors right) and refuse on any finding. A cutover a
     crash interrupted after the switch is finished, before it is undone and redone."""
-    from guard.reindex.verify import verify_job
-
     with _exclusive(job_ref, dsn) as (conn, job):
         job, settled = _settle(conn, job)
         if settled == "cutover" and job.state == "cut_over":
@@ -177,7 +154,7 @@ def cutover(
                     "verify failed, not switching: " + "; ".join(check.reasons),
                     job_id=job.short,
                 )
-        with _store(job) as store:
+        with job_store(job) as store:
             kept = f"{store.name()}__old_{short_id(job.id)}"
             details = store.plan_switch(job.target_uri, kept=kept, alias=alias)
             _begin(conn, job, "cutover", details)
@@ -204,7 +181,7 @@ def rollback(job_ref: str, *, dsn: str | None = None) -> Switched:
             )
         _begin(conn, job, "rollback")
         faults.step("rollback.after_intent")
-        with _store(job) as store:
+        with job_store(job) as store:
             store.switch(job.cutover, to_target=False)
         faults.step("rollback.after_switch")
         _finish(conn, job, "rollback", "rolled_back")
@@ -232,7 +209,7 @@ def cleanup(job_ref: str, *, dsn: str | None = None) -> Switched:
                 f"{'source' if cut_over else 'target'}; not dropping anything",
                 job_id=job.short,
             )  # the state database may be wrong, the store is not
-        with _store(job) as store:
+        with job_store(job) as store:
             live, dropped = store.plan_cleanup(job.cutover, job.target_uri, cut_over=cut_over)
             if not job.intent:
                 _begin(conn, job, "cleanup")

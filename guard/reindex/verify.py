@@ -21,16 +21,11 @@ from guard.hashing import text_sha256
 from guard.records import RecordId
 from guard.reindex.embedding import check_engine
 from guard.reindex.jobs import Job, load_job
-from guard.reindex.provenance import (
-    Row,
-    has_text,
-    id_key,
-    merge,
-    rows,
-)
-from guard.reindex.switch import locations
+from guard.reindex.places import locations
+from guard.reindex.provenance import has_text
 from guard.state import Conn, connect
 from guard.stores import open_reindex, open_store
+from guard.streams import Row, id_key, merge, rows
 
 SCAN_PAGE = 1000
 # Stored vectors may be normalised by the store (Qdrant does for cosine) or pass through
@@ -132,13 +127,10 @@ def verify_job(
 
 def _check_others(job: Job, source_uri: str, target_uri: str, result: Verification) -> None:
     """The rows outside the selection must be the live rows as they are, not re-embedded."""
-    store = open_reindex(job.source_uri)
-    try:
+    with open_reindex(job.source_uri) as store:
         if not store.selects_part():
             return
         check = store.check_others(source_uri, target_uri)
-    finally:
-        store.close()
     result.other_records = check.records
     result.others_differ = check.differ
     if check.count:
@@ -174,8 +166,7 @@ def _check_ids_and_hashes(
     result: Verification,
     accept_skipped: bool,
 ) -> None:
-    source, target = open_store(source_uri), open_store(target_uri)
-    try:
+    with open_store(source_uri) as source, open_store(target_uri) as target:
         left = _ordered(rows(source.scan(batch_size=SCAN_PAGE)), result.duplicates)
         right = _ordered(
             rows(target.scan(batch_size=SCAN_PAGE, with_payload=True)), result.duplicates
@@ -196,9 +187,6 @@ def _check_ids_and_hashes(
             else:
                 if not has_text(src.text) or tgt.text != src.text:
                     result.text_mismatch.append(src.id)
-    finally:
-        target.close()
-        source.close()
     for ids, what in (
         (result.missing, "source records missing from the target"),
         (result.extra, "target records not in the source (run catch-up)"),
@@ -217,16 +205,11 @@ def _check_ids_and_hashes(
 def _check_vectors(job: Job, target_uri: str, sample: int, seed: int, result: Verification) -> None:
     if sample <= 0 or result.target_records == 0:
         return
-    target = open_store(target_uri)
-    engine = open_engine(job.candidate_uri)
-    try:
+    with open_store(target_uri) as target, open_engine(job.candidate_uri) as engine:
         check_engine(job, engine)
         sampled = target.sample(sample, seed=seed)
         drawn = sampled.take([i for i, text in enumerate(sampled.texts) if has_text(text)])
         fresh = engine.embed([str(text) for text in drawn.texts])
-    finally:
-        engine.close()
-        target.close()
     stored = drawn.vectors
     norms = np.linalg.norm(stored, axis=1) * np.linalg.norm(fresh, axis=1)
     cosines = np.einsum("ij,ij->i", stored, fresh) / np.where(norms > 0, norms, 1.0)

@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from types import FrameType
 from typing import Any
@@ -36,9 +36,7 @@ from guard.records import RecordBatch
 from guard.reindex.embedding import check_engine, embed_records
 from guard.reindex.jobs import Job, load_job
 from guard.reindex.ledger import Lease, Ledger, Skip
-from guard.reindex.provenance import (
-    in_range,
-)
+from guard.reindex.provenance import in_range
 from guard.state import connect
 from guard.stores import VectorStore, open_store
 
@@ -79,17 +77,7 @@ class WorkerResult:
     cache: dict[str, Any]
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "worker": self.worker,
-            "batches_done": self.batches_done,
-            "written": self.written,
-            "skipped": self.skipped,
-            "stopped": self.stopped,
-            "failed_batches": self.failed_batches,
-            "engine_busy": round(self.engine_busy, 3),
-            "cache": self.cache,
-        }
+        return asdict(self) | {"engine_busy": round(self.engine_busy, 3)}
 
 
 class Pacer:

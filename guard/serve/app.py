@@ -25,11 +25,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from guard import __version__
 from guard.errors import GuardError, TextTooLongError
 from guard.serve.batcher import Batcher, Embedded, Overloaded
 from guard.serve.metrics import Metrics
 from guard.serve.model import Limits, ServedModel
+from guard.version import __version__
 
 log = structlog.get_logger(__name__)
 
