@@ -1,4 +1,4 @@
-"""The state database: where re-index jobs, their batches and leases live.
+"""The state database: re-index jobs, their batches and leases, and the monitor's history.
 
 PostgreSQL, so that any number of workers on any number of machines can lease batches
 with ``FOR UPDATE SKIP LOCKED``. ``GUARD_STATE_DSN`` names it; without it the guard starts

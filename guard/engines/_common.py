@@ -1,4 +1,4 @@
-"""What every engine shares: parameter checks, batching, row normalisation, file hashes.
+"""What every engine shares: parameter checks, batching, row normalisation, versions.
 
 Kept out of the Protocol module so that engines can share behaviour without the
 registry importing any of it.
