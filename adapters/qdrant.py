@@ -40,6 +40,8 @@ from guard.adapters.qdrant_collection import (
     DISTANCES,
     QDRANT_DISTANCES,
     detect_layout,
+    listed,
+    local_collections,
     vector_params,
 )
 from guard.adapters.qdrant_points import Points, normal_id, payload_filter
@@ -102,10 +104,31 @@ class QdrantStore(Closing):
             if self._key_env is None and parsed.scheme == "qdrant+https":
                 self._key_env = "QDRANT_API_KEY"
             self._api_key = os.environ.get(self._key_env) if self._key_env else None
-        if not self.collection:
-            raise ConfigError(f"no Qdrant collection named in {self.uri}")
         self._client: QdrantClient | None = None
         self._layout: PayloadLayout | None = None
+        if not self.collection:
+            raise ConfigError(self._no_collection_named())
+
+    def _no_collection_named(self) -> str:
+        """What to add to a URI that names no collection, with those there to pick from
+        (a local folder's meta.json; a server is asked, briefly, since this fails anyway)."""
+        if self._local_path is not None:
+            return (
+                f"no Qdrant collection named in {self.uri}: add ?collection=NAME"
+                f"{listed(local_collections(self._local_path))}"
+            )
+        return (
+            f"no Qdrant collection named in {self.uri}: add /NAME to the URL"
+            f"{listed(self._server_collections())}"
+        )
+
+    def _server_collections(self) -> list[str] | None:
+        try:
+            with closing(server_client(self._url, self._api_key)) as client:
+                return [found.name for found in client.get_collections().collections]
+        except (QdrantException, UnexpectedResponse, ResponseHandlingException, httpx.HTTPError,
+                ValueError, RuntimeError):  # fmt: skip
+            return None
 
     # --- connection and errors -----------------------------------------------------------
 
@@ -175,11 +198,31 @@ class QdrantStore(Closing):
     # --- reading -------------------------------------------------------------------------
 
     def _vector_params(self) -> tuple[models.VectorParams, str | None]:
-        """The vector this URI reads; the only named vector becomes the one it names."""
+        """The vector this URI reads; the only named vector becomes the one it names.
+        Every read asks this first: a missing collection is named here, with the
+        collections there are."""
         with self.translate_errors():
-            config = self.client.get_collection(self.collection).config.params.vectors
+            try:
+                config = self.client.get_collection(self.collection).config.params.vectors
+            except (UnexpectedResponse, ValueError) as exc:  # server 404; local mode
+                self._refuse_missing_collection(exc)
+                raise
         params, self._vector_name = vector_params(config, self._vector_name, uri=self.uri)
         return params, self._vector_name
+
+    def _refuse_missing_collection(self, exc: Exception) -> None:
+        """A StoreError listing the collections there, when ``exc`` came of asking for
+        one that is not among them; nothing where they cannot be listed."""
+        if isinstance(exc, UnexpectedResponse) and exc.status_code != 404:
+            return
+        try:
+            names = [found.name for found in self.client.get_collections().collections]
+        except (QdrantException, UnexpectedResponse, ResponseHandlingException, httpx.HTTPError,
+                ValueError, RuntimeError):  # fmt: skip
+            return
+        if self.collection not in names:
+            message = f"collection {self.collection!r} not found{listed(names)}"
+            raise StoreError(message, uri=self.uri) from exc
 
     def _points(self) -> Points:
         """The points this URI selects, read with the vector known so far (callers ask

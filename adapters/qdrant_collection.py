@@ -9,7 +9,9 @@ that fetch their input. Layout rules themselves are ``guard.adapters.layouts``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from qdrant_client import models
@@ -30,6 +32,23 @@ DISTANCES: dict[models.Distance, Distance] = {
     models.Distance.MANHATTAN: "l1",
 }
 QDRANT_DISTANCES = {ours: theirs for theirs, ours in DISTANCES.items()}
+
+
+def local_collections(folder: Path) -> list[str] | None:
+    """The collections of a local-mode folder, read from its ``meta.json`` without
+    opening (and locking) the folder; None where it holds no readable one."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        return sorted(meta["collections"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def listed(names: Sequence[str] | None) -> str:
+    """`` (here: a, b)``: the collections a message can point to, "" when unknown."""
+    if names is None:
+        return ""
+    return f" (here: {', '.join(sorted(names)) or 'none'})"
 
 
 def vector_params(

@@ -79,6 +79,7 @@ def check(
             baseline=reference,
             bridge_out=Path(bridge_out) if bridge_out is not None else None,
             cache=embeddings,
+            strict=True,
         )
         if asked is not None and reference is not None:
             report = check_retrieval(
@@ -133,6 +134,7 @@ def compare(
             cache=embeddings,
             queries=asked,
             distractors=subcorpus,
+            strict=True,
         )
 
 

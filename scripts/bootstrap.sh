@@ -43,3 +43,18 @@ if [ ! -f "$src/convert_hf_to_gguf.py" ]; then
   mv "$tmp/llama_cpp_python-$llama_version/vendor/llama.cpp" "$src"
   rm -rf "$tmp"
 fi
+
+# The screenshot tests (tests/test_screens.py) open the reports in the distribution's
+# headless Chromium; nothing downloads a browser at test time.
+if [[ ",$extras," == *",test,"* ]]; then
+  command -v chromium >/dev/null || {
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      apt-get update -qq && apt-get install -y -qq chromium
+    elif command -v apt-get >/dev/null && command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+      sudo apt-get update -qq && sudo apt-get install -y -qq chromium
+    else
+      echo "bootstrap: the screenshot tests need Chromium; install it as root:" \
+        "apt-get install -y chromium (tests/test_screens.py fails until then)" >&2
+    fi
+  }
+fi

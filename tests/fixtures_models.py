@@ -4,6 +4,9 @@
   ``guard.models.build_demo_models`` into a cache that survives between runs
   (``GUARD_MODELS_CACHE``, else ``.cache/models`` in the repository), from the llama.cpp
   sources in ``GUARD_LLAMACPP_SRC``; ``gguf_f16`` ... are their paths;
+- ``onnx_models``: the ONNX FP32 and INT8 exports of ``guard.models.build_onnx_models``
+  (which build-demo makes too), in the same cache; ``onnx_dir`` is their
+  sentence-transformers ONNX folder;
 - ``st_model_dir``: the sentence-transformers reference; ``static_model_dir``: a model2vec
   model made from it; ``gguf_unknown_arch``: the F16 file with an architecture llama.cpp
   does not know;
@@ -55,6 +58,8 @@ __all__ = [
     "long_texts",
     "models_cache",
     "ollama_server",
+    "onnx_dir",
+    "onnx_models",
     "openai_server",
     "short_texts",
     "st_model_dir",
@@ -135,6 +140,20 @@ def gguf_unknown_arch(
         env={**os.environ, "PYTHONPATH": str(llama_cpp_src / "gguf-py")},
     )
     return path
+
+
+@pytest.fixture(scope="session")
+def onnx_models(models_cache: Path) -> dict[str, Path]:
+    """ONNX_FP32 and ONNX_INT8: the model files, built once and cached by content."""
+    from guard.models import build_onnx_models
+
+    return build_onnx_models(models_cache)
+
+
+@pytest.fixture(scope="session")
+def onnx_dir(onnx_models: dict[str, Path]) -> Path:
+    """The sentence-transformers ONNX folder holding both files (``onnx/...``)."""
+    return onnx_models["ONNX_FP32"].parents[1]
 
 
 @pytest.fixture(scope="session")

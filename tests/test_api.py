@@ -69,7 +69,9 @@ def test_import_guard_loads_no_store_engine_or_numeric_library() -> None:
 def test_check_returns_the_report_the_cli_prints(f16_store: str, gguf_f16: Path) -> None:
     candidate = f"llamacpp:{gguf_f16}"
     report = guard.check(store=f16_store, candidate=candidate)
-    again = guard.check(store=f16_store, candidate=candidate, sample=100, seed=3)
+    again = guard.check(store=f16_store, candidate=candidate, sample=110, seed=3)
+    with pytest.raises(guard.ConfigError, match=r"can never approve .* needs 109 records"):
+        guard.check(store=f16_store, candidate=candidate, sample=100)
 
     cli = subprocess.run(
         [
@@ -92,7 +94,12 @@ def test_check_returns_the_report_the_cli_prints(f16_store: str, gguf_f16: Path)
     assert (printed["verdict"], cli.returncode) == (report.verdict, report.exit_code)
     assert printed["metrics"] == report.to_dict()["metrics"]
     assert printed["bound"] == report.to_dict()["bound"]
-    assert (again.to_dict()["sample"]["seed"], again.thresholds["max_sample"]) == (3, 100)
+    assert (again.to_dict()["sample"]["seed"], again.thresholds["max_sample"]) == (3, 110)
+    assert (again.verdict, again.bound["method"], again.bound["n"]) == (
+        "approve",
+        "hypergeometric",
+        109,
+    )
 
 
 def test_bad_input_raises_the_packages_errors_with_the_cli_exit_code(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from fixtures_models import UNKNOWN_ARCHITECTURE, free_port
 from fixtures_stores import write_store
 from test_cli import assert_one_line_error, guard
 
+from guard.checking.charts import candidate_colours
 from guard.engines import open_engine
 
 
@@ -67,7 +68,9 @@ def test_four_candidates_are_ranked_with_verdict_speed_and_load_failures(
     assert speeds[static] > 10 * max(speeds[f16], speeds[q4])
     for uri in (f16, q4, static):
         speed = rows[uri]["speed"]
-        assert speed["texts"] == 100 and speed["tokens"] > speed["texts"]
+        assert (
+            speed["texts"] == report["sample"]["speed_texts"] and speed["tokens"] > speed["texts"]
+        )
         assert speed["model_bytes"] > 1_000_000
         assert speed["peak_rss_added_bytes"] is not None and speed["peak_rss_added_bytes"] >= 0
         retrieval = rows[uri]["retrieval"]
@@ -285,4 +288,8 @@ def test_the_html_report_is_self_contained_with_a_labelled_chart(
     )
     assert f"llamacpp:{gguf_q4_0.name}" in page
     assert "ESTIMATED from synthetic queries" in page
-    assert page.count("<svg") == 1 and "#1 switch" in page and "#1 reindexed" in page
+    assert page.count('<svg class="chart"') == 1 and ">#1</text>" in page
+    assert "switch, no re-index" in page and "after a re-index" in page
+    # the candidate's colour comes from its URI, the same in every run and at any rank
+    colour = candidate_colours([f"llamacpp:{gguf_q4_0}"])[f"llamacpp:{gguf_q4_0}"]
+    assert f"background:{colour}" in page

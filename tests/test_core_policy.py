@@ -79,6 +79,7 @@ def test_exit_codes_are_the_contract() -> None:
         "error": 2,
         "fix_config": 3,
         "reject_candidate": 4,
+        "undecided": 5,
     }
 
 
@@ -238,6 +239,8 @@ def test_never_approves_when_the_bound_exceeds_the_allowed_share(
     if verdict.name == "approve":
         assert b.share_below_threshold_upper <= allowed
         assert overlap is None or overlap >= thresholds.min_overlap
+    elif verdict.name == "undecided":
+        assert b.decision == "continue"
     else:
         assert verdict.name == "reindex"
 
@@ -257,3 +260,34 @@ def test_a_recall_ratio_below_the_minimum_vetoes_only_an_approval() -> None:
     assert recall_veto("approve", fine, thresholds) is None
     nothing = RecallRatio(10, 200, 0.0, 0.0, None, 0.95, synthetic=False)
     assert recall_veto("approve", nothing, thresholds) is None
+
+
+def undecided_bound() -> Bound:
+    """12 of 1,000 below T: between the two sides of 1% at 99%."""
+    return bound(12, 1000, threshold=0.99, allowed_share=0.01, confidence=0.99)
+
+
+def test_a_bound_that_has_not_decided_is_undecided_with_the_sample_that_would() -> None:
+    b = undecided_bound()
+    verdict = decide(b, [], DEFAULTS)
+
+    assert (b.decision, verdict.name, verdict.exit_code) == ("continue", "undecided", 5)
+    [reason] = verdict.reasons
+    assert reason.startswith("after 1000 records the bound has not decided: 12 fall below")
+    assert f"a sample of about {b.sample_to_decide()} records would decide" in reason
+    assert b.sample_to_decide() is not None and b.sample_to_decide() > 1000
+
+
+def test_an_undecided_bound_with_a_group_that_needs_a_reindex_is_a_reindex() -> None:
+    verdict = decide(undecided_bound(), [finding("mixed_store")], DEFAULTS)
+    assert (verdict.name, verdict.reasons[0]) == ("reindex", "mixed_store: mixed_store seen")
+
+
+def test_a_failure_is_stated_from_the_lower_bound() -> None:
+    b = failing()
+    sentence = bound_sentence(b)
+    assert 0.026 <= b.share_below_threshold_lower < 0.027  # rounded down in print
+    assert sentence == (
+        "40 of 1000 sampled records fall below cosine 0.99: at 99% confidence at least "
+        "2.6% of stored vectors do"
+    )

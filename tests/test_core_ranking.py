@@ -41,3 +41,10 @@ def test_exit_1_when_some_load_but_none_switches() -> None:
 
 def test_exit_4_when_no_candidate_loads() -> None:
     assert exit_code([NOT_LOADED, NOT_LOADED]) == 4
+
+
+def test_an_undecided_candidate_ranks_above_every_reindex() -> None:
+    """A larger sample may approve it: it is never ranked as a re-index."""
+    undecided = Standing(loaded=True, verdict="undecided", texts_per_second=1.0)
+    assert rank([REINDEX_FASTEST, undecided, FIX_CONFIG]) == [2, 1, 0]
+    assert exit_code([REINDEX_FASTEST, undecided]) == 1

@@ -84,6 +84,10 @@ def test_census_of_the_whole_population_is_exact() -> None:
         rounds=1,
         planned_rounds=1,
         exact=True,
+        method="census",
+        approve_alpha=pytest.approx(0.01),
+        reject_alpha=pytest.approx(0.01),
+        population=150,
     )
     assert b.decision == "pass"
 
@@ -158,3 +162,98 @@ def test_bounds_bracket_the_observed_share(n: int, data: st.DataObject, confiden
     lower, upper = clopper_pearson(k, n, confidence)
 
     assert 0.0 <= lower <= k / n <= upper <= 1.0
+
+
+def _exact_hypergeometric(failures: int, n: int, population: int, alpha: float) -> tuple[int, int]:
+    """The bounds by enumerating every K and every sample count, with exact fractions."""
+    from fractions import Fraction
+    from math import comb
+
+    def pmf(k: int, failing: int) -> Fraction:
+        return Fraction(comb(failing, k) * comb(population - failing, n - k), comb(population, n))
+
+    possible = range(failures, population - (n - failures) + 1)
+    at_most = {K: sum(pmf(k, K) for k in range(failures + 1)) for K in possible}
+    at_least = {K: 1 - sum(pmf(k, K) for k in range(failures)) for K in possible}
+    upper = max(K for K in possible if at_most[K] > alpha)
+    lower = min(K for K in possible if at_least[K] > alpha)
+    return lower, upper
+
+
+@pytest.mark.parametrize(
+    ("failures", "n", "population", "confidence"),
+    [(0, 10, 40, 0.9), (1, 10, 40, 0.95), (3, 12, 30, 0.99), (7, 7, 20, 0.9), (0, 25, 25, 0.99)],
+)
+def test_hypergeometric_bounds_match_exact_enumeration(
+    failures: int, n: int, population: int, confidence: float
+) -> None:
+    from guard.core.stats import hypergeometric
+
+    expected = _exact_hypergeometric(failures, n, population, 1 - confidence)
+    assert hypergeometric(failures, n, population, confidence) == expected
+
+
+@pytest.mark.parametrize(
+    ("population", "fewest"), [(1000, 341), (2000, 392), (20_000, 451), (None, 459)]
+)
+def test_the_fewest_records_that_can_approve(population: int | None, fewest: int) -> None:
+    """0 failures, 1% at 99%: sampling without repeats needs fewer records on small stores."""
+    from guard.core.stats import fewest_to_approve
+
+    assert fewest_to_approve(0.01, 0.99, population) == fewest
+
+
+@pytest.mark.parametrize("population", [1000, 1369, 20_000, 1_000_000, None])
+def test_the_first_approving_look_is_near_the_fewest_possible(population: int | None) -> None:
+    from guard.core.stats import plan_looks
+
+    plan = plan_looks(100, 2000, allowed_share=0.01, confidence=0.99, population=population)
+    first = plan.first_approving
+    assert first is not None and first <= 1.1 * plan.fewest
+    approving = next(i for i, look in enumerate(plan.looks, start=1) if look.n == first)
+    assert plan.bound(approving, 0, threshold=0.99).decision == "pass"
+    assert plan.bound(approving - 1, 0, threshold=0.99).decision == "continue"
+
+
+@pytest.mark.parametrize("population", [1000, 20_000, None])
+def test_the_budget_spent_over_the_looks_is_the_whole_error_budget(
+    population: int | None,
+) -> None:
+    from guard.core.stats import plan_looks
+
+    plan = plan_looks(100, 2000, allowed_share=0.01, confidence=0.99, population=population)
+    assert sum(look.approve_alpha for look in plan.looks) == pytest.approx(0.01)
+    assert sum(look.reject_alpha for look in plan.looks) == pytest.approx(0.01)
+    assert [look.approve_alpha for look in plan.looks if look.n < plan.fewest] == [0.0] * len(
+        [look for look in plan.looks if look.n < plan.fewest]
+    )
+
+
+def test_a_clearly_broken_engine_is_stopped_at_the_first_look() -> None:
+    from guard.core.stats import plan_looks
+
+    plan = plan_looks(100, 2000, allowed_share=0.01, confidence=0.99, population=20_000)
+    first = plan.bound(1, 100, threshold=0.99)
+    assert (first.n, first.decision, first.method) == (100, "fail", "hypergeometric")
+    assert first.share_below_threshold_lower > 0.9
+
+
+def test_a_sample_limit_below_the_first_approving_look_can_never_approve() -> None:
+    from guard.core.stats import plan_looks
+
+    plan = plan_looks(100, 400, allowed_share=0.01, confidence=0.99, population=20_000)
+    assert (plan.can_approve, plan.first_approving) == (False, None)
+    last = plan.bound(len(plan.looks), 0, threshold=0.99)
+    assert (last.decision, last.spent) == ("continue", True)
+    assert last.sample_to_decide() == 800
+
+
+def test_a_census_always_decides() -> None:
+    from guard.core.stats import plan_looks
+
+    plan = plan_looks(100, 2000, allowed_share=0.01, confidence=0.99, population=300)
+    assert plan.looks[-1].n == 300
+    assert [plan.bound(len(plan.looks), k, threshold=0.99).decision for k in (3, 4)] == [
+        "pass",
+        "fail",
+    ]

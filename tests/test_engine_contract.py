@@ -1,6 +1,7 @@
 """The EmbeddingEngine contract, checked on every engine with real models and servers:
 llamacpp (F16 GGUF in-process), openai (llama_cpp.server), ollama (the stand-in),
-st (the sentence-transformers reference) and model2vec (a static model)."""
+st (the sentence-transformers reference), model2vec (a static model) and onnx (the FP32
+ONNX export in its sentence-transformers folder)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from guard.errors import ConfigError, EngineError
 
 pytestmark = pytest.mark.slow
 
-ENGINE_KINDS = ["llamacpp", "openai", "ollama", "st", "model2vec"]
+ENGINE_KINDS = ["llamacpp", "openai", "ollama", "st", "model2vec", "onnx"]
 
 
 def _engine_uri(kind: str, request: pytest.FixtureRequest) -> str:
@@ -29,6 +30,8 @@ def _engine_uri(kind: str, request: pytest.FixtureRequest) -> str:
         return f"ollama+{request.getfixturevalue('ollama_server').url}?model=all-minilm"
     if kind == "st":
         return f"st:{request.getfixturevalue('st_model_dir')}"
+    if kind == "onnx":
+        return f"onnx:{request.getfixturevalue('onnx_dir')}"
     return f"model2vec:{request.getfixturevalue('static_model_dir')}"
 
 

@@ -1,8 +1,10 @@
 """`guard serve` as a real process on a free port, serving the F16 GGUF through llama.cpp:
-the real `openai` and `ollama` client packages get the engine's own vectors, guard's own
-openai+http and ollama+http engines check a store through it and approve, concurrent
-requests are batched and each gets its own rows, bad requests get 4xx JSON in each API's
-shape, and SIGTERM/SIGINT stop it with exit 0."""
+the real `openai` and `ollama` client packages get the engine's own vectors (Ollama's
+older /api/embeddings included), guard's own openai+http and ollama+http engines check a
+store through it and approve, concurrent requests are batched and each gets its own
+rows, bad requests and requests for another model get 4xx JSON in each API's shape
+(unless --any-model), the fingerprint is a Prometheus info metric, and SIGTERM/SIGINT
+stop it with exit 0."""
 
 from __future__ import annotations
 
@@ -40,8 +42,11 @@ MAX_BODY = 256 * 1024
 class Served:
     """A `guard serve` process: its base URL, served model id and stderr so far."""
 
-    def __init__(self, process: subprocess.Popen[str], url: str, model: str) -> None:
+    def __init__(
+        self, process: subprocess.Popen[str], url: str, model: str, first_line: str
+    ) -> None:
         self.process, self.url, self.model = process, url, model
+        self.first_line = first_line
         self.stderr = ""
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
@@ -65,7 +70,7 @@ def serving(engine: str, *args: str, env: dict[str, str] | None = None) -> Itera
     if found is None:
         process.kill()
         raise AssertionError(f"guard serve did not start: {line}{process.stderr.read()}")
-    served = Served(process, found.group(2), found.group(1))
+    served = Served(process, found.group(2), found.group(1), line)
     try:
         yield served
     finally:
@@ -106,7 +111,7 @@ def test_the_openai_client_gets_the_engines_vectors_usage_and_fingerprint(
 ) -> None:
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
     texts = short_texts[:12]
-    raw = client.embeddings.with_raw_response.create(model="anything", input=texts)
+    raw = client.embeddings.with_raw_response.create(model=server.model, input=texts)
     many = raw.parse()
     one = client.embeddings.create(model=server.model, input=texts[0], encoding_format="float")
     expected = engine.embed(texts)
@@ -259,8 +264,9 @@ LONG = "word " * 2000
 def test_bad_requests_get_4xx_json_in_each_apis_shape(
     server: Served, api: str, body: bytes, status: int, code: str, message: str
 ) -> None:
+    body = body.replace(b'"model": "m"', f'"model": "{server.model}"'.encode())
     if api == "ollama" and b'"model"' not in body and body.startswith(b"{"):
-        body = b'{"model": "m", ' + body[1:]
+        body = f'{{"model": "{server.model}", '.encode() + body[1:]
     path = "/v1/embeddings" if api == "openai" else "/api/embed"
     response = httpx.post(f"{server.url}{path}", content=body)
     answer = response.json()
@@ -275,6 +281,95 @@ def test_bad_requests_get_4xx_json_in_each_apis_shape(
         assert message in answer["error"]
     assert response.headers["x-guard-fingerprint"].startswith("sha256:")
     assert httpx.get(f"{server.url}/healthz").status_code == 200
+
+
+OTHER_MODEL = "nomic-embed-text"
+
+
+def test_a_request_for_another_model_is_404_in_each_apis_shape(server: Served) -> None:
+    """The served model answers to its id, its file name and Ollama's :latest tag; any
+    other name is refused through the real clients, with each API's error body."""
+    openai_client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.NotFoundError) as refused:
+        openai_client.embeddings.create(model=OTHER_MODEL, input="a text")
+    error = refused.value
+    assert (error.status_code, error.code, error.type, error.param) == (
+        404, "model_not_found", "invalid_request_error", "model",
+    )  # fmt: skip
+    assert f"model '{OTHER_MODEL}' not found" in error.message
+    assert f"serves '{server.model}'" in error.message
+
+    ollama_client = ollama.Client(host=server.url)
+    for call in (
+        lambda: ollama_client.embed(model=OTHER_MODEL, input="a text"),
+        lambda: ollama_client.embeddings(model=OTHER_MODEL, prompt="a text"),
+        lambda: ollama_client.show(OTHER_MODEL),
+    ):
+        with pytest.raises(ollama.ResponseError) as missing:
+            call()
+        assert missing.value.status_code == 404
+        assert missing.value.error.startswith(f"model '{OTHER_MODEL}' not found")
+    raw = httpx.post(f"{server.url}/api/embed", json={"model": OTHER_MODEL, "input": "x"})
+    assert (raw.status_code, list(raw.json())) == (404, ["error"])
+
+    for alias in (f"{server.model}.gguf", f"{server.model}:latest"):
+        assert len(ollama_client.embed(model=alias, input="a text").embeddings[0]) == 384
+        answer = openai_client.embeddings.create(model=alias, input="a text")
+        assert answer.model == server.model
+    assert (
+        _metric(server.url, "guard_serve_errors")[
+            ("guard_serve_errors_total", (("kind", "model_not_found"),))
+        ]
+        >= 4
+    )
+
+
+def test_any_model_answers_every_name_with_the_served_vectors(
+    engine_uri: str, engine: EmbeddingEngine, short_texts: list[str]
+) -> None:
+    texts = short_texts[:3]
+    with serving(engine_uri, "--any-model") as served:
+        assert "any model name" in served.first_line
+        got = ollama.Client(host=served.url).embed(model=OTHER_MODEL, input=texts)
+        client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
+        other = client.embeddings.create(model="text-embedding-3-small", input=texts)
+    assert np.allclose(engine.embed(texts), got.embeddings, atol=1e-5)
+    assert np.allclose(engine.embed(texts), [item.embedding for item in other.data], atol=1e-5)
+    assert got.model == served.model  # the answer names what was really served
+
+
+def test_ollamas_older_embeddings_endpoint(
+    server: Served, engine: EmbeddingEngine, short_texts: list[str]
+) -> None:
+    client = ollama.Client(host=server.url)
+    one = client.embeddings(model=server.model, prompt=short_texts[0])
+    assert np.allclose(engine.embed(short_texts[:1])[0], one.embedding, atol=1e-5)
+    empty = httpx.post(f"{server.url}/api/embeddings", json={"model": server.model, "prompt": ""})
+    assert (empty.status_code, empty.json()) == (200, {"embedding": []})
+    bad = httpx.post(f"{server.url}/api/embeddings", json={"model": server.model, "prompt": 5})
+    assert (bad.status_code, list(bad.json())) == (400, ["error"])
+    assert "'prompt' must be a string" in bad.json()["error"]
+    assert (
+        _metric(server.url, "guard_serve_texts")[
+            ("guard_serve_texts_total", (("api", "ollama_legacy"),))
+        ]
+        >= 1
+    )
+
+
+def test_the_fingerprint_is_an_info_metric(server: Served, engine: EmbeddingEngine) -> None:
+    """prometheus_client's Info: in the text format a gauge ``..._info`` of value 1 whose
+    labels say which engine answers."""
+    samples = _metric(server.url, "guard_serve_engine_info")
+    [((name, labels), value)] = samples.items()
+    assert (name, value) == ("guard_serve_engine_info", 1.0)
+    assert dict(labels) == {
+        "fingerprint_sha256": fingerprint_sha256(engine.fingerprint()),
+        "model": server.model,
+        "engine": "llamacpp",
+        "file_type": "F16",
+        "dims": "384",
+    }
 
 
 def test_unknown_paths_and_methods_are_json_errors(server: Served) -> None:

@@ -243,6 +243,86 @@ def test_qdrant_missing_collection_on_a_server(http_stand_in: Callable[[int, byt
     assert_clean(caught.value)
 
 
+class QdrantStandIn(BaseHTTPRequestHandler):
+    """A Qdrant server holding the collections ``names``: it lists them on GET
+    /collections and answers 404 as Qdrant does for any other collection."""
+
+    names: tuple[str, ...] = ()
+
+    def do_GET(self) -> None:
+        if self.path.split("?")[0] == "/collections":
+            listed = [{"name": name} for name in self.names]
+            status, body = 200, {"result": {"collections": listed}, "status": "ok", "time": 0}
+        else:
+            name = self.path.split("/")[2].split("?")[0]
+            status = 404
+            body = {"status": {"error": f"Not found: Collection `{name}` doesn't exist!"}}
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+@pytest.fixture
+def qdrant_holding() -> Iterator[Callable[..., int]]:
+    """``serve(*names)``: the port of a Qdrant stand-in holding those collections."""
+    servers: list[ThreadingHTTPServer] = []
+
+    def serve(*names: str) -> int:
+        handler = type("Handler", (QdrantStandIn,), {"names": names})
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        servers.append(server)
+        return server.server_address[1]
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_qdrant_missing_collection_lists_those_on_the_server(
+    qdrant_holding: Callable[..., int],
+) -> None:
+    port = qdrant_holding("products", "docs_v2")
+    with pytest.raises(StoreError) as caught:
+        open_store(f"qdrant+http://127.0.0.1:{port}/docs").describe()
+    assert str(caught.value).startswith("collection 'docs' not found (here: docs_v2, products)")
+    assert_clean(caught.value)
+
+
+def test_a_qdrant_server_uri_without_a_collection_says_what_to_add(
+    qdrant_holding: Callable[..., int],
+) -> None:
+    port = qdrant_holding("products", "docs_v2")
+    with pytest.raises(ConfigError, match=r"add /NAME to the URL \(here: docs_v2, products\)"):
+        open_store(f"qdrant+http://127.0.0.1:{port}")
+    with pytest.raises(ConfigError, match=r"add /NAME to the URL$"):  # nothing there to list
+        open_store(f"qdrant+http://127.0.0.1:{closed_port()}/")
+
+
+def test_qdrant_local_missing_collection_lists_those_in_the_folder(qdrant_dir: Path) -> None:
+    client = QdrantClient(path=str(qdrant_dir))
+    params = models.VectorParams(size=4, distance=models.Distance.COSINE)
+    for name in ("products", "docs_v2"):
+        client.create_collection(name, vectors_config=params)
+    client.close()
+    with pytest.raises(StoreError) as caught:
+        open_store(f"qdrant+local:{qdrant_dir}?collection=docs").describe()
+    assert str(caught.value).startswith("collection 'docs' not found (here: docs_v2, products)")
+    with pytest.raises(ConfigError) as unnamed:
+        open_store(f"qdrant+local:{qdrant_dir}")
+    assert str(unnamed.value).endswith("add ?collection=NAME (here: docs_v2, products)")
+    with pytest.raises(ConfigError) as empty:
+        open_store(f"qdrant+local:{qdrant_dir / 'nothing'}")
+    assert str(empty.value).endswith("add ?collection=NAME")
+
+
 def test_a_server_that_is_not_qdrant_is_named_as_such(
     http_stand_in: Callable[[int, bytes], int],
 ) -> None:

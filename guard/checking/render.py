@@ -1,15 +1,19 @@
 """The renderings of a ``guard check`` report: terminal (rich), Markdown and HTML.
 
-They only read a report (guard.checking.report). The HTML page is a jinja2 template on
-the shared base (guard/templates), autoescaped and self-contained: inline CSS and
-hand-drawn SVG, nothing fetched.
+They only read a report (guard.checking.report). Every rendering names what was checked
+(candidate, baseline, store, sample) and states the result from the side of the bound
+that decides it. The HTML page is a jinja2 template on the shared base
+(guard/templates), autoescaped and self-contained: inline CSS and matplotlib charts as
+inline SVG (guard.checking.charts, imported by the HTML page alone: matplotlib takes
+a few tenths of a second to load), nothing fetched.
 """
 
 from __future__ import annotations
 
-import html
 import math
+from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import PurePath
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
@@ -19,10 +23,15 @@ from rich.table import Table
 from rich.text import Text
 
 from guard.checking.report import CheckReport, to_json
+from guard.hashing import fingerprint_sha256
 
 __all__ = [
     "HTML_COLOURS",
     "VERDICT_STYLES",
+    "EngineSummary",
+    "decision",
+    "describe_engine",
+    "label",
     "page",
     "retrieval_line",
     "to_html",
@@ -36,6 +45,7 @@ VERDICT_STYLES = {
     "fix_config": "yellow",
     "reindex": "red",
     "reject_candidate": "magenta",
+    "undecided": "blue",
     "error": "red",
 }
 HTML_COLOURS = {
@@ -43,6 +53,7 @@ HTML_COLOURS = {
     "fix_config": "#9a6700",
     "reindex": "#cf222e",
     "reject_candidate": "#8250df",
+    "undecided": "#0969da",
     "error": "#cf222e",
 }
 
@@ -64,28 +75,38 @@ def page(template: str, **context: Any) -> str:
     return _environment().get_template(template).render(**context)
 
 
+def label(uri: str) -> str:
+    """A local model's URI shortened to its file or folder name; served models keep
+    their URI."""
+    if "://" in uri or ":" not in uri:
+        return uri
+    scheme, rest = uri.split(":", 1)
+    path, sep, query = rest.partition("?")
+    return f"{scheme}:{PurePath(path).name}{sep}{query}"
+
+
 def to_text(report: CheckReport, console: Console) -> None:
-    """A summary a person reads in ten seconds: verdict, bound, key numbers, fixes."""
+    """A summary a person reads in ten seconds: verdict, what decided it, what was
+    checked, key numbers, fixes."""
     colour = VERDICT_STYLES.get(report.verdict, "red")
     console.print(
         Text(f"{report.verdict.upper()}", style=f"bold {colour}")
         + Text(f"  (exit {report.exit_code})  {_VERDICT_MEANING.get(report.verdict, '')}")
     )
-    console.print(_statement(report))
-    for reason in report.reasons:
+    console.print(Text(decision(report), style="bold"))
+    for reason in _other_reasons(report):
         console.print(Text(f"  - {reason}", style="dim"))
-    store = report.store
-    console.print(
-        f"store {store['uri']}: {_store_facts(report)}; {_sample_line(report)}",
-        markup=False,
-        highlight=False,
-    )
+    for name, value in _checked_rows(report):
+        console.print(Text(f"{name:<10} ", style="bold") + Text(value))
     table = Table(title=None, show_header=True, header_style="bold")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in _metric_rows(report):
         table.add_row(name, value)
     console.print(table)
+    note = _norm_note(report)
+    if note is not None:
+        console.print(note, markup=False, highlight=False)
     if report.metrics["by_length"]:
         lengths = Table(show_header=True, header_style="bold")
         for column in ("tokens", "records", "min cosine", "median cosine"):
@@ -100,8 +121,8 @@ def to_text(report: CheckReport, console: Console) -> None:
         for finding in report.diagnosis:
             console.print(Text(f"  {finding['cause']}: ", style="bold") + Text(finding["evidence"]))
             console.print(Text(f"    -> {finding['suggestion']}", style=colour))
-    else:
-        console.print("diagnosis: no cause found")
+    elif report.verdict == "reindex":
+        console.print(f"diagnosis: {_NO_CAUSE}", markup=False, highlight=False)
 
 
 def retrieval_line(retrieval: dict[str, Any]) -> str:
@@ -129,51 +150,61 @@ def to_markdown(report: CheckReport) -> str:
     lines = [
         f"## guard check: `{report.verdict}` (exit {report.exit_code})",
         "",
-        f"**{_statement(report)}**",
+        f"**{decision(report)}**",
         "",
-        *(f"- {reason}" for reason in report.reasons),
+        *(f"- {reason}" for reason in _other_reasons(report)),
         "",
-        f"Store `{report.store['uri']}`: {_store_facts(report)}; {_sample_line(report)}.",
+        "| checked | |",
+        "|---|---|",
+        *(f"| {name} | {value} |" for name, value in _checked_rows(report, markdown=True)),
         "",
         "| metric | value |",
         "|---|---:|",
         *(f"| {name} | {value} |" for name, value in _metric_rows(report)),
     ]
+    note = _norm_note(report)
+    if note is not None:
+        lines += ["", _md_cell(note)]
     if report.metrics["by_length"]:
         lines += ["", "| tokens | records | min cosine | median cosine |", "|---:|---:|---:|---:|"]
         lines += ["| " + " | ".join(row) + " |" for row in _length_rows(report)]
     if report.retrieval is not None:
         lines += ["", retrieval_line(report.retrieval)]
-    lines += ["", "### Diagnosis", ""]
     if report.diagnosis:
+        lines += ["", "### Diagnosis", ""]
         lines += [
             f"- **{f['cause']}**: {f['evidence']}. Fix: {f['suggestion']}."
             for f in report.diagnosis
         ]
-    else:
-        lines.append("No cause found.")
+    elif report.verdict == "reindex":
+        lines += ["", "### Diagnosis", "", _NO_CAUSE[0].upper() + _NO_CAUSE[1:] + "."]
     lines += ["", f"<sub>guard {report.guard_version}</sub>", ""]
-    return "\n".join(lines)
+    return "\n".join(line for i, line in enumerate(lines) if line or lines[i - 1])
 
 
 def to_html(report: CheckReport) -> str:
     """One self-contained page: inline CSS, inline SVG charts, no scripts, no fetches."""
-    charts = (
-        Markup(_histogram_svg(report) + _length_svg(report))
-        if report.metrics["histogram"] is not None
-        else None
-    )
     return page(
         "check.html",
         report=report,
         colour=HTML_COLOURS.get(report.verdict, "#cf222e"),
         meaning=_VERDICT_MEANING.get(report.verdict, ""),
-        statement=_statement(report),
+        decision=decision(report),
+        reasons=_other_reasons(report),
+        engines=[
+            (role, describe_engine(fp) if fp is not None else None)
+            for role, fp in (("candidate", report.candidate), ("baseline", report.baseline))
+        ],
+        baseline_missing=_NO_BASELINE,
+        store=report.store,
         store_facts=_store_facts(report),
         sample_line=_sample_line(report),
         metric_rows=_metric_rows(report),
-        charts=charts,
+        norm_note=_norm_note(report),
+        histogram=_histogram(report),
+        by_length=_by_length(report),
         retrieval=retrieval_line(report.retrieval) if report.retrieval is not None else None,
+        no_cause=_NO_CAUSE if report.verdict == "reindex" else None,
     )
 
 
@@ -182,15 +213,174 @@ _VERDICT_MEANING = {
     "reindex": "The candidate's vectors do not match the stored ones: re-index.",
     "fix_config": "A setting explains the mismatch: set it and check again.",
     "reject_candidate": "The candidate itself is broken.",
+    "undecided": "The sample ran out before the bound decided: not a pass; check a larger sample.",
     "error": "The check could not run.",
 }
+_NO_CAUSE = "no setting explains the mismatch"
+_NO_BASELINE = "not given: the stored vectors are the reference"
 
 
-def _statement(report: CheckReport) -> str:
-    if report.bound is None:
+@dataclass(frozen=True)
+class EngineSummary:
+    """An engine as a report names it: the model, the engine type, the settings that
+    change vectors, and the first 12 hex of its fingerprint's sha256."""
+
+    name: str
+    kind: str
+    settings: tuple[str, ...]
+    fingerprint: str
+
+    def line(self, *, markdown: bool = False) -> str:
+        settings = f"; {', '.join(self.settings)}" if self.settings else ""
+        if markdown:
+            return _md_cell(
+                f"`{self.name}` ({self.kind}{settings}), fingerprint `{self.fingerprint}`"
+            )
+        return f"{self.name} ({self.kind}{settings}), fingerprint {self.fingerprint}"
+
+
+def describe_engine(fingerprint: dict[str, Any]) -> EngineSummary:
+    """What a fingerprint (guard.engines: ``engine``, ``model``, ``settings``) says about
+    the engine, in a few words; flat fingerprints are read as their own settings."""
+    engine = str(fingerprint.get("engine") or "unknown engine")
+    model = fingerprint.get("model")
+    settings = fingerprint.get("settings")
+    if not isinstance(settings, dict):
+        settings = {
+            key: value
+            for key, value in fingerprint.items()
+            if key not in ("engine", "model", "versions")
+        }
+    kind = engine.split(":", 1)[0] if ":" in engine else engine
+    name = label(engine) if ":" in engine else engine
+    if isinstance(model, dict):
+        name = _model_name(model) or name
+        if model.get("file_type"):
+            kind += f" {model['file_type']}"
+    elif isinstance(model, str) and model:
+        name = model
+    return EngineSummary(
+        name, kind, tuple(_settings(settings)), fingerprint_sha256(fingerprint)[:12]
+    )
+
+
+def _model_name(model: dict[str, Any]) -> str | None:
+    """The file or folder of a local model, the served model of a server."""
+    for key in ("file", "folder"):
+        if model.get(key):
+            return str(model[key])
+    served, requested = model.get("served"), model.get("requested")
+    if served and requested and served != requested:
+        return f"{served} (asked for {requested})"
+    found = served or requested or model.get("name")
+    return str(found) if found else None
+
+
+def _settings(settings: dict[str, Any]) -> list[str]:
+    """max_tokens, prefix, pooling, normalize and bridge as the URI options read."""
+    shown = []
+    if settings.get("max_tokens") is not None:
+        shown.append(f"max_tokens={settings['max_tokens']}")
+    elif settings.get("token_limit") is not None:
+        shown.append(f"token limit {settings['token_limit']}")
+    if settings.get("prefix"):
+        shown.append(f"prefix={settings['prefix']!r}")
+    if settings.get("pooling"):
+        shown.append(f"pooling={settings['pooling']}")
+    if settings.get("normalize") is not None:
+        shown.append(f"normalize={str(settings['normalize']).lower()}")
+    elif settings.get("model_normalizes") or settings.get("server_normalizes"):
+        shown.append("normalized by the model")
+    bridge = settings.get("bridge")
+    if isinstance(bridge, dict) and bridge.get("path"):
+        shown.append(f"bridge={PurePath(str(bridge['path'])).name}")
+    elif isinstance(bridge, str) and bridge:
+        shown.append(f"bridge={PurePath(bridge).name}")
+    return shown
+
+
+def _checked_rows(report: CheckReport, *, markdown: bool = False) -> list[tuple[str, str]]:
+    """(what, which): candidate, baseline, store and sample, one line each; for Markdown
+    with names and the URI as code, and table pipes escaped."""
+    candidate = describe_engine(report.candidate).line(markdown=markdown)
+    baseline = (
+        describe_engine(report.baseline).line(markdown=markdown)
+        if report.baseline
+        else _NO_BASELINE
+    )
+    uri = f"`{_md_cell(report.store['uri'])}`" if markdown else report.store["uri"]
+    return [
+        ("candidate", candidate),
+        ("baseline", baseline),
+        ("store", f"{uri} ({_store_facts(report)})"),
+        ("sample", _sample_line(report)),
+    ]
+
+
+def decision(report: CheckReport) -> str:
+    """The result in one sentence from the side of the bound that decides it: a failure
+    by its lower bound, an approval by its upper bound, an undecided bound by both and
+    the sample that would decide."""
+    b = report.bound
+    if b is None:
         return "No bound: the stored and the candidate's vectors cannot be compared."
-    statement: str = report.bound["statement"]
-    return statement[0].upper() + statement[1:] + "."
+    threshold, n, failures = b["threshold"], b["n"], b["failures"]
+    confidence, allowed = _percent(b["confidence"]), _percent(b["allowed_share"])
+    cosine = report.metrics["cosine"] or {}
+    seen = f"{failures:,} of {n:,} below {threshold:g}"
+    if cosine.get("median") is not None:
+        seen += f" (median {_cosine(cosine['median'])})"
+    if b["exact"]:
+        share = failures / n if n else 0.0
+        within = "within" if share <= b["allowed_share"] else "more than"
+        return (
+            f"All {n:,} records with text measured: {seen}; {_share(share)}, {within} "
+            f"the allowed {allowed}."
+        )
+    if b["decision"] == "fail":
+        lower = _share(b["share_below_threshold_lower"], up=False)
+        return f"{seen}; at least {lower} of the store, at {confidence} confidence."
+    upper = _share(b["share_below_threshold_upper"], up=True, under=b["allowed_share"])
+    if b["decision"] == "pass":
+        return (
+            f"At {confidence} confidence at most {upper} of stored vectors fall below "
+            f"{threshold:g} ({failures:,} of {n:,} sampled; allowed {allowed})."
+        )
+    lower = _share(b["share_below_threshold_lower"], up=False)
+    needed = b.get("sample_to_decide")
+    more = f"; about {needed:,} records would decide" if needed and needed > n else ""
+    return (
+        f"{seen}; at {confidence} confidence between {lower} and {upper} of the store, "
+        f"against the allowed {allowed}: not decided after {n:,} records{more}."
+    )
+
+
+def _other_reasons(report: CheckReport) -> list[str]:
+    """The policy's reasons but the ones that restate the bound the headline states."""
+    statement = (report.bound or {}).get("statement") or "\0"
+    headline = decision(report).rstrip(".").lower()
+    return [
+        reason
+        for reason in report.reasons
+        if not reason.startswith(statement) and reason.rstrip(".").lower() != headline
+    ]
+
+
+def _norm_note(report: CheckReport) -> str | None:
+    """|candidate|/|stored| with what it means for this store's distance; None where the
+    distance is cosine and the lengths agree: then it decides nothing."""
+    ratio = report.metrics["norm_ratio"]
+    if ratio is None or ratio.get("median") is None:
+        return None
+    median = ratio["median"]
+    differ = not math.isclose(median, 1.0, rel_tol=0.01)
+    distance = report.store["distance"]
+    figure = f"|candidate|/|stored| median {median:.2f}"
+    if distance == "cosine":
+        return f"{figure}: lengths differ; cosine ranking ignores length" if differ else None
+    if differ:
+        return f"{figure}: lengths differ, and {distance} ranking depends on length"
+    return f"{figure}: lengths agree, as {distance} ranking needs"
 
 
 def _store_facts(report: CheckReport) -> str:
@@ -202,8 +392,7 @@ def _sample_line(report: CheckReport) -> str:
     s = report.sample
     rounds = "round" if s["rounds"] == 1 else "rounds"
     line = (
-        f"sample of {s['size']:,} records in {s['rounds']} {rounds}, seed {s['seed']}, "
-        f"drawn by {s['method']}"
+        f"{s['size']:,} records in {s['rounds']} {rounds}, seed {s['seed']}, drawn by {s['method']}"
     )
     if s["records_without_text"]:
         line += f"; {s['records_without_text']:,} records without text"
@@ -215,12 +404,11 @@ def _metric_rows(report: CheckReport) -> list[tuple[str, str]]:
     rows = []
     if m["cosine"] is not None:
         rows += [(f"cosine {key}", _fmt(value)) for key, value in m["cosine"].items()]
-        rows.append(("norm ratio median", _fmt(m["norm_ratio"]["median"], 4)))
     overlap = m["overlap_at_k"]
     rows.append((f"overlap@{overlap['k']}", _fmt(overlap["value"], 3)))
     if report.bound is not None:
         b = report.bound
-        rows.append(("below threshold", f"{b['failures']} of {b['n']}"))
+        rows.append((f"below {b['threshold']:g}", f"{b['failures']:,} of {b['n']:,}"))
     return rows
 
 
@@ -235,77 +423,63 @@ def _fmt(value: float | None, decimals: int = 6) -> str:
     return "-" if value is None else f"{value:.{decimals}f}"
 
 
-def _histogram_svg(report: CheckReport) -> str:
-    """Bars per cosine band; bands wholly below the threshold drawn in red."""
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _cosine(value: float) -> str:
+    """Three decimals, or six where three would round a near-match up to 1.000."""
+    return f"{value:.3f}" if value < 0.9995 else f"{value:.6f}"
+
+
+def _percent(share: float) -> str:
+    return f"{share * 100.0:g}%"
+
+
+def _share(share: float, *, up: bool = True, under: float | None = None) -> str:
+    """A share as a percentage with two significant digits, rounded against the claim:
+    an upper bound up, a lower bound down, never the other way in print. With ``under``,
+    more digits (up to four) where two would round a share below it up to it."""
+    value = share * 100.0
+    if value <= 0.0:
+        return "0%"
+    if value >= 100.0:
+        return "100%"
+    for digits in (2, 3, 4):
+        step = 10.0 ** (math.floor(math.log10(value)) - digits + 1)
+        steps = math.ceil(value / step - 1e-9) if up else math.floor(value / step + 1e-9)
+        rounded = steps * step
+        if under is None or share >= under or rounded < under * 100.0:
+            break
+    decimals = max(0, -math.floor(math.log10(step)))
+    return f"{rounded:.{decimals}f}%"
+
+
+def _histogram(report: CheckReport) -> Markup | None:
+    from guard.checking import charts  # matplotlib: only the HTML page needs it
+
     hist = report.metrics["histogram"]
-    edges, counts = hist["edges"], hist["counts"]
-    threshold = report.thresholds["min_cosine"]
-    width, height, left, bottom, top = 640, 246, 40, 56, 34
-    bar = (width - left - 10) / len(counts)
-    peak = max(max(counts), 1)
-    parts = []
-    for i, count in enumerate(counts):
-        h = max((height - top - bottom) * count / peak, 3.0 if count else 0.0)  # seen, if rare
-        x = left + i * bar
-        y = height - bottom - h
-        fill = "#cf222e" if edges[i + 1] <= threshold else "#1a7f37"
-        parts.append(
-            f'<rect x="{x + 2:.1f}" y="{y:.1f}" width="{bar - 4:.1f}" height="{h:.1f}" '
-            f'fill="{fill}"><title>{edges[i]:g} to {edges[i + 1]:g}: {count}</title></rect>'
-            f'<text x="{x + bar / 2:.1f}" y="{y - 4:.1f}" text-anchor="middle">{count}</text>'
-            f'<text x="{x + bar / 2:.1f}" y="{height - bottom + 14}" text-anchor="middle">'
-            f"{edges[i]:g}</text>"
-        )
-    axis = height - bottom
-    return (
-        f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
-        f'aria-label="cosine histogram"><text x="{left}" y="14">records per cosine band '
-        f"(red: wholly below the threshold {threshold:g})</text>"
-        f'<line x1="{left}" y1="{axis}" x2="{width - 10}" y2="{axis}" stroke="#656d76"/>'
-        + "".join(parts)
-        + f'<text x="{left}" y="{height - 6}">band lower edge (cosine)</text></svg>'
-    )
+    if hist is None:
+        return None
+    svg = charts.histogram_svg(hist["edges"], hist["counts"], report.thresholds["min_cosine"])
+    return Markup(svg)  # drawn from numbers: no text of the report in it
 
 
-def _length_svg(report: CheckReport) -> str:
-    """Median (bar) and minimum (tick) cosine per token-length bucket, threshold dashed."""
-    buckets = [b for b in report.metrics["by_length"] if b["count"]]
+def _by_length(report: CheckReport) -> Markup | None:
+    from guard.checking import charts
+
+    buckets = [
+        b
+        for b in report.metrics["by_length"]
+        if b["count"] and b["min"] is not None and b["median"] is not None
+    ]
     if not buckets:
-        return ""
-    threshold: float = report.thresholds["min_cosine"]
-    lowest = min([b["min"] for b in buckets] + [threshold])
-    floor: float = math.floor(min(lowest, 0.9) * 20) / 20  # a round lower edge for the scale
-    width, height, left, bottom, top = 640, 246, 40, 56, 34
-    span = height - top - bottom
-    column = (width - left - 10) / len(buckets)
-
-    def y(value: float) -> float:
-        return height - bottom - span * (value - floor) / (1.0 - floor)
-
-    parts = []
-    for i, b in enumerate(buckets):
-        x = left + i * column
-        below = b["min"] < threshold
-        parts.append(
-            f'<rect x="{x + 6:.1f}" y="{y(b["median"]):.1f}" width="{column - 12:.1f}" '
-            f'height="{height - bottom - y(b["median"]):.1f}" '
-            f'fill="{"#cf222e" if below else "#1a7f37"}" opacity="0.8"/>'
-            f'<line x1="{x + 6:.1f}" x2="{x + column - 6:.1f}" y1="{y(b["min"]):.1f}" '
-            f'y2="{y(b["min"]):.1f}" stroke="#1f2328" stroke-width="2"/>'
-            f'<text x="{x + column / 2:.1f}" y="{height - bottom + 14}" text-anchor="middle">'
-            f"{html.escape(b['tokens'])} tokens ({b['count']})</text>"
-            f'<text x="{x + column / 2:.1f}" y="{height - bottom + 28}" text-anchor="middle">'
-            f"median {b['median']:.6f}</text>"
-            f'<text x="{x + column / 2:.1f}" y="{height - bottom + 42}" text-anchor="middle">'
-            f"min {b['min']:.6f}</text>"
-        )
-    t = y(threshold)
-    return (
-        f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
-        f'aria-label="fidelity by length"><text x="{left}" y="14">cosine by input length '
-        f"(bar: median, tick: min; scale {floor:g} to 1)</text>"
-        + "".join(parts)
-        + f'<line x1="{left}" x2="{width - 10}" y1="{t:.1f}" y2="{t:.1f}" stroke="#9a6700" '
-        f'stroke-dasharray="6 4"/><text x="{width - 10}" y="{t - 4:.1f}" text-anchor="end">'
-        f"threshold {threshold:g}</text></svg>"
+        return None
+    svg = charts.by_length_svg(
+        [b["tokens"] for b in buckets],
+        [b["count"] for b in buckets],
+        [b["min"] for b in buckets],
+        [b["median"] for b in buckets],
+        report.thresholds["min_cosine"],
     )
+    return Markup(svg)  # matplotlib escapes the buckets' labels

@@ -17,7 +17,7 @@ import numpy as np
 
 from guard.core.cosines import Comparison, Summary
 from guard.core.findings import Finding
-from guard.core.policy import Thresholds, Verdict, bound_sentence
+from guard.core.policy import Thresholds, Verdict, bound_sentence, undecided_sentence
 from guard.core.stats import Bound
 from guard.records import StoreInfo
 from guard.uri import redact
@@ -167,8 +167,16 @@ def _bound(bound: Bound | None) -> dict[str, Any] | None:
         "rounds": bound.rounds,
         "planned_rounds": bound.planned_rounds,
         "exact": bound.exact,
+        "method": bound.method,
+        "looks": [
+            {"n": look.n, "approve_alpha": look.approve_alpha, "reject_alpha": look.reject_alpha}
+            for look in bound.looks
+        ],
         "decision": bound.decision,
-        "statement": bound_sentence(bound),
+        "sample_to_decide": bound.sample_to_decide(),
+        "statement": (
+            undecided_sentence(bound) if bound.decision == "continue" else bound_sentence(bound)
+        ),
     }
 
 

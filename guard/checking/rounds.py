@@ -6,14 +6,13 @@ spends its error budget over the planned rounds (guard.core.stats).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from guard.core.cosines import Comparison, compare
 from guard.core.policy import Thresholds
-from guard.core.stats import Bound, bound
+from guard.core.stats import Bound, SequentialPlan
 from guard.engines import EmbeddingEngine
 from guard.logs import get_logger
 from guard.records import RecordBatch, StoreInfo, Vectors
@@ -34,14 +33,14 @@ class Measured:
 def measure_in_rounds(
     usable: RecordBatch,
     first: Vectors,
-    rounds: Sequence[int],
+    plan: SequentialPlan,
     candidate: EmbeddingEngine,
     info: StoreInfo,
     thresholds: Thresholds,
-    census: bool,
 ) -> Measured:
     """Embed round after round until the bound decides or the sample is spent."""
     vectors = first
+    rounds = [look.n for look in plan.looks]
     tokens = np.asarray(candidate.count_tokens(texts_of(usable, 0, rounds[0])), dtype=np.int64)
     for number, size in enumerate(rounds, start=1):
         if size > len(vectors):
@@ -49,15 +48,8 @@ def measure_in_rounds(
             vectors = np.concatenate([vectors, candidate.embed(more)])
             tokens = np.concatenate([tokens, np.asarray(candidate.count_tokens(more), np.int64)])
         comparison = compare(usable.vectors[:size], vectors, tokens, info.distance)
-        current = bound(
-            comparison.failures(thresholds.min_cosine),
-            size,
-            threshold=thresholds.min_cosine,
-            allowed_share=thresholds.allowed_share,
-            confidence=thresholds.confidence,
-            rounds=number,
-            planned_rounds=len(rounds),
-            population=len(usable) if census else None,
+        current = plan.bound(
+            number, comparison.failures(thresholds.min_cosine), threshold=thresholds.min_cosine
         )
         log.debug(
             "check.round",

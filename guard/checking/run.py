@@ -59,6 +59,7 @@ def run_check(
     baseline: EmbeddingEngine | None = None,
     bridge_out: Path | None = None,
     cache: EmbeddingCache | None = None,
+    strict: bool = False,
 ) -> CheckReport:
     """Check ``candidate`` against the vectors in ``store``; the report holds the verdict.
 
@@ -67,9 +68,10 @@ def run_check(
 
     When the verdict would be ``reindex`` for another space or size, a linear bridge is
     fitted and judged on held-out records; one that passes is written to ``bridge_out``
-    (default under GUARD_HOME) and turns the verdict into ``fix_config``."""
+    (default under GUARD_HOME) and turns the verdict into ``fix_config``. ``strict``
+    refuses a sample limit that can never approve the store (guard.checking.sample)."""
     timer = Timer()
-    drawn = draw_sample(store, thresholds, seed, timer)
+    drawn = draw_sample(store, thresholds, seed, timer, strict=strict)
     return check_drawn(
         store,
         drawn,
@@ -136,9 +138,7 @@ def check_drawn(
         )
 
     with timer.phase("embed"):
-        measured = measure_in_rounds(
-            usable, first, rounds, candidate, info, thresholds, drawn.census
-        )
+        measured = measure_in_rounds(usable, first, drawn.plan, candidate, info, thresholds)
     with timer.phase("selfcheck"):
         broken = _selfcheck(measured, bare(candidate))
     with timer.phase("search"):

@@ -8,8 +8,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 from guard.core.policy import Thresholds
-from guard.core.stats import plan_rounds
-from guard.errors import StoreError
+from guard.core.stats import SequentialPlan, plan_looks
+from guard.errors import ConfigError, StoreError
 from guard.logs import get_logger
 from guard.records import RecordBatch, StoreInfo
 from guard.stores import VectorStore
@@ -42,26 +42,40 @@ class DrawnSample:
     judges every candidate on the same records.
 
     ``info`` counts the sampled records without text; ``usable`` are those with text, in
-    the draw's random order; ``rounds`` are the cumulative round sizes over ``usable``.
+    the draw's random order; ``plan`` says after how many of them the bound looks, and
+    with which share of the error budget.
     """
 
     info: StoreInfo
     method: str
     usable: RecordBatch
     census: bool
-    rounds: tuple[int, ...]
+    plan: SequentialPlan
+
+    @property
+    def rounds(self) -> tuple[int, ...]:
+        """The cumulative sizes of the looks over ``usable``."""
+        return tuple(look.n for look in self.plan.looks)
 
 
 def draw_sample(
-    store: VectorStore, thresholds: Thresholds, seed: int, timer: Timer | None = None
+    store: VectorStore,
+    thresholds: Thresholds,
+    seed: int,
+    timer: Timer | None = None,
+    *,
+    strict: bool = False,
 ) -> DrawnSample:
     """Describe the store and draw the check's sample; an empty store, or a sample
-    without any text, is a StoreError."""
+    without any text, is a StoreError. ``strict``: a sample limit that can never approve
+    this store is a ConfigError naming the sample that can, before anything is embedded."""
     timer = timer or Timer()
     with timer.phase("describe"):
         info = store.describe()
     if info.count == 0:
         raise StoreError("the store is empty: there is nothing to compare", uri=store.uri)
+    if strict:
+        refuse_hopeless(thresholds, info.count)
     with timer.phase("sample"):
         drawn = store.sample(thresholds.max_sample, seed=seed)
     usable = drawn.with_text()
@@ -73,15 +87,50 @@ def draw_sample(
         )
     census = len(drawn) == info.count
     log.info("check.sampled", store=store.uri, drawn=len(drawn), with_text=len(usable))
-    rounds = plan_rounds(
-        thresholds.initial_sample, thresholds.max_sample, len(usable) if census else None
+    plan = plan_looks(
+        thresholds.initial_sample,
+        min(thresholds.max_sample, len(usable)),
+        allowed_share=thresholds.allowed_share,
+        confidence=thresholds.confidence,
+        # The sample is drawn without repeats from a store of known size: exact
+        # (hypergeometric) bounds, a census when it holds every record.
+        population=len(usable) if census else info.count,
     )
     return DrawnSample(
         info=with_sampled_without_text(info, len(drawn) - len(usable)),
         method=drawn.method,
         usable=usable,
         census=census,
-        rounds=tuple(min(size, len(usable)) for size in rounds),
+        plan=plan,
+    )
+
+
+def refuse_hopeless(thresholds: Thresholds, count: int) -> None:
+    """A sample limit below the first look that can approve a store of ``count`` records
+    (and short of reading it whole) can only end ``undecided``: refuse it up front."""
+    if thresholds.max_sample >= count:
+        return  # a census decides
+    plan = plan_looks(
+        thresholds.initial_sample,
+        thresholds.max_sample,
+        allowed_share=thresholds.allowed_share,
+        confidence=thresholds.confidence,
+        population=count,
+    )
+    if plan.can_approve:
+        return
+    needed = plan_looks(
+        thresholds.initial_sample,
+        count,
+        allowed_share=thresholds.allowed_share,
+        confidence=thresholds.confidence,
+        population=count,
+    ).first_approving
+    raise ConfigError(
+        f"a sample of {thresholds.max_sample} records can never approve this store of "
+        f"{count}: the first look that can approve at {thresholds.confidence:.0%} "
+        f"confidence, {thresholds.allowed_share:g} allowed below cosine "
+        f"{thresholds.min_cosine:g}, needs {needed} records (--sample {needed})"
     )
 
 

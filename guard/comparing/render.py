@@ -1,14 +1,12 @@
 """The renderings of a ``guard compare`` report: terminal (rich), Markdown and HTML.
 
 They only read a report (guard.comparing.report). The HTML page is a jinja2 template on
-the shared base (guard/templates), autoescaped and self-contained: inline CSS and SVG,
-nothing fetched.
+the shared base (guard/templates), autoescaped and self-contained: inline CSS and the
+speed x quality chart as matplotlib SVG (guard.checking.charts), nothing fetched.
 """
 
 from __future__ import annotations
 
-import math
-from pathlib import PurePath
 from typing import Any
 
 from markupsafe import Markup
@@ -17,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from guard.checking.render import HTML_COLOURS as VERDICT_COLOURS
-from guard.checking.render import VERDICT_STYLES, page
+from guard.checking.render import VERDICT_STYLES, label, page
 from guard.comparing.report import CandidateRow, CompareReport, to_json
 
 __all__ = ["label", "retrieval_note", "to_html", "to_json", "to_markdown", "to_text"]
@@ -61,16 +59,6 @@ def to_text(report: CompareReport, console: Console) -> None:
     console.print(_footnote(report), style="dim", markup=False, highlight=False)
 
 
-def label(uri: str) -> str:
-    """A local model's URI shortened to its file or folder name (the table's column);
-    served models keep their URI."""
-    if "://" in uri or ":" not in uri:
-        return uri
-    scheme, rest = uri.split(":", 1)
-    path, sep, query = rest.partition("?")
-    return f"{scheme}:{PurePath(path).name}{sep}{query}"
-
-
 def to_markdown(report: CompareReport) -> str:
     lines = [
         f"## guard compare: {_headline(report)}",
@@ -93,7 +81,7 @@ def to_markdown(report: CompareReport) -> str:
 
 def to_html(report: CompareReport) -> str:
     """One self-contained page: inline CSS and SVG, no scripts, no fetches."""
-    chart = _chart_svg(report)
+    chart, legend = _chart(report)
     return page(
         "compare.html",
         headline=_headline(report),
@@ -102,10 +90,7 @@ def to_html(report: CompareReport) -> str:
         rows=[_html_row(place, row) for place, row in enumerate(report.candidates, start=1)],
         retrieval_note=retrieval_note(report),
         chart=Markup(chart) if chart is not None else None,
-        legend=[
-            {"colour": _COLOURS[index % len(_COLOURS)], "place": index + 1, "label": label(uri)}
-            for index, uri in _charted(report)
-        ],
+        legend=legend,
         footnote=_footnote(report),
     )
 
@@ -115,6 +100,12 @@ def _headline(report: CompareReport) -> str:
     if switchable:
         best = label(switchable[0].candidate)
         return f"switch to {best} without re-indexing (exit {report.exit_code})"
+    undecided = [row for row in report.candidates if row.verdict == "undecided"]
+    if undecided:
+        return (
+            f"no candidate approved at this sample; {label(undecided[0].candidate)} undecided: "
+            f"a larger --sample decides (exit {report.exit_code})"
+        )
     if any(row.loaded for row in report.candidates):
         return f"no candidate can be switched to without re-indexing (exit {report.exit_code})"
     return f"no candidate loads (exit {report.exit_code})"
@@ -132,10 +123,11 @@ def _context(report: CompareReport) -> str:
 
 def _footnote(report: CompareReport) -> str:
     return (
-        "Best first: approve (switch without re-indexing), fix_config, reindex, "
-        "reject_candidate, then candidates that failed or did not load; faster first within "
-        "each. texts/s and tokens/s: one embed call after a warm-up; +RSS: the peak resident "
-        "memory the candidate added (VmHWM over VmRSS before it loaded)."
+        "Best first: approve (switch without re-indexing), fix_config, undecided (a larger "
+        "sample decides), reindex, reject_candidate, then candidates that failed or did not "
+        "load; faster first within each. texts/s and tokens/s: one embed call after a "
+        "warm-up; +RSS: the peak resident memory the candidate added (VmHWM over VmRSS "
+        "before it loaded)."
     )
 
 
@@ -233,90 +225,40 @@ def _html_row(place: int, row: CandidateRow) -> list[dict[str, str | None]]:
 def _html_class(column: str) -> str:
     if column in _NUMBERS:
         return "num"
-    return "verdict" if column == "verdict" else "txt"
+    return "verdict" if column == "verdict" else f"txt {column}"
 
 
-def _charted(report: CompareReport) -> list[tuple[int, str]]:
-    """(index, candidate URI) of the rows the chart can place: a speed and retrieval."""
-    return [
-        (index, row.candidate)
-        for index, row in enumerate(report.candidates)
-        if row.speed is not None and row.retrieval is not None
-    ]
+def _chart(report: CompareReport) -> tuple[str | None, list[dict[str, str]]]:
+    """Speed x quality as SVG, and its legend: one row per charted candidate with its
+    stable colour, its place in the table and its name; (None, []) when no candidate
+    has both a speed and a retrieval figure."""
+    from guard.checking import charts  # matplotlib: only the HTML page needs it
 
-
-_CHART_W, _CHART_H, _PAD_L, _PAD_B, _PAD_T, _PAD_R = 760, 400, 60, 50, 24, 120
-
-
-def _chart_svg(report: CompareReport) -> str | None:
-    """Speed x quality: texts/s on a log scale against recall@k, one labelled point per
-    candidate and way of searching (switch: filled, reindexed: hollow); None when no
-    candidate has both. Numbers and fixed words only: the names go in the page's legend."""
-    points = []
-    for row in report.candidates:
+    colours = charts.candidate_colours([row.candidate for row in report.candidates])
+    points, legend = [], []
+    for place, row in enumerate(report.candidates, start=1):
         if row.speed is None or row.retrieval is None:
             continue
-        for side in ("switch", "reindexed"):
-            figures = row.retrieval.get(side)
-            if figures is not None:
-                points.append((row.speed.texts_per_second, figures["recall_at_k"], side, row))
+        switch, reindexed = (
+            (row.retrieval.get(side) or {}).get("recall_at_k") for side in ("switch", "reindexed")
+        )
+        if switch is None and reindexed is None:
+            continue
+        colour = colours[row.candidate]
+        points.append(
+            charts.Point(f"#{place}", colour, row.speed.texts_per_second, switch, reindexed)
+        )
+        legend.append(
+            {
+                "colour": colour,
+                "place": str(place),
+                "label": label(row.candidate),
+                "verdict": row.verdict or "",
+                "verdict_colour": VERDICT_COLOURS.get(row.verdict or "", "#656d76"),
+            }
+        )
     if not points:
-        return None
-    speeds = [math.log10(max(p[0], 1e-3)) for p in points]
-    lo, hi = math.floor(min(speeds)), math.ceil(max(speeds))
-    hi = hi if hi > lo else lo + 1
-    width = _CHART_W - _PAD_L - _PAD_R
-    height = _CHART_H - _PAD_T - _PAD_B
-
-    def x(speed: float) -> float:
-        return _PAD_L + (math.log10(max(speed, 1e-3)) - lo) / (hi - lo) * width
-
-    def y(recall: float) -> float:
-        return _PAD_T + (1.0 - recall) * height
-
-    parts = [
-        f'<svg width="{_CHART_W}" height="{_CHART_H}" role="img" '
-        'aria-label="texts per second against recall at k">',
-        f'<rect x="{_PAD_L}" y="{_PAD_T}" width="{width}" height="{height}" fill="#f6f8fa" '
-        'stroke="#d0d7de"/>',
-    ]
-    for decade in range(lo, hi + 1):
-        px = _PAD_L + (decade - lo) / (hi - lo) * width
-        parts.append(
-            f'<line x1="{px:.1f}" y1="{_PAD_T}" x2="{px:.1f}" y2="{_PAD_T + height}" '
-            'stroke="#d0d7de"/>'
-            f'<text x="{px:.1f}" y="{_PAD_T + height + 16}" text-anchor="middle">'
-            f"{10.0**decade:g}</text>"
-        )
-    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
-        parts.append(
-            f'<line x1="{_PAD_L}" y1="{y(tick):.1f}" x2="{_PAD_L + width}" y2="{y(tick):.1f}" '
-            'stroke="#d0d7de"/>'
-            f'<text x="{_PAD_L - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">{tick:g}</text>'
-        )
-    parts.append(
-        f'<text x="{_PAD_L + width / 2:.0f}" y="{_CHART_H - 8}" text-anchor="middle">'
-        "texts/s (log scale)</text>"
-        f'<text transform="translate(16 {_PAD_T + height / 2:.0f}) rotate(-90)" '
-        f'text-anchor="middle">recall@{report.k}</text>'
-    )
-    placed: list[tuple[float, float]] = []
-    for speed, recall, side, row in points:
-        place = report.candidates.index(row) + 1
-        colour = _COLOURS[(place - 1) % len(_COLOURS)]
-        fill = colour if side == "switch" else "white"
-        px, py = x(speed), y(recall)
-        ly = py + 4
-        while any(abs(ly - oy) < 13 and abs(px - ox) < 60 for ox, oy in placed):
-            ly += 13  # labels of points that coincide stack downwards
-        placed.append((px, ly))
-        parts.append(
-            f'<circle cx="{px:.1f}" cy="{py:.1f}" r="6" fill="{fill}" stroke="{colour}" '
-            'stroke-width="2"/>'
-            f'<text x="{px + 10:.1f}" y="{ly:.1f}" fill="{colour}">#{place} {side}</text>'
-        )
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-_COLOURS = ("#0969da", "#1a7f37", "#bf3989", "#9a6700", "#cf222e", "#8250df")
+        return None, []
+    stored = next((row.retrieval for row in report.candidates if row.retrieval), None) or {}
+    as_stored = (stored.get("as_stored") or {}).get("recall_at_k")
+    return charts.speed_quality_svg(points, report.k, as_stored), legend

@@ -1,6 +1,6 @@
 """`guard compare`: several candidate engines judged on one shared sample of a store.
 
-The store is sampled once (``guard.check.draw_sample``); each candidate in turn is
+The store is sampled once (``guard.checking.sample.draw_sample``); each candidate in turn is
 warmed up (which loads it), timed on the first round's texts, and checked by
 ``guard.check.check_drawn`` on that same sample, reusing the timed vectors, so the
 verdict is exactly the one `guard check` gives. A candidate that does not load, or
@@ -60,6 +60,7 @@ def run_compare(
     cache: EmbeddingCache | None = None,
     queries: QuerySet | None = None,
     distractors: int = SUBCORPUS_DISTRACTORS,
+    strict: bool = False,
 ) -> CompareReport:
     """Judge every candidate URI on one draw from ``store``; the report is ranked.
 
@@ -71,14 +72,15 @@ def run_compare(
     Retrieval quality is measured on ``queries``, or on queries derived from the
     sample's texts (``synthetic``); the re-index sub-corpus holds ``distractors`` of the
     sample's records. Candidate URIs that cannot even be parsed (unknown scheme, bad
-    option) are a ConfigError before anything is measured; failures to load are rows."""
+    option) are a ConfigError before anything is measured; failures to load are rows.
+    ``strict`` refuses a sample limit that can never approve (guard.checking.sample)."""
     engines = _open_all(candidates)
     scratch = None
     if cache is None:  # this run's own: retrieval reuses the vectors each check made
         scratch = tempfile.TemporaryDirectory(prefix="guard-compare-")
         cache = EmbeddingCache(Path(scratch.name) / "run.sqlite")
     try:
-        drawn = draw_sample(store, thresholds, seed)
+        drawn = draw_sample(store, thresholds, seed, strict=strict)
         if baseline is not None:  # loaded now, so no candidate's memory figure holds it
             baseline.embed(_first_texts(drawn)[:1])
         context = prepare(

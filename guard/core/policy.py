@@ -5,11 +5,15 @@ The order of the rules is the contract of design.md; findings count by their ``r
 1. a ``broken_candidate`` finding: ``reject_candidate`` (4): the candidate itself is broken;
 2. an ``other_space`` finding: ``reindex`` (1): no setting helps;
 3. a finding whose setting explains every mismatch: ``fix_config`` (3);
-4. the bound's upper share within the allowed share, overlap@k at least the minimum
-   (when measured) and no ``blocks_approval`` finding: ``approve`` (0)
-   (a ``supports_reindex`` finding alone does not block: its group is within the
-   allowed share);
-5. anything else: ``reindex`` (1), with the ``supports_reindex`` evidence among the reasons.
+4. the bound's lower share above the allowed share, overlap@k below the minimum (when
+   measured) or a ``blocks_approval`` finding: ``reindex`` (1), with the
+   ``supports_reindex`` evidence among the reasons;
+5. a bound that has not decided when the sample is spent: ``undecided`` (5), with what
+   was seen and the sample that would decide; never a pass (a ``supports_reindex``
+   finding makes it a ``reindex``: part of the store is known to need one);
+6. else (the upper share within the allowed share): ``approve`` (0) (a
+   ``supports_reindex`` finding alone does not block: its group is within the allowed
+   share).
 ``error`` (2) belongs to the shell. The policy never approves when the bound exceeds
 the allowed share.
 """
@@ -25,13 +29,14 @@ from guard.core.findings import Finding, Role
 from guard.core.stats import Bound
 from guard.errors import ConfigError
 
-VerdictName = Literal["approve", "reindex", "error", "fix_config", "reject_candidate"]
+VerdictName = Literal["approve", "reindex", "error", "fix_config", "reject_candidate", "undecided"]
 EXIT_CODES: Mapping[VerdictName, int] = {
     "approve": 0,
     "reindex": 1,
     "error": 2,
     "fix_config": 3,
     "reject_candidate": 4,
+    "undecided": 5,
 }
 
 
@@ -134,8 +139,9 @@ def decide(
 
     if bound is None:
         return Verdict.of("reindex", "no comparison was possible")
+    decision = bound.decision
     blockers = []
-    if bound.share_below_threshold_upper > thresholds.allowed_share:
+    if decision == "fail":
         blockers.append(
             f"{bound_sentence(bound)}, more than the allowed {_percent(thresholds.allowed_share)}"
         )
@@ -146,6 +152,11 @@ def decide(
     blockers += _reasons(findings, "blocks_approval")
     if blockers:
         return Verdict.of("reindex", *blockers, *_reasons(findings, "supports_reindex"))
+    if decision == "continue":
+        supporting = _reasons(findings, "supports_reindex")
+        if supporting:
+            return Verdict.of("reindex", *supporting, undecided_sentence(bound))
+        return Verdict.of("undecided", undecided_sentence(bound))
     reasons = [bound_sentence(bound)]
     if overlap is not None:
         reasons.append(f"overlap@{thresholds.overlap_k} is {overlap:.3f}")
@@ -194,12 +205,19 @@ def vetoed(finding: Finding) -> Verdict:
 
 
 def bound_sentence(bound: Bound) -> str:
-    """The bound as a person reads it; the upper share is rounded up, never down."""
+    """The bound as a person reads it, from the side that decides: the upper share for an
+    approval (rounded up, never down), the lower share for a failure (rounded down)."""
     if bound.exact:
         return (
             f"all {bound.n} records with text were measured: "
             f"{_percent_up(bound.share_below_threshold_upper)} of stored vectors fall below "
             f"cosine {bound.threshold:g} against the candidate"
+        )
+    if bound.decision == "fail":
+        return (
+            f"{bound.failures} of {bound.n} sampled records fall below cosine "
+            f"{bound.threshold:g}: at {_percent(bound.confidence)} confidence at least "
+            f"{_percent_down(bound.share_below_threshold_lower)} of stored vectors do"
         )
     return (
         f"at {_percent(bound.confidence)} confidence at most "
@@ -208,8 +226,36 @@ def bound_sentence(bound: Bound) -> str:
     )
 
 
+def undecided_sentence(bound: Bound) -> str:
+    """What a bound that has not decided saw, and the sample that would decide."""
+    needed = bound.sample_to_decide()
+    more = (
+        f"; a sample of about {needed} records would decide if the share stays as seen"
+        if needed is not None and needed > bound.n
+        else ""
+    )
+    return (
+        f"after {bound.n} records the bound has not decided: {bound.failures} fall below "
+        f"cosine {bound.threshold:g}, so at {_percent(bound.confidence)} confidence between "
+        f"{_percent_down(bound.share_below_threshold_lower)} and "
+        f"{_percent_up(bound.share_below_threshold_upper)} of stored vectors do, against "
+        f"the allowed {_percent(bound.allowed_share)}{more}"
+    )
+
+
 def _percent(share: float) -> str:
     return f"{share * 100.0:g}%"
+
+
+def _percent_down(share: float) -> str:
+    """Two significant digits, rounded down: a lower bound must not grow in print."""
+    value = share * 100.0
+    if value <= 0.0:
+        return "0%"
+    step = 10.0 ** (math.floor(math.log10(value)) - 1)
+    rounded = math.floor(value / step + 1e-9) * step
+    text = f"{rounded:.{max(0, 1 - math.floor(math.log10(rounded)))}f}"
+    return (text.rstrip("0").rstrip(".") if "." in text else text) + "%"
 
 
 def _percent_up(share: float) -> str:

@@ -2,7 +2,8 @@
 
 Pure: the shell measures each candidate and hands over a ``Standing`` per candidate.
 Best first means: switchable without re-indexing first (``approve``), then a setting
-away from it (``fix_config``), then ``reindex``, then broken (``reject_candidate``),
+away from it (``fix_config``), then not yet decided (``undecided``: a larger sample
+may approve it), then ``reindex``, then broken (``reject_candidate``),
 then candidates that loaded but could not be judged, then those that did not load;
 within each class the faster first (texts per second), and the order given on ties.
 """
@@ -16,11 +17,12 @@ from dataclasses import dataclass
 _CLASS_ORDER: dict[str | None, int] = {
     "approve": 0,
     "fix_config": 1,
-    "reindex": 2,
-    "reject_candidate": 3,
-    None: 4,
+    "undecided": 2,
+    "reindex": 3,
+    "reject_candidate": 4,
+    None: 5,
 }
-_NOT_LOADED = 5
+_NOT_LOADED = 6
 
 # Exit codes of `guard compare` (design.md): 0 some candidate switches without a
 # re-index, 1 none does but some loaded, 4 none loaded. 2 (errors) belongs to the shell.
@@ -43,7 +45,7 @@ def rank(standings: Sequence[Standing]) -> list[int]:
 
     def key(index: int) -> tuple[int, float, int]:
         standing = standings[index]
-        group = _CLASS_ORDER.get(standing.verdict, 4) if standing.loaded else _NOT_LOADED
+        group = _CLASS_ORDER.get(standing.verdict, 5) if standing.loaded else _NOT_LOADED
         speed = standing.texts_per_second or 0.0
         return (group, -speed, index)
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self, runtime_checkable
 
 from guard.errors import ConfigError
 from guard.records import Vectors
 from guard.registry import instantiate
-from guard.uri import as_bool, as_int
+from guard.uri import as_bool, as_int, redact
 
 Pooling = Literal["mean", "cls", "last"]
 
@@ -116,9 +117,39 @@ ENGINES: dict[str, str] = {
     "ollama+https": "guard.engines.ollama:OllamaEngine",
     "st": "guard.engines.st:SentenceTransformerEngine",
     "model2vec": "guard.engines.model2vec:Model2VecEngine",
+    "onnx": "guard.engines.onnx:OnnxEngine",
 }
 
 
 def open_engine(uri: str) -> EmbeddingEngine:
-    engine: EmbeddingEngine = instantiate(ENGINES, uri, "engine")
+    try:
+        engine: EmbeddingEngine = instantiate(ENGINES, uri, "engine")
+    except ConfigError as exc:
+        suggestion = _did_you_mean(uri)
+        if suggestion is None:
+            raise
+        raise ConfigError(f"{exc}; did you mean {redact(suggestion)}?") from exc
     return engine
+
+
+def _did_you_mean(uri: str) -> str | None:
+    """The engine URI meant by a bare model path (or one behind an unknown scheme): a
+    ``.gguf`` file is llama.cpp's, a ``.onnx`` file or a folder holding one ONNX
+    Runtime's, another folder sentence-transformers' or model2vec's."""
+    scheme, colon, rest = uri.partition(":")
+    if colon and scheme.lower() in ENGINES:
+        return None
+    path = rest.removeprefix("//") if colon else uri  # file:///m.gguf -> /m.gguf
+    file = Path(path.split("?", 1)[0]).expanduser()
+    onnx = "onnx" in ENGINES
+    if file.suffix.lower() == ".gguf":
+        return f"llamacpp:{path}"
+    if file.suffix.lower() == ".onnx" and onnx:
+        return f"onnx:{path}"
+    if not file.is_dir():
+        return None
+    if onnx and any((file / name).is_file() for name in ("model.onnx", "onnx/model.onnx")):
+        return f"onnx:{path}"
+    if (file / "modules.json").is_file():
+        return f"st:{path}"
+    return f"st:{path} or model2vec:{path}"

@@ -8,6 +8,7 @@ any drifts, 2 when any run failed.
 from __future__ import annotations
 
 import json
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,9 +17,13 @@ import typer
 from rich.console import Console
 
 monitor_app = typer.Typer(
-    help="Watch stores for drift on a schedule: metrics, history, alerts on change."
+    rich_markup_mode=None,  # plain help, as guard.cli's
+    help="Watch stores for drift on a schedule: metrics, history, alerts on change.",
+    short_help="Watch stores for drift on a schedule.",
 )
-out = Console()
+# Nothing written to a file or a pipe wraps (guard.cli's stdout does the same).
+_tty = sys.stdout.isatty()
+out = Console(soft_wrap=not _tty, width=None if _tty else 10_000)
 
 
 class Format(StrEnum):
@@ -30,7 +35,7 @@ ConfigOption = Annotated[
     Path | None,
     typer.Option(
         "--config",
-        help="guard.toml with \\[\\[watch]] and \\[monitor] tables (default ./guard.toml).",
+        help="guard.toml with [[watch]] and [monitor] tables (default ./guard.toml).",
     ),
 ]
 DEFAULT_CONFIG = Path("guard.toml")

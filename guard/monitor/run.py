@@ -154,7 +154,8 @@ def sample_check(
         threshold=thresholds.min_cosine,
         allowed_share=thresholds.allowed_share,
         confidence=thresholds.confidence,
-        population=len(usable) if len(drawn) == info.count else None,
+        # drawn without repeats from a store of known size: exact (hypergeometric)
+        population=len(usable) if len(drawn) == info.count else info.count,
     )
     overlap = overlap_through_index(
         store, usable.vectors, vectors, thresholds.overlap_k, queries=OVERLAP_QUERIES

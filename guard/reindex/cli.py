@@ -8,6 +8,7 @@ complete and right.
 from __future__ import annotations
 
 import json
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,11 +20,17 @@ from rich.table import Table
 
 reindex_app = typer.Typer(
     no_args_is_help=True,
+    rich_markup_mode=None,  # plain help, as guard.cli's
     help="Plan, run, verify and switch re-index jobs (batched, resumable, atomic cutover).",
+    short_help="Plan, run, verify and switch re-index jobs.",
 )
-out = Console()
+# Nothing written to a file or a pipe wraps (guard.cli's stdout does the same).
+_tty = sys.stdout.isatty()
+out = Console(soft_wrap=not _tty, width=None if _tty else 10_000)
 
-JobId = Annotated[str, typer.Argument(help="Job id (or its first 8+ hex digits).")]
+JobId = Annotated[
+    str, typer.Argument(metavar="JOB_ID", help="Job id (or its first 8+ hex digits).")
+]
 
 
 class Format(StrEnum):
@@ -103,7 +110,7 @@ def run(
     ] = 60.0,
     output_format: FormatOption = Format.text,
     config: Annotated[
-        Path | None, typer.Option(help="guard.toml whose \\[cache] table the run uses.")
+        Path | None, typer.Option(help="guard.toml whose [cache] table the run uses.")
     ] = None,
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Embed every text afresh; leave the cache alone.")

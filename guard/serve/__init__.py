@@ -1,6 +1,9 @@
-"""``guard serve``: any engine URI behind OpenAI's /v1/embeddings and Ollama's /api/embed,
-so that applications switch by changing a base URL and get exactly the configuration the
-guard approved (bridge included), with its fingerprint on every answer.
+"""``guard serve``: any engine URI behind OpenAI's /v1/embeddings and Ollama's /api/embed
+(and its older /api/embeddings), so that applications switch by changing a base URL and
+get exactly the configuration the guard approved (bridge included), with its fingerprint
+on every answer and in ``guard_serve_engine_info``. A request naming another model than
+the served one is refused (404), since answering it would be the silent mismatch the
+guard exists to catch; ``any_model`` accepts every name.
 
 Starlette and uvicorn come with the ``serve`` extra; without them this fails with one
 line before anything loads. The engine is opened, fingerprinted and warmed up before the
@@ -28,8 +31,12 @@ def serve(
     port: int = 8080,
     limits: Limits | None = None,
     announce: Callable[[str], None] = print,
+    any_model: bool = False,
 ) -> None:
-    """Serve until SIGTERM or SIGINT, then finish the requests in flight and return."""
+    """Serve until SIGTERM or SIGINT, then finish the requests in flight and return.
+
+    A request naming a model is answered only for the served model's names (404 in its
+    API's shape for another), unless ``any_model``."""
     try:
         import uvicorn
 
@@ -48,13 +55,13 @@ def serve(
     try:
         dims = int(engine.embed(["guard serve warms up the engine"]).shape[1])
         model = describe(engine, engine_uri, dims)
-        metrics = Metrics()
+        metrics = Metrics(model)
         batcher = Batcher(
             engine, max_batch=limits.max_batch, max_queue=limits.max_queue, on_batch=metrics.batch
         )
         metrics.watch_queue(batcher.depth)
         listener = _listen(host, port)
-        app = build_app(Service(model, batcher, limits, metrics))
+        app = build_app(Service(model, batcher, limits, metrics, any_model=any_model))
         config = uvicorn.Config(
             app, log_config=None, access_log=False, log_level="warning",
             timeout_graceful_shutdown=30, lifespan="off",
@@ -62,9 +69,10 @@ def serve(
         bound_host, bound_port = listener.getsockname()[:2]
         batcher.start()
         try:
+            names = "any model name" if any_model else f"model names: {', '.join(model.names)}"
             announce(
                 f"serving {model.id} ({engine.uri}) on http://{bound_host}:{bound_port}, "
-                f"{dims} dimensions, fingerprint sha256:{model.fingerprint_sha256}"
+                f"{dims} dimensions, fingerprint sha256:{model.fingerprint_sha256}; {names}"
             )
             with _exit_quietly_on_signals():
                 uvicorn.Server(config).run(sockets=[listener])

@@ -2,7 +2,10 @@
 
 Each API answers in its own shapes, errors included (OpenAI
 ``{"error": {"message", "type", "param", "code"}}``, Ollama ``{"error": "..."}``), so
-that their own clients work unchanged. A request is checked completely (size, JSON,
+that their own clients work unchanged. Ollama's older ``/api/embeddings`` (one
+``prompt``, one ``embedding``) is served beside ``/api/embed``. A request naming a model
+that is not the served one gets 404 (code ``model_not_found``) unless the server
+accepts any name. A request is checked completely (size, JSON,
 types, count) before it reaches the engine thread; whatever goes wrong after that is the
 engine's, answered 5xx with its one-line message. Every response carries the engine's
 fingerprint hash in ``X-Guard-Fingerprint``.
@@ -33,7 +36,8 @@ from guard.version import __version__
 
 log = structlog.get_logger(__name__)
 
-Api = Literal["openai", "ollama"]
+# "ollama_legacy": Ollama's older /api/embeddings ({"model", "prompt"} -> {"embedding"}).
+Api = Literal["openai", "ollama", "ollama_legacy"]
 FINGERPRINT_HEADER = "X-Guard-Fingerprint"
 
 
@@ -54,6 +58,7 @@ class Service:
     batcher: Batcher
     limits: Limits
     metrics: Metrics
+    any_model: bool = False  # answer requests naming any model, not only the served one
 
     def headers(self) -> dict[str, str]:
         return {FINGERPRINT_HEADER: f"sha256:{self.model.fingerprint_sha256}"}
@@ -72,13 +77,23 @@ def build_app(service: Service) -> Starlette:
     async def ollama_embed(request: Request) -> Response:
         return await _embeddings(service, request, "ollama")
 
+    async def ollama_embeddings(request: Request) -> Response:
+        return await _embeddings(service, request, "ollama_legacy")
+
     async def models(_request: Request) -> Response:
         return service.json({"object": "list", "data": [_openai_model(model)]})
 
     async def tags(_request: Request) -> Response:
         return service.json({"models": [_ollama_model(model)]})
 
-    async def show(_request: Request) -> Response:
+    async def show(request: Request) -> Response:
+        try:
+            body = await _read_json(request, service.limits.max_body_bytes)
+            name = body.get("model", body.get("name"))  # "name": older Ollama clients
+            if name is not None:
+                _check_model(service, {"model": name}, "ollama")
+        except RequestError as exc:
+            return _error(service, "ollama", exc)
         return service.json(
             {
                 "details": _ollama_details(model),
@@ -122,6 +137,7 @@ def build_app(service: Service) -> Starlette:
             Route("/v1/embeddings", openai_embeddings, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/api/embed", ollama_embed, methods=["POST"]),
+            Route("/api/embeddings", ollama_embeddings, methods=["POST"]),
             Route("/api/tags", tags, methods=["GET"]),
             Route("/api/show", show, methods=["POST"]),
             Route("/api/version", ollama_version, methods=["GET"]),
@@ -136,32 +152,43 @@ async def _embeddings(service: Service, request: Request, api: Api) -> Response:
     started = time.perf_counter()
     try:
         body = await _read_json(request, service.limits.max_body_bytes)
+        _check_model(service, body, api)
         texts = _texts(body, api, service.limits.max_inputs)
         encoding = _encoding(body, api, service.model.dims)
-        try:
-            embedded = await service.batcher.embed(texts)
-        except Overloaded as exc:
-            raise RequestError(503, f"server busy: {exc}", kind="overloaded") from exc
-        except TextTooLongError as exc:
-            raise RequestError(400, str(exc), kind="text_too_long", param="input") from exc
-        except GuardError as exc:
-            raise RequestError(500, str(exc), kind="engine") from exc
-        except Exception as exc:  # an engine bug: one line, never a traceback to the client
-            log.error("serve_engine_bug", error=repr(exc))
-            raise RequestError(500, f"engine failed: {type(exc).__name__}", kind="engine") from exc
+        # Ollama answers an empty prompt with an empty embedding (clients send one to
+        # load the model): no engine call.
+        embedded = await _embed(service, texts) if texts else None
     except RequestError as exc:
         response = _error(service, api, exc)
     else:
         service.metrics.texts.labels(api).inc(len(texts))
-        answer = (
-            _openai_answer(service.model, embedded, encoding)
-            if api == "openai"
-            else _ollama_answer(service.model, embedded, started)
-        )
+        if embedded is None:
+            answer: dict[str, Any] = {"embedding": []}
+        elif api == "openai":
+            answer = _openai_answer(service.model, embedded, encoding)
+        elif api == "ollama":
+            answer = _ollama_answer(service.model, embedded, started)
+        else:
+            answer = {"embedding": embedded.rows[0].tolist()}
         response = service.json(answer)
     service.metrics.requests.labels(api, str(response.status_code)).inc()
     service.metrics.latency.labels(api).observe(time.perf_counter() - started)
     return response
+
+
+async def _embed(service: Service, texts: list[str]) -> Embedded:
+    """The texts' rows from the engine thread; its failures as request errors."""
+    try:
+        return await service.batcher.embed(texts)
+    except Overloaded as exc:
+        raise RequestError(503, f"server busy: {exc}", kind="overloaded") from exc
+    except TextTooLongError as exc:
+        raise RequestError(400, str(exc), kind="text_too_long", param="input") from exc
+    except GuardError as exc:
+        raise RequestError(500, str(exc), kind="engine") from exc
+    except Exception as exc:  # an engine bug: one line, never a traceback to the client
+        log.error("serve_engine_bug", error=repr(exc))
+        raise RequestError(500, f"engine failed: {type(exc).__name__}", kind="engine") from exc
 
 
 async def _read_json(request: Request, limit: int) -> dict[str, Any]:
@@ -185,12 +212,34 @@ async def _read_json(request: Request, limit: int) -> dict[str, Any]:
     return body
 
 
-def _texts(body: dict[str, Any], api: Api, max_inputs: int) -> list[str]:
-    """``input`` as a list of non-empty strings (token arrays are not taken)."""
-    if api == "ollama" and not isinstance(body.get("model"), str):
+def _check_model(service: Service, body: dict[str, Any], api: Api) -> None:
+    """The request's ``model`` must name the served model (its id or an alias), unless
+    the server takes any name; OpenAI's may be absent, Ollama's is required."""
+    name = body.get("model")
+    if api != "openai" and not isinstance(name, str):
         raise RequestError(400, "model is required", kind="bad_request", param="model")
-    if api == "openai" and "model" in body and not isinstance(body["model"], str):
+    if name is not None and not isinstance(name, str):
         raise RequestError(400, "'model' must be a string", kind="bad_request", param="model")
+    if name is None or service.any_model or service.model.answers_to(name):
+        return
+    raise RequestError(
+        404,
+        f"model {name!r} not found: this server serves {service.model.id!r} (names: "
+        f"{', '.join(service.model.names)}); start guard serve with --any-model to answer "
+        "any name",
+        kind="model_not_found",
+        param="model",
+    )
+
+
+def _texts(body: dict[str, Any], api: Api, max_inputs: int) -> list[str]:
+    """``input`` as a list of non-empty strings (token arrays are not taken); Ollama's
+    older endpoint: ``prompt``, one string (empty: no text)."""
+    if api == "ollama_legacy":
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str):
+            raise RequestError(400, "'prompt' must be a string", kind="bad_request", param="prompt")
+        return [prompt] if prompt else []
     raw = body.get("input")
     if raw is None:
         raise RequestError(400, "'input' is required", kind="bad_request", param="input")
@@ -215,7 +264,7 @@ def _texts(body: dict[str, Any], api: Api, max_inputs: int) -> list[str]:
 def _encoding(body: dict[str, Any], api: Api, dims: int) -> str:
     """OpenAI's ``encoding_format`` (its Python client asks for base64), and ``dimensions``
     only where it is the engine's own size: the server never cuts vectors."""
-    if api == "ollama":
+    if api != "openai":
         return "float"
     encoding = body.get("encoding_format") or "float"
     if encoding not in ("float", "base64"):
@@ -302,7 +351,7 @@ def _reason(status: int) -> str:
 def _error(service: Service, api: Api, exc: RequestError) -> JSONResponse:
     """The error in the API's own shape, counted by kind."""
     service.metrics.errors.labels(exc.kind).inc()
-    if api == "ollama":
+    if api != "openai":
         return service.json({"error": str(exc)}, exc.status)
     kind = "invalid_request_error" if exc.status < 500 else "server_error"
     body = {"error": {"message": str(exc), "type": kind, "param": exc.param, "code": exc.kind}}

@@ -4,18 +4,33 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from guard.serve.batcher import BatchStats
+from guard.serve.model import ServedModel
 
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class Metrics:
-    """Requests, texts, errors by kind, request latency, and what each engine call took."""
+    """Requests, texts, errors by kind, request latency, what each engine call took, and
+    which engine answers (``guard_serve_engine_info``: its fingerprint hash, model name,
+    engine and dimensions, so that a dashboard or an alert can tell a switch)."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: ServedModel) -> None:
         self.registry = registry = CollectorRegistry()
+        Info(
+            "guard_serve_engine", "The served engine: fingerprint hash, model, engine, size.",
+            registry=registry,
+        ).info(
+            {
+                "model": model.id,
+                "fingerprint_sha256": model.fingerprint_sha256,
+                "engine": model.engine,
+                "file_type": model.file_type,
+                "dims": str(model.dims),
+            }
+        )  # fmt: skip
         self.requests = Counter(
             "guard_serve_requests", "Embedding requests by API and HTTP status.",
             ["api", "status"], registry=registry,

@@ -31,13 +31,26 @@ class Limits:
 
 @dataclass(frozen=True)
 class ServedModel:
-    """The engine as both APIs name and describe it."""
+    """The engine as both APIs name and describe it.
+
+    ``aliases`` are the other names a request may give it (the model file's name with
+    its suffix); Ollama's ``:latest`` tag is accepted on each name."""
 
     id: str
     dims: int
     fingerprint: dict[str, Any]
     fingerprint_sha256: str
     created: int = field(default_factory=lambda: int(time.time()))
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name a request may give the model, the served id first."""
+        return (self.id, *(alias for alias in self.aliases if alias != self.id))
+
+    def answers_to(self, name: str) -> bool:
+        """Whether a request naming ``name`` asks for this model."""
+        return name in self.names or name.removesuffix(":latest") in self.names
 
     @property
     def engine(self) -> str:
@@ -58,13 +71,17 @@ class ServedModel:
 
 def describe(engine: EmbeddingEngine, engine_uri: str, dims: int) -> ServedModel:
     """Name the engine by its URI: the ``model=`` it asks a server for, else the file or
-    folder it loads without its suffix (``llamacpp:/m/minilm-F16.gguf`` -> ``minilm-F16``)."""
+    folder it loads without its suffix (``llamacpp:/m/minilm-F16.gguf`` -> ``minilm-F16``,
+    with ``minilm-F16.gguf`` as an alias)."""
     parsed = parse(engine_uri)
-    name = parsed.params.get("model") or PurePosixPath(unquote(parsed.path or parsed.netloc)).stem
+    served = parsed.params.get("model")
+    loaded = PurePosixPath(unquote(parsed.path or parsed.netloc))
+    name = served or loaded.stem
     fingerprint = engine.fingerprint()
     return ServedModel(
         id=name or parsed.scheme,
         dims=dims,
         fingerprint=fingerprint,
         fingerprint_sha256=fingerprint_sha256(fingerprint),
+        aliases=() if served or not loaded.name else (loaded.name,),
     )
