@@ -7,7 +7,9 @@ reference's 256-token limit), then, in one run:
 - checks the same engine and divides the check's wall time by the raw engine's time on
   exactly the texts the check embedded (target: at most 1.10);
 - reports how many records the sequential bound needed before it decided, for an
-  identical, a Q8_0, a Q4_0 and a rotated (different-space) candidate.
+  identical, a Q8_0, a Q4_0 and a rotated (different-space) candidate, next to the
+  fewest any exact test needs for the store's size (target for the identical engine:
+  at most 1.10x).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 
 from guard.checking.run import run_check
 from guard.core.policy import Thresholds
+from guard.core.stats import fewest_to_approve
 from guard.corpus import demo_corpus
 from guard.engines import open_engine
 from guard.logs import configure
@@ -75,7 +78,9 @@ def main() -> None:
 
     # 2. Records the sequential bound needed before deciding.
     print()
-    print(f"{'candidate':<10} {'verdict':<17} {'records':>7} {'rounds':>6}  causes")
+    fewest = fewest_to_approve(thresholds.allowed_share, thresholds.confidence, len(texts))
+    print(f"fewest records any exact test can approve with on {len(texts)}: {fewest}")
+    print(f"{'candidate':<10} {'verdict':<17} {'records':>7} {'/ fewest':>8} {'rounds':>6}  causes")
     for name, store_key, uri in [
         ("identical", "F16", f16),
         ("Q8_0", "F16", f"llamacpp:{built['Q8_0']}?max_tokens=256"),
@@ -86,8 +91,9 @@ def main() -> None:
         candidate = open_engine(uri)
         result = run_check(store, candidate, thresholds=thresholds, seed=1)
         causes = ",".join(f["cause"] for f in result.diagnosis) or "-"
+        measured = result.bound["n"] if result.bound else result.sample["size"]
         print(
-            f"{name:<10} {result.verdict:<17} {result.sample['size']:>7} "
+            f"{name:<10} {result.verdict:<17} {measured:>7} {measured / fewest:>8.2f} "
             f"{result.sample['rounds']:>6}  {causes}"
         )
         candidate.close()
