@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from guard.errors import ConfigError
+from guard.progress import Progress
 
 if TYPE_CHECKING:
     from guard.cache import EmbeddingCache
@@ -42,6 +43,7 @@ def check(
     thresholds: Mapping[str, Any] | None = None,
     bridge_out: str | Path | None = None,
     cache: bool = True,
+    progress: Progress | None = None,
 ) -> CheckReport:
     """Is switching ``store``'s engine to ``candidate`` safe without re-indexing?
 
@@ -80,6 +82,7 @@ def check(
             bridge_out=Path(bridge_out) if bridge_out is not None else None,
             cache=embeddings,
             strict=True,
+            progress=progress,
         )
         if asked is not None and reference is not None:
             report = check_retrieval(
@@ -99,6 +102,7 @@ def compare(
     queries: str | Path | None = None,
     subcorpus: int = 1000,
     cache: bool = True,
+    progress: Progress | None = None,
 ) -> CompareReport:
     """Rank ``candidates`` on one sample of ``store``: loads, verdict, speed, memory and
     retrieval quality, as ``guard compare`` does."""
@@ -135,6 +139,7 @@ def compare(
             queries=asked,
             distractors=subcorpus,
             strict=True,
+            progress=progress,
         )
 
 
@@ -169,6 +174,7 @@ def run(
     lease_seconds: float = 60.0,
     config: str | Path | None = None,
     cache: bool = True,
+    progress: Progress | None = None,
 ) -> WorkerResult:
     """Work on the job until it is done, paused or outside its window; safe to kill and
     call again, here or on any other machine sharing the state database."""
@@ -178,7 +184,7 @@ def run(
     settings = load_config(Path(config) if config is not None else None)
     with ExitStack() as stack:
         embeddings = _cache(stack, settings.cache, enabled=cache)
-        return run_worker(job_id, lease_seconds=lease_seconds, cache=embeddings)
+        return run_worker(job_id, lease_seconds=lease_seconds, cache=embeddings, progress=progress)
 
 
 def status(job_id: str) -> JobStatus:

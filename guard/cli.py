@@ -23,6 +23,7 @@ from typer.core import TyperCommand
 from guard import __version__, logs
 from guard.errors import ConfigError, GuardError
 from guard.monitor.cli import monitor_app
+from guard.progress import on_terminal
 from guard.reindex.cli import reindex_app
 from guard.uri import redact
 
@@ -227,6 +228,7 @@ def check(
     result = api.check(
         store,
         candidate,
+        progress=on_terminal(stderr),
         baseline=baseline,
         config=config,
         sample=sample,
@@ -334,6 +336,7 @@ def compare(
     result = api.compare(
         store,
         candidate,
+        progress=on_terminal(stderr),
         baseline=baseline,
         sample=sample,
         seed=seed,

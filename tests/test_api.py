@@ -161,7 +161,8 @@ def test_a_reindex_runs_through_the_api_from_plan_to_cleanup(
         alias = live.split("collection=")[1]
 
     job = guard.plan(store=source, candidate=f"llamacpp:{gguf_f16}", batch_size=10)
-    worked = guard.run(job.job_id)
+    batches: list[str] = []
+    worked = guard.run(job.job_id, progress=batches.append)
     checked = guard.verify(job.job_id, sample=30)
     switched = guard.cutover(job.job_id, alias=alias)
     with open_store(live) as served:
@@ -171,6 +172,7 @@ def test_a_reindex_runs_through_the_api_from_plan_to_cleanup(
         after_rollback = served.fetch([0, 29]).vectors
 
     assert (worked.stopped, worked.written, checked.ok) == ("done", 30, True)
+    assert len(batches) == 3 and batches[-1].endswith("this worker: 3 batches, 30 records")
     assert (switched.state, guard.status(job.job_id).state) == ("cut_over", "rolled_back")
     with open_engine(f"llamacpp:{gguf_f16}") as engine:
         fresh = engine.embed([texts[0], texts[29]])

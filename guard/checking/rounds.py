@@ -15,9 +15,12 @@ from guard.core.policy import Thresholds
 from guard.core.stats import Bound, SequentialPlan
 from guard.engines import EmbeddingEngine
 from guard.logs import get_logger
+from guard.progress import Progress
 from guard.records import RecordBatch, StoreInfo, Vectors
 
 log = get_logger(__name__)
+
+_said = {"pass": "the bound approves", "fail": "the bound rejects", "continue": "undecided yet"}
 
 
 @dataclass(frozen=True)
@@ -37,8 +40,10 @@ def measure_in_rounds(
     candidate: EmbeddingEngine,
     info: StoreInfo,
     thresholds: Thresholds,
+    progress: Progress | None = None,
 ) -> Measured:
-    """Embed round after round until the bound decides or the sample is spent."""
+    """Embed round after round until the bound decides or the sample is spent;
+    ``progress`` hears of each round."""
     vectors = first
     rounds = [look.n for look in plan.looks]
     tokens = np.asarray(candidate.count_tokens(texts_of(usable, 0, rounds[0])), dtype=np.int64)
@@ -59,6 +64,11 @@ def measure_in_rounds(
             upper=current.share_below_threshold_upper,
             decision=current.decision,
         )
+        if progress is not None:
+            progress(
+                f"round {number} of {len(rounds)}: {current.failures} of {size} records below "
+                f"cosine {thresholds.min_cosine:g}, {_said[current.decision]}"
+            )
         if current.decision != "continue":
             break
     return Measured(usable.take(range(len(vectors))), vectors, comparison, current)

@@ -37,6 +37,7 @@ from guard.core.selfcheck import selfcheck
 from guard.engines import EmbeddingEngine
 from guard.errors import ConfigError
 from guard.logs import get_logger
+from guard.progress import Progress
 from guard.records import StoreInfo, Vectors
 from guard.stores import VectorStore
 
@@ -60,6 +61,7 @@ def run_check(
     bridge_out: Path | None = None,
     cache: EmbeddingCache | None = None,
     strict: bool = False,
+    progress: Progress | None = None,
 ) -> CheckReport:
     """Check ``candidate`` against the vectors in ``store``; the report holds the verdict.
 
@@ -82,6 +84,7 @@ def run_check(
         bridge_out=bridge_out,
         timer=timer,
         cache=cache,
+        progress=progress,
     )
 
 
@@ -97,6 +100,7 @@ def check_drawn(
     embedded: Vectors | None = None,
     timer: Timer | None = None,
     cache: EmbeddingCache | None = None,
+    progress: Progress | None = None,
 ) -> CheckReport:
     """``run_check`` on a sample already drawn with the same ``thresholds`` and ``seed``.
 
@@ -138,7 +142,9 @@ def check_drawn(
         )
 
     with timer.phase("embed"):
-        measured = measure_in_rounds(usable, first, drawn.plan, candidate, info, thresholds)
+        measured = measure_in_rounds(
+            usable, first, drawn.plan, candidate, info, thresholds, progress
+        )
     with timer.phase("selfcheck"):
         broken = _selfcheck(measured, bare(candidate))
     with timer.phase("search"):

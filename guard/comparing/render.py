@@ -27,6 +27,8 @@ _COLUMNS = (
     "#", "candidate", "verdict", "causes", "texts/s", "tokens/s", "size", "+RSS",
     "R@k switch", "R@k reindexed", "R@k bridged",
 )  # fmt: skip
+# Narrower terminals get a block per candidate instead of the eleven-column table.
+WIDE_ENOUGH = 120
 _NUMBERS = frozenset(
     {"#", "texts/s", "tokens/s", "size", "+RSS", "R@k switch", "R@k reindexed", "R@k bridged"}
 )
@@ -37,6 +39,9 @@ def to_text(report: CompareReport, console: Console) -> None:
     models by file name; the reasons of candidates that failed below the table."""
     console.print(Text(_headline(report), style="bold"))
     console.print(_context(report), markup=False, highlight=False)
+    if console.width < WIDE_ENOUGH:
+        _stacked(report, console)
+        return
     table = Table(show_header=True, header_style="bold")
     for name in _COLUMNS:
         if name in _NUMBERS:
@@ -55,6 +60,30 @@ def to_text(report: CompareReport, console: Console) -> None:
     console.print(table)
     for note in notes:
         console.print(note, markup=False, highlight=False, soft_wrap=True)
+    console.print(retrieval_note(report), markup=False, highlight=False)
+    console.print(_footnote(report), style="dim", markup=False, highlight=False)
+
+
+def _stacked(report: CompareReport, console: Console) -> None:
+    """The ranking on a narrow terminal: a block per candidate, its name, verdict and
+    causes on the first line, whole, and its figures below, instead of eleven squeezed
+    columns."""
+    for place, row in enumerate(report.candidates, start=1):
+        cells = dict(zip(_COLUMNS, _cells(place, row), strict=True))
+        style = VERDICT_STYLES.get(row.verdict or "", "red") if row.loaded else "dim"
+        head = Text(f"{place}. {label(row.candidate)}  ")
+        head.append(cells["verdict"], style=style)
+        if row.error is None and cells["causes"] not in ("", "-"):
+            head.append(f"  {cells['causes']}")
+        console.print(head)
+        for group in (_COLUMNS[4:8], _COLUMNS[8:]):
+            figures = " · ".join(
+                f"{name} {cells[name]}" for name in group if cells[name] not in ("", "-")
+            )
+            if figures:
+                console.print(f"   {figures}", markup=False, highlight=False)
+        if row.error is not None:
+            console.print(f"   {row.error}", markup=False, highlight=False)
     console.print(retrieval_note(report), markup=False, highlight=False)
     console.print(_footnote(report), style="dim", markup=False, highlight=False)
 

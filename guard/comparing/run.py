@@ -40,6 +40,7 @@ from guard.core.policy import Thresholds
 from guard.engines import EmbeddingEngine, open_engine
 from guard.errors import ConfigError, EngineError
 from guard.logs import get_logger
+from guard.progress import Progress
 from guard.stores import VectorStore
 
 log = get_logger(__name__)
@@ -61,6 +62,7 @@ def run_compare(
     queries: QuerySet | None = None,
     distractors: int = SUBCORPUS_DISTRACTORS,
     strict: bool = False,
+    progress: Progress | None = None,
 ) -> CompareReport:
     """Judge every candidate URI on one draw from ``store``; the report is ranked.
 
@@ -94,9 +96,12 @@ def run_compare(
             distractors=distractors,
         )
         rows = [
-            _judge(store, drawn, engine, thresholds, seed, baseline, cache, context)
-            for engine in engines
-        ]
+            _judge(
+                store, drawn, engine, thresholds, seed, baseline, cache, context,
+                _prefixed(progress, f"{number}/{len(engines)} {engine.uri}"),
+            )
+            for number, engine in enumerate(engines, start=1)
+        ]  # fmt: skip
     finally:
         for engine in engines:
             engine.close()
@@ -123,6 +128,14 @@ def _first_texts(drawn: DrawnSample) -> list[str]:
     return [text or "" for text in drawn.usable.texts[: drawn.rounds[0]]]
 
 
+def _prefixed(progress: Progress | None, prefix: str) -> Progress | None:
+    """Each candidate's progress lines, named."""
+    if progress is None:
+        return None
+    report = progress
+    return lambda line: report(f"{prefix}: {line}")
+
+
 def _judge(
     store: VectorStore,
     drawn: DrawnSample,
@@ -132,11 +145,12 @@ def _judge(
     baseline: EmbeddingEngine | None,
     cache: EmbeddingCache | None,
     context: Context,
+    progress: Progress | None = None,
 ) -> CandidateRow:
     """One candidate's row: load, speed, the check on the shared sample, retrieval.
     The engine is closed afterwards, so the next candidate's memory starts from here."""
     try:
-        return _measure(store, drawn, engine, thresholds, seed, baseline, cache, context)
+        return _measure(store, drawn, engine, thresholds, seed, baseline, cache, context, progress)
     finally:
         engine.close()
 
@@ -150,6 +164,7 @@ def _measure(
     baseline: EmbeddingEngine | None,
     cache: EmbeddingCache | None,
     context: Context,
+    progress: Progress | None = None,
 ) -> CandidateRow:
     texts = _first_texts(drawn)
     base = _reset_peak_rss()
@@ -182,6 +197,7 @@ def _measure(
             baseline=baseline,
             embedded=vectors,
             cache=cache,
+            progress=progress,
         )
         bridge = report.bridge or {}
         measured = measure(

@@ -18,6 +18,8 @@ from rich.console import Console
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
+from guard.progress import on_terminal
+
 reindex_app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,  # plain help, as guard.cli's
@@ -119,7 +121,13 @@ def run(
     """Work on the job until it is done, paused or outside its window; safe to kill."""
     from guard import api
 
-    result = api.run(job_id, lease_seconds=lease_seconds, config=config, cache=not no_cache)
+    result = api.run(
+        job_id,
+        lease_seconds=lease_seconds,
+        config=config,
+        cache=not no_cache,
+        progress=on_terminal(Console(stderr=True)),
+    )
     if output_format is Format.json:
         _json(result.as_dict())
     else:

@@ -32,6 +32,7 @@ from guard.cache import EmbeddingCache, cached, stats_of
 from guard.engines import EmbeddingEngine, open_engine
 from guard.errors import GuardError, ReindexError
 from guard.logs import get_logger
+from guard.progress import Progress
 from guard.records import RecordBatch
 from guard.reindex.embedding import check_engine, embed_records
 from guard.reindex.jobs import Job, load_job
@@ -107,11 +108,12 @@ def run_worker(
     dsn: str | None = None,
     stop: threading.Event | None = None,
     cache: EmbeddingCache | None = None,
+    progress: Progress | None = None,
 ) -> WorkerResult:
     """Work on a job until it is done, paused, outside its window, or stopped.
 
     With ``cache``, texts the candidate already embedded (a check's sample, a killed
-    run's last batches) are not embedded again.
+    run's last batches) are not embedded again. ``progress`` hears of each batch done.
 
     SIGTERM and SIGINT (when called from the main thread) stop it cleanly: in-flight
     batches are given back. SIGKILL loses nothing either: the leases just expire.
@@ -123,7 +125,7 @@ def run_worker(
         job = load_job(conn, job_ref)
     if job.state != "active":
         raise ReindexError(f"the job is {job.state}; nothing to run", job_id=job.short)
-    worker = _Worker(job, default_worker_id(), lease_seconds, dsn, stop, cache)
+    worker = _Worker(job, default_worker_id(), lease_seconds, dsn, stop, cache, progress)
     with _signals_stop(stop):
         return worker.run()
 
@@ -154,9 +156,11 @@ class _Worker:
         dsn: str | None,
         stop: threading.Event,
         cache: EmbeddingCache | None = None,
+        progress: Progress | None = None,
     ) -> None:
         self.job = job
         self.cache = cache
+        self.progress = progress
         self.worker = worker
         self.lease_seconds = lease_seconds
         self.dsn = dsn
@@ -390,6 +394,12 @@ class _Worker:
                             "batch done", job=self.job.short, batch=item.lease.seq,
                             written=written, skipped=skipped,
                         )  # fmt: skip
+                        if self.progress is not None:
+                            self.progress(
+                                f"batch {item.lease.seq} done: {written} written, {skipped} "
+                                f"skipped; this worker: {self.batches_done} batches, "
+                                f"{self.written} records"
+                            )
                     else:
                         log.warning("lease lost; batch left to another worker",
                                     job=self.job.short, batch=item.lease.seq)  # fmt: skip
