@@ -8,8 +8,10 @@ get only the result.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from rich.console import Console
+if TYPE_CHECKING:
+    from rich.console import Console
 
 Progress = Callable[[str], None]
 
