@@ -145,7 +145,7 @@ def run_demo(console: Console, *, limit: int, sample_size: int, seed: int) -> li
     for line in _diagnoses(results):
         console.print(line, highlight=False)
     console.print(
-        "Exit codes: approve 0, reindex 1, error 2, fix_config 3, reject_candidate 4. "
+        "Exit codes: approve 0, reindex 1, error 2, fix_config 3, reject_candidate 4, undecided 5. "
         "Details of one pair: guard check --store URI --candidate ENGINE"
     )
     return results

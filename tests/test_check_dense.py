@@ -294,3 +294,45 @@ def _by_id(uri: str) -> dict[object, np.ndarray]:  # type: ignore[type-arg]
         }
     finally:
         store.close()
+
+
+PROBED = 1600  # records: the full fit (800 rows) is larger than the probe (578 + 100)
+
+
+@pytest.mark.parametrize(("writer", "bridged"), [("cut2", False), ("dense768", True)])
+def test_the_bridge_probe_stops_a_hopeless_bridge_and_lets_a_linear_one_through(
+    writer: str,
+    bridged: bool,
+    models_cache: Path,
+    corpus: list[str],
+    gguf_f16: Path,
+    projections: dict[int, tuple[Path, Path]],
+    new_store_uri: Callable[..., str],
+    tmp_path: Path,
+) -> None:
+    """On a sample large enough for a probe short of the full fit: the 2-layer model's
+    store stops after the probe (578 fitted, 100 held out); the Dense layer's store passes
+    the probe and the full fit finds its bridge."""
+    split = (s for text in corpus for s in re.split(r"(?<=[.!?])\s+", text))
+    texts = list(dict.fromkeys(s for s in split if 40 <= len(s) <= 200))[:PROBED]
+    folder, gguf = projections[768]
+    source, candidate = (
+        (build_cut_model(models_cache, 2), f"llamacpp:{gguf_f16}")
+        if writer == "cut2"
+        else (folder, f"llamacpp:{gguf}")
+    )
+    with open_engine(f"st:{source}") as engine:
+        store = write_store(new_store_uri(), texts, engine.embed(texts))
+
+    result = guard(
+        "check", "--store", store, "--candidate", candidate, "--sample", str(PROBED),
+        "--format", "json", "--bridge-out", str(tmp_path / "b.npz"),
+    )  # fmt: skip
+    bridge = json.loads(result.stdout)["bridge"]
+
+    assert bridge["passed"] is bridged
+    if bridged:
+        assert (bridge["fitted_on"], bridge["held_out_cosine"]["min"] >= 0.999) == (800, True)
+    else:
+        assert (bridge["fitted_on"], bridge["validated_on"]) == (578, 100)
+        assert bridge["held_out_cosine"]["median"] < 0.99

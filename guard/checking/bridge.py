@@ -3,6 +3,7 @@ on held-out records: the check's answer when another space or size is the mismat
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,15 @@ from guard.records import RecordBatch, StoreInfo, Vectors
 from guard.stores import VectorStore
 
 log = get_logger(__name__)
+
+# Before the full fit (three rows per parameter, then as many held out), an affine map
+# is fitted on PROBE_ROWS_PER_PARAMETER rows per parameter and judged on PROBE_HELD_OUT
+# more. A linear relation (a dropped projection layer) is recovered exactly there
+# (measured on all-MiniLM-L6-v2 + Dense(384 -> 768): held-out median 1.000 on 600 rows),
+# while a different model stays far off (the reference cut to 2 layers: 0.90), so a
+# held-out median below min_cosine stops the bridge at a third of the full cost.
+PROBE_ROWS_PER_PARAMETER = 1.5
+PROBE_HELD_OUT = 100
 
 
 def try_bridge(
@@ -116,6 +126,9 @@ def _fit_and_judge(
 ) -> tuple[list[Trial], Trial | None, float | None]:
     n = len(usable)
     fit_n = fitting_rows(embedded.shape[1] if len(embedded) else info.dims, n)
+    hopeless, embedded = _probe(usable, embedded, candidate, info, thresholds, fit_n)
+    if hopeless is not None:
+        return [hopeless], None, None
     fit_rows, _ = split(n, fit_n)
     rounds = plan_rounds(fit_n, n - fit_n)
     looks = len(rounds) * len(KINDS)
@@ -166,6 +179,48 @@ def _fit_and_judge(
         if not undecided:
             break
     return trials, None, None
+
+
+def _probe(
+    usable: RecordBatch,
+    embedded: Vectors,
+    candidate: EmbeddingEngine,
+    info: StoreInfo,
+    thresholds: Thresholds,
+    fit_n: int,
+) -> tuple[Trial | None, Vectors]:
+    """The probe of the module's constants: its trial when the bridge is hopeless, else
+    None (also when the sample is too small for a probe short of the full fit); and the
+    candidate's vectors embedded so far, for the full fit to go on from."""
+    vectors = embedded_up_to(usable, embedded, candidate, 1)
+    probe_fit = math.ceil(PROBE_ROWS_PER_PARAMETER * (vectors.shape[1] + 1))
+    if probe_fit >= fit_n or probe_fit + PROBE_HELD_OUT > len(usable):
+        return None, vectors
+    vectors = embedded_up_to(usable, vectors, candidate, probe_fit + PROBE_HELD_OUT)
+    stored = usable.vectors[: probe_fit + PROBE_HELD_OUT].astype(np.float64)
+    bridge = fit(
+        "affine",
+        vectors[:probe_fit],
+        stored[:probe_fit],
+        threshold=thresholds.min_cosine,
+        rescale_rows=info.distance == "cosine",
+    )
+    held = np.arange(probe_fit, probe_fit + PROBE_HELD_OUT, dtype=np.int64)
+    trial = judge(
+        bridge,
+        fitted_on=probe_fit,
+        held_out=held,
+        candidate=vectors[held],
+        stored=stored[held],
+        threshold=thresholds.min_cosine,
+        allowed_share=thresholds.allowed_share,
+        confidence=thresholds.confidence,
+        look=1,
+        looks=1,
+    )
+    median = float(trial.summary.median)
+    log.debug("check.bridge_probe", fitted_on=probe_fit, median=median)
+    return (trial if median < thresholds.min_cosine else None), vectors
 
 
 def _label(trial: Trial) -> str:

@@ -166,7 +166,7 @@ def check_drawn(
     baseline_fingerprint = None
     if baseline is not None:
         with timer.phase("baseline"):
-            baseline_fingerprint = _baseline_agreement(baseline, measured, info)
+            baseline_fingerprint = _baseline_agreement(cached(baseline, cache), measured, info)
     verdict = decide(measured.bound, findings, thresholds, overlap)
     with timer.phase("bridge"):
         verdict, findings, bridged = try_bridge(
