@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from guard.checking.overlap import OVERLAP_QUERIES, overlap_through_index
 from guard.checking.rounds import embedded_up_to
@@ -152,18 +153,8 @@ def _fit_and_judge(
                     rescale_rows=rescale,
                 )
             bridge = maps[kind]
-            trial = judge(
-                bridge,
-                fitted_on=fit_n,
-                held_out=held,
-                candidate=vectors[held],
-                stored=stored[held],
-                threshold=thresholds.min_cosine,
-                allowed_share=thresholds.allowed_share,
-                confidence=thresholds.confidence,
-                look=(number - 1) * len(KINDS) + index + 1,
-                looks=looks,
-            )
+            look = (number - 1) * len(KINDS) + index + 1
+            trial = _judged(bridge, fit_n, held, vectors, stored, thresholds, look, looks)
             trials.append(trial)
             log.debug("check.bridge", kind=bridge.kind, n=size, decision=trial.bound.decision)
             if trial.bound.decision == "pass":
@@ -206,21 +197,35 @@ def _probe(
         rescale_rows=info.distance == "cosine",
     )
     held = np.arange(probe_fit, probe_fit + PROBE_HELD_OUT, dtype=np.int64)
-    trial = judge(
+    trial = _judged(bridge, probe_fit, held, vectors, stored, thresholds, 1, 1)
+    median = float(trial.summary.median)
+    log.debug("check.bridge_probe", fitted_on=probe_fit, median=median)
+    return (trial if median < thresholds.min_cosine else None), vectors
+
+
+def _judged(
+    bridge: LinearMap,
+    fitted_on: int,
+    held: npt.NDArray[np.int64],
+    vectors: Vectors,
+    stored: npt.NDArray[np.float64],
+    thresholds: Thresholds,
+    look: int,
+    looks: int,
+) -> Trial:
+    """``bridge`` judged on the ``held`` rows, look ``look`` of ``looks``."""
+    return judge(
         bridge,
-        fitted_on=probe_fit,
+        fitted_on=fitted_on,
         held_out=held,
         candidate=vectors[held],
         stored=stored[held],
         threshold=thresholds.min_cosine,
         allowed_share=thresholds.allowed_share,
         confidence=thresholds.confidence,
-        look=1,
-        looks=1,
+        look=look,
+        looks=looks,
     )
-    median = float(trial.summary.median)
-    log.debug("check.bridge_probe", fitted_on=probe_fit, median=median)
-    return (trial if median < thresholds.min_cosine else None), vectors
 
 
 def _label(trial: Trial) -> str:

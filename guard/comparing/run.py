@@ -95,13 +95,16 @@ def run_compare(
             pool=drawn.usable,
             distractors=distractors,
         )
-        rows = [
-            _judge(
-                store, drawn, engine, thresholds, seed, baseline, cache, context,
-                _prefixed(progress, f"{number}/{len(engines)} {engine.uri}"),
-            )
-            for number, engine in enumerate(engines, start=1)
-        ]  # fmt: skip
+        rows = []
+        for number, engine in enumerate(engines, start=1):
+            # closed after its row, so the next candidate's memory starts from here
+            with engine:
+                named = _prefixed(progress, f"{number}/{len(engines)} {engine.uri}")
+                rows.append(
+                    _measure(
+                        store, drawn, engine, thresholds, seed, baseline, cache, context, named
+                    )
+                )
     finally:
         for engine in engines:
             engine.close()
@@ -136,25 +139,6 @@ def _prefixed(progress: Progress | None, prefix: str) -> Progress | None:
     return lambda line: report(f"{prefix}: {line}")
 
 
-def _judge(
-    store: VectorStore,
-    drawn: DrawnSample,
-    engine: EmbeddingEngine,
-    thresholds: Thresholds,
-    seed: int,
-    baseline: EmbeddingEngine | None,
-    cache: EmbeddingCache | None,
-    context: Context,
-    progress: Progress | None = None,
-) -> CandidateRow:
-    """One candidate's row: load, speed, the check on the shared sample, retrieval.
-    The engine is closed afterwards, so the next candidate's memory starts from here."""
-    try:
-        return _measure(store, drawn, engine, thresholds, seed, baseline, cache, context, progress)
-    finally:
-        engine.close()
-
-
 def _measure(
     store: VectorStore,
     drawn: DrawnSample,
@@ -166,6 +150,7 @@ def _measure(
     context: Context,
     progress: Progress | None = None,
 ) -> CandidateRow:
+    """One candidate's row: load, speed, the check on the shared sample, retrieval."""
     texts = _first_texts(drawn)
     base = _reset_peak_rss()
     try:
