@@ -336,8 +336,10 @@ class PgVectorStore(Closing):
                 return
             last = rows[-1][0]
 
-    def fetch(self, ids: Sequence[RecordId]) -> RecordBatch:
-        return self._fetch_raw(ids) if ids else RecordBatch.empty(self._table().dims)
+    def fetch(self, ids: Sequence[RecordId], *, with_payload: bool = False) -> RecordBatch:
+        if not ids:
+            return RecordBatch.empty(self._table().dims)
+        return self._fetch_raw(ids, with_payload=with_payload)
 
     def selection(self) -> tuple[sql.Composable, tuple[Any, ...]]:
         """The condition (unqualified column names, ``%s`` placeholders) and values that

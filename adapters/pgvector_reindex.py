@@ -18,7 +18,7 @@ their text form (``ROW(columns)::text``: vectors, json and bytea print exactly).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +31,7 @@ from guard.adapters.pgtable import Conn
 from guard.adapters.pgvector import PgVectorStore
 from guard.closing import Closing
 from guard.errors import ReindexError
-from guard.records import StoreInfo
+from guard.records import Changes, RecordBatch, RecordId, StoreInfo
 from guard.stores import OthersCheck, Switch
 from guard.uri import ParsedURI, parse
 
@@ -147,6 +147,88 @@ class PgVectorReindex(Closing):
         with self._session("cannot compare the rows outside the selection") as conn:
             return _check(conn, part, _table(live_uri), _table(into_uri))
 
+    def repair(self, live_uri: str, batch: RecordBatch) -> int:
+        """One conditional UPDATE per record: the vector is replaced only where the row
+        still has the text it was made from."""
+        live = PgVectorStore(parse(live_uri))
+        try:
+            info = live.describe()
+        finally:
+            live.close()
+        if "embed_text" in info.details or not len(batch):  # a built text: no one column
+            return 0
+        schema, id_column = str(info.details["schema"]), str(info.details["id_column"])
+        query = sql.SQL("UPDATE {t} SET {v} = %s::{vt} WHERE {id}::text = %s AND {x} = %s").format(
+            t=sql.Identifier(schema, _table(live_uri)),
+            v=sql.Identifier(str(info.vector_field)),
+            vt=sql.SQL(str(info.details.get("vector_type") or "vector")),
+            id=sql.Identifier(id_column),
+            x=sql.Identifier(str(info.text_field)),
+        )
+        rewritten = 0
+        with self._session("cannot rewrite vectors") as conn:
+            for record_id, text, vector in zip(batch.ids, batch.texts, batch.vectors, strict=True):
+                cursor = conn.execute(query, (str(vector.tolist()), str(record_id), text))
+                rewritten += max(cursor.rowcount, 0)
+            conn.commit()
+        return rewritten
+
+    def changes(self, live_uri: str, into_uri: str) -> Changes:
+        """One join of the two tables on the server: ids and texts, within the
+        selection. Fast enough to run while writers wait."""
+        live = PgVectorStore(parse(live_uri))
+        try:
+            info = live.describe()
+            where, params = live.selection()
+        finally:
+            live.close()
+        schema, key = str(info.details["schema"]), sql.Identifier(str(info.details["id_column"]))
+        live_table, into_table = _table(live_uri), _table(into_uri)
+        with self._session("cannot compare the source and target tables") as conn:
+            # The text decides (a framework's json columns do not print back as written);
+            # a text built from several columns compares all of them.
+            columns = (
+                [
+                    name
+                    for name in _columns(conn, schema, live_table, into_table)
+                    if name != info.vector_field
+                ]
+                if "embed_text" in info.details
+                else [str(info.text_field)]
+            )
+            row = sql.SQL("ROW({})::text").format(sql.SQL(", ").join(map(sql.Identifier, columns)))
+            with_text = (
+                sql.SQL("TRUE")
+                if "embed_text" in info.details  # built from several columns
+                else sql.SQL("nullif(btrim({}::text), '') IS NOT NULL").format(
+                    sql.Identifier(info.text_field)
+                )
+            )
+            found = conn.execute(
+                sql.SQL(
+                    "SELECT coalesce(l.k, s.k), l.k IS NULL, s.k IS NULL FROM"
+                    " (SELECT {key} AS k, {row} AS r, {with_text} AS t FROM {live}"
+                    "  WHERE ({where}) IS TRUE) l"
+                    " FULL JOIN (SELECT {key} AS k, {row} AS r, {with_text} AS t FROM {into}"
+                    "  WHERE ({where}) IS TRUE) s ON s.k = l.k"
+                    " WHERE (l.k IS NULL AND s.t) OR (s.k IS NULL AND l.t)"
+                    " OR (s.k IS NOT NULL AND l.r <> s.r)"
+                ).format(
+                    key=key,
+                    row=row,
+                    with_text=with_text,
+                    where=where,
+                    live=sql.Identifier(schema, live_table),
+                    into=sql.Identifier(schema, into_table),
+                ),
+                [*params, *params],
+            ).fetchall()
+        ids = [(_record_id(k), only_into, only_live) for k, only_into, only_live in found]
+        added = tuple(k for k, _, only_live in ids if only_live)
+        gone = tuple(k for k, only_into, _ in ids if only_into)
+        edited = tuple(k for k, only_into, only_live in ids if not only_into and not only_live)
+        return Changes(added, edited, gone)
+
     # --- switching -----------------------------------------------------------------------
 
     def switch_notes(self) -> list[str]:
@@ -183,23 +265,33 @@ class PgVectorReindex(Closing):
             f"recorded; fix it by hand"
         )
 
-    def switch(self, switch: Switch, *, to_target: bool) -> None:
+    def switch(
+        self, switch: Switch, *, to_target: bool, settle: Callable[[], None] | None = None
+    ) -> None:
         schema, table, old, shadow = (
             switch["schema"], switch["table"], switch["old"], switch["shadow"]
         )  # fmt: skip
         if to_target:
             self._build_indexes(schema, table, shadow)
-            self._swap(schema, table, shadow, old)
+            self._swap(schema, table, shadow, old, settle)
         else:
-            self._swap(schema, table, old, shadow)
+            self._swap(schema, table, old, shadow, settle)
 
-    def _swap(self, schema: str, live: str, incoming: str, kept: str) -> None:
+    def _swap(
+        self, schema: str, live: str, incoming: str, kept: str, settle: Callable[[], None] | None
+    ) -> None:
         """Readers switch from ``live`` to ``incoming`` in one transaction: ``live`` becomes
         ``kept``, ``incoming`` takes its name and everything else it had (see
         guard.adapters.pgtable). ``lock_timeout`` makes a busy table fail fast instead of
         queueing every reader behind the switch. With one collection re-indexed, the rows
         outside it are first copied from ``live`` into ``incoming`` under a lock that
-        holds writers off until the switch commits."""
+        holds writers off until the switch commits.
+
+        The lock (SHARE ROW EXCLUSIVE: writers wait, readers go on) is taken first, then
+        ``settle`` carries the last writes over on connections of its own (they read
+        ``live`` and write ``incoming``, which this transaction has not locked yet), then
+        the renames take their brief ACCESS EXCLUSIVE locks. Writers that waited go on
+        after the commit, into the table that has the name now."""
         part = self._part(self._parsed.raw) if self.selects_part() else None
         with self._session("switch failed") as conn:
             try:
@@ -207,6 +299,13 @@ class PgVectorReindex(Closing):
                     conn.execute(
                         sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT))
                     )
+                    conn.execute(
+                        sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(
+                            sql.Identifier(schema, live)
+                        )
+                    )
+                    if settle is not None:
+                        settle()
                     if part is not None:
                         _copy_locked(conn, part, live, incoming)
                     pgtable.swap(conn, schema, live, incoming, kept)
@@ -407,3 +506,8 @@ def _copy_locked(conn: Conn, part: Part, live: str, into: str) -> None:
             f"{check.count} rows outside the selection still differ after copying them"
             f" (e.g. {', '.join(map(str, check.differ))}); not switching"
         )
+
+
+def _record_id(value: Any) -> RecordId:
+    """As the store reads ids: integers stay ints, uuid and other keys become strings."""
+    return value if isinstance(value, int | str) else str(value)

@@ -342,8 +342,8 @@ class QdrantStore(Closing):
         for points in self._points().pages(after, batch_size):
             yield self._batch(points, params.size, with_payload)
 
-    def fetch(self, ids: Sequence[RecordId]) -> RecordBatch:
-        return self._retrieve(ids, with_payload=False)
+    def fetch(self, ids: Sequence[RecordId], *, with_payload: bool = False) -> RecordBatch:
+        return self._retrieve(ids, with_payload=with_payload)
 
     def _retrieve(self, ids: Sequence[RecordId], *, with_payload: bool) -> RecordBatch:
         """The points with these ids, in the order given (unknown ids left out)."""

@@ -18,7 +18,7 @@ Every client call goes through ``QdrantStore.translate_errors``, the adapter's o
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -27,9 +27,9 @@ from qdrant_client import models
 from guard.adapters.qdrant import QdrantStore
 from guard.closing import Closing
 from guard.errors import ReindexError
-from guard.records import StoreInfo
+from guard.records import Changes, RecordBatch, StoreInfo
 from guard.stores import OthersCheck, Switch
-from guard.streams import Row, merge
+from guard.streams import Row, differences, merge, rows
 from guard.uri import ParsedURI, parse
 
 PAGE = 256
@@ -136,6 +136,33 @@ class QdrantReindex(Closing):
             live.close()
         return result
 
+    def repair(self, live_uri: str, batch: RecordBatch) -> int:
+        """Qdrant has no conditional write: the points still holding the texts are read,
+        then rewritten with their payloads (a write between the two is overwritten)."""
+        with QdrantStore(parse(live_uri)) as live:
+            held = live.fetch(list(batch.ids), with_payload=True)
+            now = dict(zip(held.ids, zip(held.texts, held.payloads, strict=True), strict=True))
+            keep = [
+                i for i, (record_id, text) in enumerate(zip(batch.ids, batch.texts, strict=True))
+                if record_id in now and now[record_id][0] == text
+            ]  # fmt: skip
+            chosen = batch.take(keep)
+            live.upsert(
+                RecordBatch(
+                    chosen.ids, chosen.texts, chosen.vectors,
+                    tuple(dict(now[i][1]) for i in chosen.ids),
+                )
+            )  # fmt: skip
+        return len(keep)
+
+    def changes(self, live_uri: str, into_uri: str) -> Changes:
+        """One merged scan of both collections (Qdrant cannot join them on its side)."""
+        with QdrantStore(parse(live_uri)) as live, QdrantStore(parse(into_uri)) as into:
+            return differences(
+                rows(live.scan(batch_size=PAGE, with_payload=True)),
+                rows(into.scan(batch_size=PAGE, with_payload=True)),
+            )
+
     # --- switching -----------------------------------------------------------------------
 
     def aliases(self) -> dict[str, str]:
@@ -204,10 +231,16 @@ class QdrantReindex(Closing):
             f"{switch['old']!r} nor the target {switch['new']!r}; fix it by hand"
         )
 
-    def switch(self, switch: Switch, *, to_target: bool) -> None:
+    def switch(
+        self, switch: Switch, *, to_target: bool, settle: Callable[[], None] | None = None
+    ) -> None:
         """With one tenant re-indexed, its other points are copied once more first: into
-        the target at cutover, back into the source at rollback (writes since stay)."""
+        the target at cutover, back into the source at rollback (writes since stay).
+        ``settle`` runs just before the alias moves: Qdrant cannot hold writers off, so a
+        write landing between its last read and the alias switch stays behind (README)."""
         old, new = self.renamed(switch["old"]), self.renamed(switch["new"])
+        if settle is not None:
+            settle()
         if self.selects_part() and to_target:
             self.copy_others(old, new)
         elif self.selects_part():

@@ -152,6 +152,7 @@ def plan(
     window: str | None = None,
     max_rate: float | None = None,
     max_attempts: int = 5,
+    baseline: str | None = None,
 ) -> Plan:
     """Record a re-index job, cut the source into batches and create the empty target;
     the plan's ``job_id`` names the job for the other steps. The source is only read."""
@@ -165,6 +166,7 @@ def plan(
         window=window,
         max_rate=max_rate,
         max_attempts=max_attempts,
+        baseline=baseline,
     )
 
 
@@ -226,19 +228,36 @@ def catch_up(job_id: str) -> CatchUp:
 
 
 def cutover(
-    job_id: str, *, alias: str | None = None, force: bool = False, accept_skipped: bool = False
+    job_id: str,
+    *,
+    alias: str | None = None,
+    force: bool = False,
+    accept_skipped: bool = False,
+    max_pending: int = 10_000,
 ) -> Switched:
-    """Verify, then move readers to the target in one atomic step."""
+    """Verify, then move readers to the target in one atomic step, with the writes made
+    since the last catch-up (at most ``max_pending``) re-embedded while writers wait."""
     from guard.reindex.switch import cutover as run_cutover
 
-    return run_cutover(job_id, alias=alias, force=force, accept_skipped=accept_skipped)
+    return run_cutover(
+        job_id, alias=alias, force=force, accept_skipped=accept_skipped, max_pending=max_pending
+    )
 
 
-def rollback(job_id: str) -> Switched:
-    """Move readers back to the source's data, kept since the cutover."""
+def rollback(
+    job_id: str,
+    *,
+    baseline: str | None = None,
+    discard_writes: bool = False,
+    max_pending: int = 10_000,
+) -> Switched:
+    """Move readers back to the source's data, kept since the cutover, with the writes
+    made since re-embedded by the baseline engine (``baseline``, else the job's)."""
     from guard.reindex.switch import rollback as run_rollback
 
-    return run_rollback(job_id)
+    return run_rollback(
+        job_id, baseline=baseline, discard_writes=discard_writes, max_pending=max_pending
+    )
 
 
 def cleanup(job_id: str) -> Switched:

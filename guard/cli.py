@@ -353,7 +353,17 @@ def compare(
 
 @app.command(short_help="Serve ENGINE as OpenAI's and Ollama's embedding APIs.")
 def serve(
-    engine: Annotated[str, typer.Option(help="Engine URI to serve, options and bridge= included.")],
+    engine: Annotated[
+        str | None, typer.Option(help="Engine URI to serve, options and bridge= included.")
+    ] = None,
+    follow: Annotated[
+        str | None,
+        typer.Option(
+            metavar="JOB_ID",
+            help="Serve a re-index job's baseline until its cutover, its candidate after "
+            "(and the baseline again after a rollback), instead of --engine.",
+        ),
+    ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[
         int, typer.Option(help="Port to listen on (0: any free port).", min=0, max=65535)
@@ -373,12 +383,21 @@ def serve(
     """Serve ENGINE as OpenAI /v1/embeddings and Ollama /api/embed until SIGTERM/SIGINT.
 
     A request naming another model than the served one gets 404 in its API's shape,
-    unless --any-model."""
+    unless --any-model. With --follow JOB the engine moves with the job's store; the
+    X-Guard-Fingerprint header names the engine that embedded each answer."""
     from guard.serve import Limits
     from guard.serve import serve as run_server
 
     limits = Limits(max_batch, max_inputs, max_body_bytes, max_queue)
-    run_server(engine, host=host, port=port, limits=limits, announce=_announce, any_model=any_model)
+    run_server(
+        engine,
+        follow=follow,
+        host=host,
+        port=port,
+        limits=limits,
+        announce=_announce,
+        any_model=any_model,
+    )
 
 
 def _announce(line: str) -> None:

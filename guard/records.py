@@ -103,3 +103,21 @@ class StoreInfo:
     vector_field: str | None
     records_without_text: int | None = None  # None when counting them would scan
     details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Changes:
+    """How a copy differs from the live data it must follow, by id and by everything but
+    the vector: records only the live side has (``added``), records whose text or
+    payload differ (``edited``) and records the live side no longer has (``gone``).
+    A record without text that one side lacks is no change: it is never embedded."""
+
+    added: tuple[RecordId, ...] = ()
+    edited: tuple[RecordId, ...] = ()
+    gone: tuple[RecordId, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.added) + len(self.edited) + len(self.gone)
+
+    def describe(self) -> str:
+        return f"{len(self.added)} added, {len(self.edited)} edited, {len(self.gone)} deleted"

@@ -10,12 +10,12 @@ Protocol, and are imported only when a URI asks for them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
-from guard.records import Distance, RecordBatch, RecordId, Sample, StoreInfo, Vectors
+from guard.records import Changes, Distance, RecordBatch, RecordId, Sample, StoreInfo, Vectors
 from guard.registry import build, lookup
 
 
@@ -51,7 +51,7 @@ class VectorStore(Protocol):
         """Every record with id greater than ``after``, in ascending id order."""
         ...
 
-    def fetch(self, ids: Sequence[RecordId]) -> RecordBatch:
+    def fetch(self, ids: Sequence[RecordId], *, with_payload: bool = False) -> RecordBatch:
         """The records with these ids (unknown ids are left out)."""
         ...
 
@@ -138,6 +138,16 @@ class ReindexStore(Protocol):
 
     def check_others(self, live_uri: str, into_uri: str) -> OthersCheck: ...
 
+    def repair(self, live_uri: str, batch: RecordBatch) -> int:
+        """Write ``batch``'s vectors onto the records of ``live_uri`` that still hold
+        ``batch``'s texts (a write since is newer: left alone); returns how many."""
+        ...
+
+    def changes(self, live_uri: str, into_uri: str) -> Changes:
+        """How ``into_uri``'s selected records differ from ``live_uri``'s (see ``Changes``):
+        what catch-up, cutover and rollback carry over."""
+        ...
+
     def switch_notes(self) -> list[str]:
         """What the operator must know at plan time about how readers will switch."""
         ...
@@ -152,8 +162,13 @@ class ReindexStore(Protocol):
         when it serves neither."""
         ...
 
-    def switch(self, switch: Switch, *, to_target: bool) -> None:
-        """Move readers to the target (cutover) or back to the source (rollback)."""
+    def switch(
+        self, switch: Switch, *, to_target: bool, settle: Callable[[], None] | None = None
+    ) -> None:
+        """Move readers to the target (cutover) or back to the source (rollback).
+        ``settle`` is called once writers are held off, just before readers move, to
+        carry the last writes over (pgvector: the live table is locked against writes;
+        Qdrant has no such lock: it is called just before the alias moves)."""
         ...
 
     def shown(self, switch: Switch, *, cut_over: bool) -> tuple[str, str]:

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from guard.records import RecordBatch, RecordId
+from guard.records import Changes, RecordBatch, RecordId
 
 
 def id_key(record_id: RecordId) -> tuple[int, int | str]:
@@ -51,3 +51,27 @@ def merge(source: Iterator[Row], target: Iterator[Row]) -> Iterator[tuple[Row | 
         else:
             yield left, right
             left, right = next(source, None), next(target, None)
+
+
+def differences(live: Iterator[Row], into: Iterator[Row]) -> Changes:
+    """How ``into`` differs from ``live`` by id, text and payload, in one merged pass
+    (for stores that cannot compare on their side); see ``guard.records.Changes``."""
+    added: list[RecordId] = []
+    edited: list[RecordId] = []
+    gone: list[RecordId] = []
+    for left, right in merge(live, into):
+        if left is None:
+            assert right is not None
+            if _has_text(right):
+                gone.append(right.id)
+        elif right is None:
+            if _has_text(left):
+                added.append(left.id)
+        elif left.text != right.text or dict(left.payload) != dict(right.payload):
+            edited.append(left.id)
+    return Changes(tuple(added), tuple(edited), tuple(gone))
+
+
+def _has_text(row: Row) -> bool:
+    """Records without text are never re-embedded: one side lacking them is no change."""
+    return bool(row.text and row.text.strip())

@@ -219,8 +219,10 @@ def test_langchain_tables_keep_foreign_keys_and_cascade_only_on_the_live_table(
 ) -> None:
     """LangChain PGVector's two tables: after cutover the live embedding table has the
     collection FK (ON DELETE CASCADE) and the original names; deleting a collection
-    cascades into it and leaves the kept copy whole; rollback refuses while the kept
-    rows would break the FK, and restores the same catalog once they would not."""
+    cascades into it and leaves the kept copy whole. A rollback that discards the writes
+    since cutover refuses while the kept rows would break the FK, and restores the same
+    catalog once they would not; a plain rollback carries the cascaded deletes back into
+    the kept copy (deletes need no engine) and switches at once."""
     conn, schema = pg_conn, pg_schema
     collections = _langchain_tables(conn)
     table = "langchain_pg_embedding"
@@ -232,7 +234,7 @@ def test_langchain_tables_keep_foreign_keys_and_cascade_only_on_the_live_table(
     conn.execute("DELETE FROM langchain_pg_collection WHERE name = 'dropped'")
     assert (_count(conn, schema, table), _count(conn, schema, kept)) == (RECORDS // 2, RECORDS)
 
-    code, _, err = guard("rollback", job_id)
+    code, _, err = guard("rollback", job_id, "--discard-writes")
     assert (code, len(err.strip().splitlines())) == (2, 1), err
     assert "Traceback" not in err
     assert "dropped" not in err  # the row data stays out of the message
@@ -242,12 +244,22 @@ def test_langchain_tables_keep_foreign_keys_and_cascade_only_on_the_live_table(
         "INSERT INTO langchain_pg_collection VALUES (%s, 'dropped', '{}')",
         (collections["dropped"],),
     )
-    code, _, err = guard("rollback", job_id)
+    code, _, err = guard("rollback", job_id, "--discard-writes")
     assert code == 0, err
     assert before == catalog(conn, schema, table)
     assert _count(conn, schema, table) == RECORDS
     conn.execute("DELETE FROM langchain_pg_collection WHERE name = 'kept'")
     assert _count(conn, schema, table) == RECORDS // 2
+
+    code, _, err = guard("cutover", job_id)  # the cascade's deletes go to the target too
+    assert code == 0, err
+    conn.execute("DELETE FROM langchain_pg_collection WHERE name = 'dropped'")
+    assert _count(conn, schema, table) == 0
+    code, out, err = guard("rollback", job_id)
+    assert code == 0, err
+    assert f"{RECORDS // 2} deleted" in out
+    assert before == catalog(conn, schema, table)
+    assert _count(conn, schema, table) == 0
 
 
 def test_haystack_table_keeps_its_index_names(
@@ -355,7 +367,7 @@ def test_bigserial_table_keeps_trigger_grant_policy_comments_and_takes_inserts(
         _count(conn, schema, kept),
     ) == (RECORDS - 1, RECORDS)
 
-    code, _, err = guard("rollback", job_id)
+    code, _, err = guard("rollback", job_id, "--discard-writes")
     assert code == 0, err
     assert before == catalog(conn, schema, table)
     assert conn.execute("SELECT edited FROM notes WHERE id = 1").fetchone() == (False,)
@@ -434,7 +446,7 @@ def test_identity_table_keeps_its_sequence_name_and_takes_inserts(
     insert = "INSERT INTO chunks (text) VALUES ('new') RETURNING id"
     assert conn.execute(insert).fetchone()[0] == RECORDS + 1
 
-    code, _, err = guard("rollback", job_id)
+    code, _, err = guard("rollback", job_id, "--discard-writes")
     assert code == 0, err
     assert before == catalog(conn, schema, table)
     assert conn.execute(insert).fetchone()[0] == RECORDS + 1

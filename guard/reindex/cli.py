@@ -41,6 +41,15 @@ class Format(StrEnum):
 
 
 FormatOption = Annotated[Format, typer.Option("--format", help="Output format.")]
+DEFAULT_MAX_PENDING = 10_000  # guard.reindex.switch's, kept here so help needs no import
+MaxPending = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        help="Refuse when more records than this changed since the last catch-up "
+        "(they are re-embedded while writers wait).",
+    ),
+]
 
 
 def _json(data: dict[str, Any]) -> None:
@@ -72,6 +81,13 @@ def plan(
         float | None, typer.Option(help="At most this many records per second per worker.")
     ] = None,
     max_attempts: Annotated[int, typer.Option(help="Attempts per batch before failing.")] = 5,
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            help="Engine the stored vectors were made with (checked against them): rollback "
+            "re-embeds writes made since cutover with it, serve --follow serves it."
+        ),
+    ] = None,
     output_format: FormatOption = Format.text,
 ) -> None:
     """Record a job, cut the source into batches and create the empty target."""
@@ -85,6 +101,7 @@ def plan(
         window=window,
         max_rate=max_rate,
         max_attempts=max_attempts,
+        baseline=baseline,
     )
     if output_format is Format.json:
         _json(result.as_dict())
@@ -242,7 +259,7 @@ def catch_up(job_id: JobId, output_format: FormatOption = Format.text) -> None:
         return
     out.print(
         f"inserted {result.inserted}, updated {result.updated}, deleted {result.deleted}, "
-        f"unchanged {result.unchanged}, skipped {result.skipped}"
+        f"skipped {result.skipped}"
         + (
             f", rows of other collections copied {result.others_copied}"
             if result.others_copied
@@ -266,21 +283,58 @@ def cutover(
     accept_skipped: Annotated[
         bool, typer.Option(help="Records without text may be absent from the target.")
     ] = False,
+    max_pending: MaxPending = DEFAULT_MAX_PENDING,
 ) -> None:
-    """Switch readers to the target atomically (verifies first)."""
+    """Switch readers to the target atomically (verifies first). Writes made since the
+    last catch-up are re-embedded into the target while writers wait (readers never do)."""
     from guard import api
 
-    result = api.cutover(job_id, alias=alias, force=force, accept_skipped=accept_skipped)
-    out.print(f"cut over: {result.live} (kept until cleanup: {result.kept})", highlight=False)
+    result = api.cutover(
+        job_id, alias=alias, force=force, accept_skipped=accept_skipped, max_pending=max_pending
+    )
+    out.print(
+        f"cut over: {result.live} (kept until cleanup: {result.kept}){_carried(result)}",
+        highlight=False,
+    )
 
 
 @reindex_app.command()
-def rollback(job_id: JobId) -> None:
-    """Switch readers back to the original data."""
+def rollback(
+    job_id: JobId,
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            help="Engine the original vectors were made with (default: the job's, from "
+            "plan --baseline): writes since cutover are re-embedded with it."
+        ),
+    ] = None,
+    discard_writes: Annotated[
+        bool,
+        typer.Option("--discard-writes", help="Roll back without the writes made since cutover."),
+    ] = False,
+    max_pending: MaxPending = DEFAULT_MAX_PENDING,
+) -> None:
+    """Switch readers back to the original data, with the writes made since cutover."""
     from guard import api
 
-    result = api.rollback(job_id)
-    out.print(f"rolled back: {result.live} (kept until cleanup: {result.kept})", highlight=False)
+    result = api.rollback(
+        job_id, baseline=baseline, discard_writes=discard_writes, max_pending=max_pending
+    )
+    out.print(
+        f"rolled back: {result.live} (kept until cleanup: {result.kept}){_carried(result)}",
+        highlight=False,
+    )
+
+
+def _carried(result: Any) -> str:
+    carried = result.carried
+    if carried is None:
+        return ""
+    text = (
+        f"; writes carried over: {carried.inserted} inserted, {carried.updated} updated,"
+        f" {carried.deleted} deleted"
+    )
+    return text + (f", {carried.skipped} skipped" if carried.skipped else "")
 
 
 @reindex_app.command()

@@ -20,7 +20,7 @@ from guard.state import Conn
 JOB_COLUMNS = (
     "id, created_at, source_uri, target_uri, candidate_uri, fingerprint_hash, dims, distance,"
     " total_records, batch_size, max_attempts, window_start, window_end, max_rate,"
-    " measured_rate, paused, state, cutover, started_at, finished_at, intent"
+    " measured_rate, paused, state, cutover, started_at, finished_at, intent, baseline_uri"
 )
 
 
@@ -50,6 +50,8 @@ class Job:
     finished_at: datetime | None
     # A switch begun and not yet recorded as ended: {"step": ..., "from": state}.
     intent: dict[str, Any] | None = None
+    # The engine that made the source's vectors (``plan --baseline``); None: not known.
+    baseline_uri: str | None = None
 
     @property
     def short(self) -> str:
@@ -59,11 +61,11 @@ class Job:
     def from_row(cls, row: Sequence[Any]) -> Job:
         (job_id, created, source, target, candidate, fp_hash, dims, distance, total, size,
          attempts, w_start, w_end, max_rate, measured, paused, state, cutover, started,
-         finished, intent) = row  # fmt: skip
+         finished, intent, baseline) = row  # fmt: skip
         return cls(
             job_id, created, source, target, candidate, fp_hash, dims, distance, total, size,
             attempts, Window(w_start, w_end) if w_start is not None else None, max_rate,
-            measured, paused, state, cutover, started, finished, intent,
+            measured, paused, state, cutover, started, finished, intent, baseline,
         )  # fmt: skip
 
 

@@ -12,9 +12,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from psycopg.types.json import Jsonb
 
 from guard import faults
+from guard.core.cosines import rowwise_cosine
 from guard.engines import EmbeddingEngine, open_engine
 from guard.errors import ConfigError, ReindexError, TextTooLongError
 from guard.hashing import fingerprint_sha256
@@ -33,6 +35,8 @@ RATE_SAMPLE = 32  # texts embedded at plan time to measure the engine's rate
 
 
 DEFAULT_MAX_ATTEMPTS = 5
+BASELINE_SAMPLE = 16  # stored records a baseline must reproduce
+BASELINE_MIN_COSINE = 0.99
 
 
 @dataclass(frozen=True)
@@ -91,12 +95,16 @@ def plan_job(
     window: str | None = None,
     max_rate: float | None = None,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    baseline: str | None = None,
     dsn: str | None = None,
 ) -> Plan:
     """Record a job, cut the source ids into keyset batches and create the empty target.
 
     The source is only read. Flags win over the report; a report's candidate fingerprint
     must match the candidate given, so a job never embeds with an engine nobody checked.
+    ``baseline`` (the engine the stored vectors were made with) is checked against them:
+    rollback re-embeds the writes made since cutover with it, and ``serve --follow``
+    serves it until the cutover.
     """
     notes: list[str] = []
     report_fingerprint: dict[str, Any] | None = None
@@ -140,6 +148,8 @@ def plan_job(
                 "check this candidate first"
             )
         dims, rate = _measure(engine, source_store)
+        if baseline:
+            check_baseline(baseline, source_store)
         part = reindex.selects_part()
         if part:
             _refuse_other_dims(info.dims, dims)
@@ -148,7 +158,7 @@ def plan_job(
             batches = _insert_job(
                 conn, job_id, strip(store), strip(target), strip(candidate), fingerprint,
                 dims, info.distance, batch_size, max_attempts, parsed_window, max_rate, rate,
-                _cut(source_store, batch_size),
+                _cut(source_store, batch_size), strip(baseline) if baseline else None,
             )  # fmt: skip
             try:
                 faults.step("plan.create_target")
@@ -231,6 +241,30 @@ def _measure(engine: EmbeddingEngine, store: VectorStore) -> tuple[int, float]:
     return dims, len(texts) / elapsed if elapsed > 0 else float("inf")
 
 
+def check_baseline(baseline: str, store: VectorStore) -> None:
+    """Refuse a baseline that does not make the stored vectors: rollback would write its
+    vectors next to them, in another space. Compared on a few stored texts."""
+    sample = store.sample(BASELINE_SAMPLE, seed=1)
+    keep = [i for i, text in enumerate(sample.texts) if has_text(text)]
+    if not keep:
+        return
+    drawn = sample.take(keep)
+    with open_engine(baseline) as engine:
+        fresh = engine.embed([str(text) for text in drawn.texts])
+    if fresh.shape[1] != drawn.vectors.shape[1]:
+        raise ConfigError(
+            f"the baseline makes {fresh.shape[1]}-dimensional vectors and the stored ones have"
+            f" {drawn.vectors.shape[1]}: it is not the engine they were made with"
+        )
+    median = float(np.median(rowwise_cosine(drawn.vectors, fresh)[0]))
+    if median < BASELINE_MIN_COSINE:
+        raise ConfigError(
+            f"the baseline does not reproduce the stored vectors (median cosine {median:.3f}"
+            f" on {len(keep)} records, {BASELINE_MIN_COSINE} needed): it is not the engine"
+            " they were made with"
+        )
+
+
 def _accepted(engine: EmbeddingEngine, texts: list[str]) -> list[str]:
     """The texts the engine embeds: with truncate=false it refuses long ones, which the
     workers will skip as ``too_long``, and which must not stop the plan."""
@@ -277,19 +311,20 @@ def _insert_job(
     max_rate: float | None,
     rate: float,
     cuts: Iterator[tuple[RecordId | None, int]],
+    baseline: str | None,
 ) -> int:
     """The job row and its batches in one transaction; returns the number of batches."""
     with conn.transaction():
         conn.execute(
             "INSERT INTO guard_reindex_jobs (id, source_uri, target_uri, candidate_uri,"
             " fingerprint, fingerprint_hash, dims, distance, total_records, batch_size,"
-            " max_attempts, window_start, window_end, max_rate, measured_rate)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 0, %s, %s, %s, %s, %s, %s)",
+            " max_attempts, window_start, window_end, max_rate, measured_rate, baseline_uri)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 0, %s, %s, %s, %s, %s, %s, %s)",
             (
                 job_id, source, target, candidate, Jsonb(fingerprint),
                 fingerprint_sha256(fingerprint), dims, distance, batch_size, max_attempts,
                 window.start if window else None, window.end if window else None,
-                max_rate, rate,
+                max_rate, rate, baseline,
             ),
         )  # fmt: skip
         bounds: list[tuple[RecordId | None, int]] = list(cuts)

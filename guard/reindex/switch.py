@@ -7,6 +7,15 @@ tables in one transaction (the source's data is kept as ``<table>__old_<jobid8>`
 module keeps the job's side: the switch's details the store planned are recorded in the
 job before readers move, and read back by the store to settle, undo or clean up.
 
+Live writes: the application may keep writing through a switch. Cutover carries the
+writes made since the last catch-up into the target itself, while writers are held off
+(pgvector: the live table locked against writes inside the switch's transaction; Qdrant:
+just before the alias moves), and refuses, before holding anyone, when more than
+``max_pending`` records changed. Rollback carries the writes made since cutover back into
+the kept copy the same way, embedded with the job's baseline engine (the one the original
+vectors were made with); without one it refuses when anything changed, unless told to
+discard those writes.
+
 Crash safety: each command holds an advisory lock on the job in the state database for
 its whole run (a second cutover, rollback or cleanup of the job fails at once), records
 its intent before touching a store, and moves the job's state only by compare-and-set.
@@ -17,24 +26,31 @@ served, or anything at all while a switch is unsettled.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
 from guard import faults
-from guard.errors import ReindexError
+from guard.engines import EmbeddingEngine, open_engine
+from guard.errors import ConfigError, ReindexError
 from guard.logs import get_logger
+from guard.records import Changes
+from guard.reindex.catchup import CatchUp, carry, changes, repair
+from guard.reindex.embedding import check_engine
 from guard.reindex.jobs import Job, load_job
-from guard.reindex.places import job_store
+from guard.reindex.places import job_store, locations
+from guard.reindex.plan import check_baseline
 from guard.reindex.provenance import short_id
 from guard.reindex.verify import verify_job
+from guard.secrets import strip
 from guard.state import Conn, connect
-from guard.stores import Switch
+from guard.stores import Switch, open_store
 
 log = get_logger(__name__)
+DEFAULT_MAX_PENDING = 10_000  # records a switch re-embeds while writers wait
 
 
 @dataclass(frozen=True)
@@ -43,9 +59,15 @@ class Switched:
     state: str
     live: str  # what readers see now: alias -> collection, or table
     kept: str  # the data kept until cleanup, or dropped by it
+    carried: CatchUp | None = None  # the last writes the switch carried over
+    repaired: int = 0  # writes embedded before the switch, landed after it, re-embedded
 
     def as_dict(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "state": self.state, "live": self.live, "kept": self.kept}
+        carried = self.carried.as_dict() if self.carried else None
+        return {
+            "job_id": self.job_id, "state": self.state, "live": self.live, "kept": self.kept,
+            "carried": carried, "repaired": self.repaired,
+        }  # fmt: skip
 
 
 @contextmanager
@@ -120,11 +142,82 @@ def _settle(conn: Conn, job: Job) -> tuple[Job, str | None]:
     return load_job(conn, job.id.hex), step
 
 
-def _switched(job: Job) -> Switched:
+def _switched(job: Job, carried: CatchUp | None = None, repaired: int = 0) -> Switched:
     """What readers see for a job just cut over or rolled back."""
     with job_store(job) as store:
         live, kept = store.shown(job.cutover or {}, cut_over=job.state == "cut_over")
-    return Switched(str(job.id), job.state, live, kept)
+    return Switched(str(job.id), job.state, live, kept, carried, repaired)
+
+
+@dataclass
+class _LastWrites:
+    """A switch's ``settle`` step, run while writers are held off: compare once more,
+    refuse above ``max_pending``, and carry what changed into the copy readers move to.
+    ``engine`` None: only deletes may be carried (they need no embedding); ``discard``:
+    nothing is carried."""
+
+    job: Job
+    engine: EmbeddingEngine | None
+    live_uri: str
+    into_uri: str
+    max_pending: int
+    accept_skipped: bool = True
+    skips_to: Conn | None = None
+    discard: bool = False
+    intents: Conn | None = None  # where the switch's intent is recorded
+    carried: CatchUp | None = None
+
+    def __call__(self) -> None:
+        if self.intents is not None:  # `guard serve --follow` moves to the new engine now:
+            self.intents.execute(  # writes it embeds wait for the lock, then land behind it
+                "UPDATE guard_reindex_jobs SET intent = intent || '{\"writers_held\": true}'"
+                " WHERE id = %s AND intent IS NOT NULL",
+                (self.job.id,),
+            )
+        found = changes(self.job, self.live_uri, self.into_uri)
+        _refuse_pending(self.job, found, self.max_pending)
+        if self.discard:
+            return
+        if self.engine is None and (found.added or found.edited):
+            raise ReindexError(
+                f"{len(found)} records changed meanwhile ({found.describe()}) and there is"
+                " no engine to embed them with; not switching",
+                job_id=self.job.short,
+            )
+        self.carried = carry(
+            self.job, self.engine, self.live_uri, self.into_uri, found=found,
+            skips_to=self.skips_to,
+        )  # fmt: skip
+        if self.carried.skipped and not self.accept_skipped:
+            raise ReindexError(
+                f"{self.carried.skipped} records written since the last catch-up have no text"
+                " or were refused by the engine; not switching (--accept-skipped leaves them"
+                " out of the target)",
+                job_id=self.job.short,
+            )
+
+
+def _refuse_pending(job: Job, found: Changes, max_pending: int) -> None:
+    if len(found) > max_pending:
+        raise ReindexError(
+            f"{len(found)} records changed ({found.describe()}), more than --max-pending"
+            f" {max_pending} to re-embed while writers wait: run `guard reindex catch-up"
+            f" {job.short}` first (or raise --max-pending)",
+            job_id=job.short,
+        )
+
+
+def _switch(conn: Conn, job: Job, step: str, move: Callable[[], None]) -> None:
+    """Run a store's switch; a refusal (nothing moved: the switch's transaction rolled
+    back, or the alias never moved) clears the intent, so nothing is left to settle."""
+    try:
+        move()
+    except ReindexError:
+        conn.execute(
+            "UPDATE guard_reindex_jobs SET intent = NULL WHERE id = %s AND intent->>'step' = %s",
+            (job.id, step),
+        )
+        raise
 
 
 def cutover(
@@ -133,11 +226,16 @@ def cutover(
     alias: str | None = None,
     force: bool = False,
     accept_skipped: bool = False,
+    max_pending: int = DEFAULT_MAX_PENDING,
     dsn: str | None = None,
 ) -> Switched:
-    """Switch readers to the target. Unless ``force``, verify first (batches done, ids and
-    text hashes equal, sampled vectors right) and refuse on any finding. A cutover a
-    crash interrupted after the switch is finished, before it is undone and redone."""
+    """Switch readers to the target. Unless ``force``, verify first (batches done, the
+    target's records right) and refuse on any finding. The writes made since the last
+    catch-up are carried into the target while writers are held off, at most
+    ``max_pending`` of them. A cutover a crash interrupted after the switch is finished,
+    before it is undone and redone."""
+    if max_pending < 0:
+        raise ConfigError(f"--max-pending must be 0 or more, not {max_pending}")
     with _exclusive(job_ref, dsn) as (conn, job):
         job, settled = _settle(conn, job)
         if settled == "cutover" and job.state == "cut_over":
@@ -146,30 +244,59 @@ def cutover(
         if job.state not in ("active", "rolled_back"):
             raise ReindexError(f"the job is {job.state}; nothing to cut over", job_id=job.short)
         if not force:
+            # Writes since the last catch-up are pending, not failures: taken below. So
+            # are the rows outside a re-indexed collection.
             check = verify_job(
-                str(job.id), sample=32, accept_skipped=accept_skipped, others=False, dsn=dsn
-            )  # the rows outside a re-indexed collection are copied again by the switch
+                str(job.id), sample=32, accept_skipped=accept_skipped, others=False,
+                pending=True, dsn=dsn,
+            )  # fmt: skip
             if not check.ok:
                 raise ReindexError(
                     "verify failed, not switching: " + "; ".join(check.reasons),
                     job_id=job.short,
                 )
-        with job_store(job) as store:
+        _refuse_pending(job, changes(job, job.source_uri, job.target_uri), max_pending)
+        with ExitStack() as stack:
+            # The engine loads before writers are held off, never while they wait.
+            engine = stack.enter_context(open_engine(job.candidate_uri))
+            check_engine(job, engine)
+            store = stack.enter_context(job_store(job))
             kept = f"{store.name()}__old_{short_id(job.id)}"
             details = store.plan_switch(job.target_uri, kept=kept, alias=alias)
+            last = _LastWrites(
+                job, engine, job.source_uri, job.target_uri, max_pending,
+                accept_skipped=accept_skipped, skips_to=conn, intents=conn,
+            )  # fmt: skip
             _begin(conn, job, "cutover", details)
             faults.step("cutover.after_intent")
-            store.switch(details, to_target=True)
-        faults.step("cutover.after_switch")
-        _finish(conn, job, "cutover", "cut_over")
-        switched = _switched(load_job(conn, job.id.hex))
-    log.info("cutover done", job=job.short, live=switched.live)
+            _switch(
+                conn, job, "cutover", lambda: store.switch(details, to_target=True, settle=last)
+            )
+            faults.step("cutover.after_switch")
+            _finish(conn, job, "cutover", "cut_over")
+            job = load_job(conn, job.id.hex)
+            source_data, target_data = locations(job)
+            repaired = repair(job, engine, target_data, source_data)
+        switched = _switched(job, last.carried, repaired)
+    log.info("cutover done", job=job.short, live=switched.live, carried=_counts(last.carried))
     return switched
 
 
-def rollback(job_ref: str, *, dsn: str | None = None) -> Switched:
-    """Switch readers back to the source data; the target stays until ``cleanup``. A
-    rollback a crash interrupted is finished, or redone when the switch never happened."""
+def rollback(
+    job_ref: str,
+    *,
+    baseline: str | None = None,
+    discard_writes: bool = False,
+    max_pending: int = DEFAULT_MAX_PENDING,
+    dsn: str | None = None,
+) -> Switched:
+    """Switch readers back to the source data; the target stays until ``cleanup``. The
+    writes made since cutover are carried back into the kept copy, embedded with the
+    baseline (``baseline``, else the job's): without one a rollback refuses when anything
+    changed, unless ``discard_writes``. A rollback a crash interrupted is finished, or
+    redone when the switch never happened."""
+    if max_pending < 0:
+        raise ConfigError(f"--max-pending must be 0 or more, not {max_pending}")
     with _exclusive(job_ref, dsn) as (conn, job):
         job, settled = _settle(conn, job)
         if settled == "rollback" and job.state == "rolled_back":
@@ -179,15 +306,54 @@ def rollback(job_ref: str, *, dsn: str | None = None) -> Switched:
             raise ReindexError(
                 f"the job is {job.state}; only a cut-over job rolls back", job_id=job.short
             )
-        _begin(conn, job, "rollback")
-        faults.step("rollback.after_intent")
-        with job_store(job) as store:
-            store.switch(job.cutover, to_target=False)
-        faults.step("rollback.after_switch")
-        _finish(conn, job, "rollback", "rolled_back")
-        switched = _switched(load_job(conn, job.id.hex))
-    log.info("rollback done", job=job.short, live=switched.live)
+        kept_uri, live_uri = locations(job)  # the source's data now has the kept name
+        found = changes(job, live_uri, kept_uri)
+        baseline_uri = None if discard_writes else baseline or job.baseline_uri
+        if (found.added or found.edited) and not baseline_uri and not discard_writes:
+            raise ReindexError(
+                f"{len(found)} records changed since cutover ({found.describe()}) and the job"
+                " has no baseline engine to re-embed them for the kept copy: give --baseline"
+                " ENGINE (the engine the original vectors were made with), or"
+                " --discard-writes to lose them",
+                job_id=job.short,
+            )
+        _refuse_pending(job, found, max_pending)
+        with ExitStack() as stack:
+            engine = None
+            if baseline_uri:
+                if baseline:
+                    with open_store(kept_uri) as kept_store:
+                        check_baseline(baseline, kept_store)
+                    conn.execute(
+                        "UPDATE guard_reindex_jobs SET baseline_uri = %s WHERE id = %s",
+                        (strip(baseline), job.id),
+                    )
+                engine = stack.enter_context(open_engine(baseline_uri))
+            store = stack.enter_context(job_store(job))
+            last = _LastWrites(
+                job, engine, live_uri, kept_uri, max_pending, discard=discard_writes, intents=conn
+            )
+            _begin(conn, job, "rollback")
+            faults.step("rollback.after_intent")
+            switch = job.cutover
+            _switch(
+                conn, job, "rollback", lambda: store.switch(switch, to_target=False, settle=last)
+            )
+            faults.step("rollback.after_switch")
+            _finish(conn, job, "rollback", "rolled_back")
+            job = load_job(conn, job.id.hex)
+            repaired = repair(job, engine, job.source_uri, job.target_uri) if engine else 0
+        switched = _switched(job, last.carried, repaired)
+    if discard_writes and found:
+        log.warning("rollback discarded writes", job=job.short, changes=found.describe())
+    log.info("rollback done", job=job.short, live=switched.live, carried=_counts(last.carried))
     return switched
+
+
+def _counts(carried: CatchUp | None) -> dict[str, int] | None:
+    if carried is None:
+        return None
+    return {k: v for k, v in carried.as_dict().items() if k != "job_id"}
 
 
 def cleanup(job_ref: str, *, dsn: str | None = None) -> Switched:

@@ -51,6 +51,7 @@ class Verification:
     other_records: int | None = None  # rows outside a re-indexed collection (None: whole)
     others_differ: list[RecordId] = field(default_factory=list)
     min_cosine: float | None = None
+    pending: int | None = None  # records written since, left to cutover (None: not asked)
     reasons: list[str] = field(default_factory=list)
 
     @property
@@ -67,6 +68,7 @@ class Verification:
             "sampled": self.sampled,
             "min_cosine": self.min_cosine,
             "other_records": self.other_records,
+            "pending": self.pending,
             "reasons": self.reasons,
             "examples": {
                 name: [str(i) for i in ids[:EXAMPLES]]
@@ -101,11 +103,14 @@ def verify_job(
     seed: int = 0,
     accept_skipped: bool = False,
     others: bool = True,
+    pending: bool = False,
     dsn: str | None = None,
 ) -> Verification:
     """Check the target; for a job on one collection (``collection=``, ``filter=``), only
     its rows against the candidate and, unless ``others`` is False, every other row
-    against the live table's, unchanged."""
+    against the live table's, unchanged. With ``pending``, records the source gained,
+    lost or changed since the last catch-up are counted, not failures (cutover takes
+    them)."""
     with connect(dsn) as conn:
         job = load_job(conn, job_ref)
         result = Verification(str(job.id))
@@ -118,7 +123,7 @@ def verify_job(
             )
         }
     source_uri, target_uri = locations(job)
-    _check_ids_and_hashes(job, source_uri, target_uri, skip_hashes, result, accept_skipped)
+    _check_ids_and_hashes(job, source_uri, target_uri, skip_hashes, result, accept_skipped, pending)
     _check_vectors(job, target_uri, sample, seed, result)
     if others:
         _check_others(job, source_uri, target_uri, result)
@@ -165,6 +170,7 @@ def _check_ids_and_hashes(
     skip_hashes: dict[tuple[int, int | str], str | None],
     result: Verification,
     accept_skipped: bool,
+    pending: bool,
 ) -> None:
     with open_store(source_uri) as source, open_store(target_uri) as target:
         left = _ordered(rows(source.scan(batch_size=SCAN_PAGE)), result.duplicates)
@@ -187,10 +193,19 @@ def _check_ids_and_hashes(
             else:
                 if not has_text(src.text) or tgt.text != src.text:
                     result.text_mismatch.append(src.id)
+    written_since = (result.missing, result.extra, result.text_mismatch)
+    if pending:
+        result.pending = sum(map(len, written_since))
     for ids, what in (
-        (result.missing, "source records missing from the target"),
-        (result.extra, "target records not in the source (run catch-up)"),
-        (result.text_mismatch, "records whose source text changed (run catch-up)"),
+        *(
+            ()
+            if pending
+            else (
+                (result.missing, "source records missing from the target"),
+                (result.extra, "target records not in the source (run catch-up)"),
+                (result.text_mismatch, "records whose source text changed (run catch-up)"),
+            )
+        ),
         (result.duplicates, "ids repeated or out of order in a scan"),
     ):
         if ids:

@@ -15,72 +15,117 @@ from __future__ import annotations
 import signal
 import socket
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING
 
 from guard.engines import open_engine
 from guard.errors import ConfigError
+from guard.reindex.embedding import check_engine
 from guard.serve.model import Limits, ServedModel
+
+if TYPE_CHECKING:
+    from guard.serve.follow import Follower
 
 __all__ = ["Limits", "ServedModel", "serve"]
 
 
 def serve(
-    engine_uri: str,
+    engine_uri: str | None = None,
     *,
+    follow: str | None = None,
     host: str = "127.0.0.1",
     port: int = 8080,
     limits: Limits | None = None,
     announce: Callable[[str], None] = print,
     any_model: bool = False,
+    dsn: str | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then finish the requests in flight and return.
 
-    A request naming a model is answered only for the served model's names (404 in its
-    API's shape for another), unless ``any_model``."""
+    ``follow``: a re-index job id instead of an engine; its baseline is served until the
+    cutover, its candidate after (``guard.serve.follow``). A request naming a model is
+    answered only for the served models' names (404 in its API's shape for another),
+    unless ``any_model``."""
+    if (engine_uri is None) == (follow is None):
+        raise ConfigError("give an engine (--engine) or a re-index job to follow (--follow)")
     try:
         import uvicorn
 
-        from guard.serve.app import Service, build_app
+        from guard.serve.app import Service, Side, build_app
     except ImportError as exc:
         raise ConfigError(
             f"guard serve needs the serve extra ({exc.name} is not installed): "
             "pip install 'vector-migration-guard[serve]'"
         ) from exc
     from guard.serve.batcher import Batcher
+    from guard.serve.follow import Follower
     from guard.serve.metrics import Metrics
     from guard.serve.model import describe
 
     limits = limits or Limits()
-    engine = open_engine(engine_uri)
-    try:
-        dims = int(engine.embed(["guard serve warms up the engine"]).shape[1])
-        model = describe(engine, engine_uri, dims)
-        metrics = Metrics(model)
-        batcher = Batcher(
-            engine, max_batch=limits.max_batch, max_queue=limits.max_queue, on_batch=metrics.batch
-        )
-        metrics.watch_queue(batcher.depth)
+    with ExitStack() as stack:
+        follower = None
+        if follow is not None:
+            follower = Follower(follow, dsn)
+            stack.callback(follower.stop)
+        uris = [engine_uri] if follower is None else _followed(follower)
+        engines = [stack.enter_context(open_engine(str(uri))) for uri in uris]
+        if follower is not None:
+            check_engine(follower.job, engines[1])  # exactly the engine the job embeds with
+        models = []
+        for engine, uri in zip(engines, uris, strict=True):
+            dims = int(engine.embed(["guard serve warms up the engine"]).shape[1])
+            models.append(describe(engine, str(uri), dims))
+        first = int(follower.candidate) if follower is not None else 0
+        metrics = Metrics(models[first])
+        sides = [
+            Side(model, Batcher(
+                engine, max_batch=limits.max_batch, max_queue=limits.max_queue,
+                on_batch=metrics.batch,
+            ))
+            for model, engine in zip(models, engines, strict=True)
+        ]  # fmt: skip
+        metrics.watch_queue(lambda: sum(side.batcher.depth() for side in sides))
         listener = _listen(host, port)
-        app = build_app(Service(model, batcher, limits, metrics, any_model=any_model))
+        stack.callback(listener.close)
+        service = Service(
+            sides[first], limits, metrics, any_model=any_model,
+            others=tuple(side.model for side in sides if side is not sides[first]),
+        )  # fmt: skip
+        app = build_app(service)
         config = uvicorn.Config(
             app, log_config=None, access_log=False, log_level="warning",
             timeout_graceful_shutdown=30, lifespan="off",
         )  # fmt: skip
         bound_host, bound_port = listener.getsockname()[:2]
-        batcher.start()
-        try:
-            names = "any model name" if any_model else f"model names: {', '.join(model.names)}"
-            announce(
-                f"serving {model.id} ({engine.uri}) on http://{bound_host}:{bound_port}, "
-                f"{dims} dimensions, fingerprint sha256:{model.fingerprint_sha256}; {names}"
-            )
-            with _exit_quietly_on_signals():
-                uvicorn.Server(config).run(sockets=[listener])
-        finally:
-            batcher.stop()
-            listener.close()
-    finally:
-        engine.close()
+        for side in sides:
+            side.batcher.start()
+            stack.callback(side.batcher.stop)
+        if follower is not None:
+            follower.start(lambda candidate: setattr(service, "side", sides[int(candidate)]))
+        names = ", ".join(name for model in models for name in model.names)
+        announce(
+            f"serving {service.model.id} ({engines[first].uri}) on http://{bound_host}:"
+            f"{bound_port}, {service.model.dims} dimensions, fingerprint "
+            f"sha256:{service.model.fingerprint_sha256}; "
+            + ("any model name" if any_model else f"model names: {names}")
+            + (_following(follower) if follower is not None else "")
+        )
+        with _exit_quietly_on_signals():
+            uvicorn.Server(config).run(sockets=[listener])
+
+
+def _followed(follower: Follower) -> list[str]:
+    """(baseline, candidate) engine URIs of the followed job."""
+    return [str(follower.job.baseline_uri), follower.job.candidate_uri]
+
+
+def _following(follower: Follower) -> str:
+    side = "candidate" if follower.candidate else "baseline"
+    return (
+        f"; following re-index job {follower.job.short} ({side} now; the other at its"
+        " next cutover or rollback)"
+    )
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -50,26 +50,39 @@ class RequestError(Exception):
         self.status, self.kind, self.param = status, kind, param
 
 
-@dataclass
-class Service:
-    """What the routes share: the served model, its engine thread, limits and metrics."""
+@dataclass(frozen=True)
+class Side:
+    """One engine as served: its model and its engine thread."""
 
     model: ServedModel
     batcher: Batcher
+
+
+@dataclass
+class Service:
+    """What the routes share: the side that serves new requests (``guard serve --follow``
+    replaces it when the store switches), limits and metrics. A request keeps the side
+    it started with, so its answer names the engine that embedded it."""
+
+    side: Side
     limits: Limits
     metrics: Metrics
     any_model: bool = False  # answer requests naming any model, not only the served one
+    others: tuple[ServedModel, ...] = ()  # more models a request may name (--follow's)
 
-    def headers(self) -> dict[str, str]:
-        return {FINGERPRINT_HEADER: f"sha256:{self.model.fingerprint_sha256}"}
+    @property
+    def model(self) -> ServedModel:
+        return self.side.model
 
-    def json(self, body: Any, status: int = 200) -> JSONResponse:
-        return JSONResponse(body, status_code=status, headers=self.headers())
+    def headers(self, model: ServedModel | None = None) -> dict[str, str]:
+        return {FINGERPRINT_HEADER: f"sha256:{(model or self.model).fingerprint_sha256}"}
+
+    def json(self, body: Any, status: int = 200, model: ServedModel | None = None) -> JSONResponse:
+        return JSONResponse(body, status_code=status, headers=self.headers(model))
 
 
 def build_app(service: Service) -> Starlette:
-    """The Starlette application; the caller starts and stops the engine thread."""
-    model, batcher = service.model, service.batcher
+    """The Starlette application; the caller starts and stops the engine threads."""
 
     async def openai_embeddings(request: Request) -> Response:
         return await _embeddings(service, request, "openai")
@@ -81,10 +94,10 @@ def build_app(service: Service) -> Starlette:
         return await _embeddings(service, request, "ollama_legacy")
 
     async def models(_request: Request) -> Response:
-        return service.json({"object": "list", "data": [_openai_model(model)]})
+        return service.json({"object": "list", "data": [_openai_model(service.model)]})
 
     async def tags(_request: Request) -> Response:
-        return service.json({"models": [_ollama_model(model)]})
+        return service.json({"models": [_ollama_model(service.model)]})
 
     async def show(request: Request) -> Response:
         try:
@@ -94,6 +107,7 @@ def build_app(service: Service) -> Starlette:
                 _check_model(service, {"model": name}, "ollama")
         except RequestError as exc:
             return _error(service, "ollama", exc)
+        model = service.model
         return service.json(
             {
                 "details": _ollama_details(model),
@@ -109,8 +123,8 @@ def build_app(service: Service) -> Starlette:
         return service.json({"version": f"guard-serve/{__version__}"})
 
     async def healthz(_request: Request) -> Response:
-        up = batcher.alive()
-        body = {"status": "ok" if up else "engine thread stopped", "model": model.id}
+        up = service.side.batcher.alive()
+        body = {"status": "ok" if up else "engine thread stopped", "model": service.model.id}
         return service.json(body, 200 if up else 503)
 
     async def metrics(_request: Request) -> Response:
@@ -150,14 +164,15 @@ def build_app(service: Service) -> Starlette:
 
 async def _embeddings(service: Service, request: Request, api: Api) -> Response:
     started = time.perf_counter()
+    side = service.side
     try:
         body = await _read_json(request, service.limits.max_body_bytes)
         _check_model(service, body, api)
         texts = _texts(body, api, service.limits.max_inputs)
-        encoding = _encoding(body, api, service.model.dims)
+        encoding = _encoding(body, api, side.model.dims)
         # Ollama answers an empty prompt with an empty embedding (clients send one to
         # load the model): no engine call.
-        embedded = await _embed(service, texts) if texts else None
+        embedded = await _embed(side, texts) if texts else None
     except RequestError as exc:
         response = _error(service, api, exc)
     else:
@@ -165,21 +180,21 @@ async def _embeddings(service: Service, request: Request, api: Api) -> Response:
         if embedded is None:
             answer: dict[str, Any] = {"embedding": []}
         elif api == "openai":
-            answer = _openai_answer(service.model, embedded, encoding)
+            answer = _openai_answer(side.model, embedded, encoding)
         elif api == "ollama":
-            answer = _ollama_answer(service.model, embedded, started)
+            answer = _ollama_answer(side.model, embedded, started)
         else:
             answer = {"embedding": embedded.rows[0].tolist()}
-        response = service.json(answer)
+        response = service.json(answer, model=side.model)
     service.metrics.requests.labels(api, str(response.status_code)).inc()
     service.metrics.latency.labels(api).observe(time.perf_counter() - started)
     return response
 
 
-async def _embed(service: Service, texts: list[str]) -> Embedded:
+async def _embed(side: Side, texts: list[str]) -> Embedded:
     """The texts' rows from the engine thread; its failures as request errors."""
     try:
-        return await service.batcher.embed(texts)
+        return await side.batcher.embed(texts)
     except Overloaded as exc:
         raise RequestError(503, f"server busy: {exc}", kind="overloaded") from exc
     except TextTooLongError as exc:
@@ -220,7 +235,8 @@ def _check_model(service: Service, body: dict[str, Any], api: Api) -> None:
         raise RequestError(400, "model is required", kind="bad_request", param="model")
     if name is not None and not isinstance(name, str):
         raise RequestError(400, "'model' must be a string", kind="bad_request", param="model")
-    if name is None or service.any_model or service.model.answers_to(name):
+    models = (service.model, *service.others)
+    if name is None or service.any_model or any(model.answers_to(name) for model in models):
         return
     raise RequestError(
         404,

@@ -1,0 +1,375 @@
+"""A re-index of a pgvector table while an application keeps reading and writing it.
+
+    python bench/live_migration.py [--records 2000] [--readers 2] [--writers 2]
+
+An embedded PostgreSQL table of demo-corpus paragraphs embedded by the baseline
+(llama.cpp F16, CLS pooling); the candidate is the same model with its own mean pooling,
+so every vector says which engine made it. The application embeds through
+`guard serve --follow JOB` and talks SQL to the table by its name: readers run top-10
+searches, writers insert, edit (new text) and delete, each on ids of its own. Meanwhile:
+plan -> a worker SIGKILLed mid-run, another finishing -> catch-up -> cutover ->
+rollback -> cutover. Printed: reads, reader errors, p50/p99/max read latency, the
+longest writer wait during a switch, writes acknowledged / refused / lost, and writes in
+the wrong engine's space (split into those that overlapped a switch and those that did
+not). tests/test_reindex_live.py runs a short version of the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from guard import api
+from guard.engines import open_engine
+from guard.records import RecordBatch
+from guard.stores import open_store
+
+SPACE_COSINE = 0.999  # a vector is in an engine's space when this close to its embedding
+FIRST_NEW_ID = 1_000_000
+
+
+@dataclass
+class Write:
+    text: str | None  # None: deleted
+    clean: bool  # no switch began or ended while it was embedded and written
+    fingerprint: str
+
+
+@dataclass
+class Tally:
+    reads: int = 0
+    read_errors: int = 0
+    read_seconds: list[float] = field(default_factory=list)
+    acknowledged: int = 0
+    refused: int = 0
+    writer_waits: list[float] = field(default_factory=list)  # writes during a switch
+    fingerprints: set[str] = field(default_factory=set)
+
+
+class Application:
+    """Readers and writers as an application runs them: every vector from `guard serve`,
+    every read and write in SQL on the table's name. Writer ``w`` owns the base ids
+    ``id % writers == w`` and the new ids it inserts, so what each id must hold at the
+    end is the last write its one writer saw acknowledged."""
+
+    def __init__(
+        self,
+        dsn: str,
+        table: str,
+        url: str,
+        base: dict[int, str],
+        *,
+        readers: int = 2,
+        writers: int = 2,
+        pause: float = 0.01,
+    ) -> None:
+        self.dsn, self.table, self.url, self.pause = dsn, table, url, pause
+        self.base = dict(base)
+        self.writes: dict[int, Write] = {}
+        self.tally = Tally()
+        self._epoch = 0  # odd while a switch runs
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._read, args=(n,), daemon=True) for n in range(readers)
+        ] + [
+            threading.Thread(target=self._write, args=(n, writers), daemon=True)
+            for n in range(writers)
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> Tally:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+        return self.tally
+
+    @contextmanager
+    def switching(self) -> Iterator[None]:
+        """Mark a switch: writes that overlap it are not 'clean'."""
+        self._epoch += 1
+        try:
+            yield
+        finally:
+            self._epoch += 1
+
+    def _embed(self, client: httpx.Client, text: str) -> tuple[list[float], str]:
+        answer = client.post(f"{self.url}/v1/embeddings", json={"input": [text]})
+        answer.raise_for_status()
+        return answer.json()["data"][0]["embedding"], answer.headers["x-guard-fingerprint"]
+
+    def _read(self, reader: int) -> None:
+        rng = random.Random(reader)
+        texts = list(self.base.values())
+        with httpx.Client(timeout=30) as client, psycopg.connect(self.dsn, autocommit=True) as db:
+            while not self._stop.is_set():
+                query = rng.choice(texts)[:80]
+                try:
+                    vector, _ = self._embed(client, query)
+                    started = time.perf_counter()
+                    db.execute(
+                        f'SELECT id FROM "{self.table}" ORDER BY embedding <=> %s::vector'  # noqa: S608
+                        " LIMIT 10",
+                        (str(vector),),
+                    ).fetchall()
+                    elapsed = time.perf_counter() - started
+                    with self._lock:
+                        self.tally.reads += 1
+                        self.tally.read_seconds.append(elapsed)
+                except Exception:  # counted: a reader must never see one
+                    with self._lock:
+                        self.tally.read_errors += 1
+                self._stop.wait(self.pause)
+
+    def _write(self, writer: int, writers: int) -> None:
+        rng = random.Random(1000 + writer)
+        mine = [i for i in self.base if i % writers == writer]
+        next_id, seq = FIRST_NEW_ID + writer, 0
+        with httpx.Client(timeout=60) as client, psycopg.connect(self.dsn, autocommit=True) as db:
+            while not self._stop.is_set():
+                seq += 1
+                before = self._epoch
+                op = rng.choice(("insert", "edit", "edit", "delete")) if mine else "insert"
+                if op == "insert":
+                    record_id, next_id = next_id, next_id + writers
+                    mine.append(record_id)
+                else:
+                    record_id = rng.choice(mine)
+                text = None
+                if op != "delete":
+                    text = f"{rng.choice(list(self.base.values()))[:200]} [w{writer}.{seq}]"
+                try:
+                    fingerprint = ""
+                    started = time.perf_counter()
+                    if text is None:
+                        mine.remove(record_id)
+                        db.execute(f'DELETE FROM "{self.table}" WHERE id = %s', (record_id,))  # noqa: S608
+                    else:
+                        vector, fingerprint = self._embed(client, text)
+                        started = time.perf_counter()
+                        db.execute(
+                            f'INSERT INTO "{self.table}" (id, text, embedding)'  # noqa: S608
+                            " VALUES (%s, %s, %s::vector) ON CONFLICT (id) DO UPDATE"
+                            " SET text = excluded.text, embedding = excluded.embedding",
+                            (record_id, text, str(vector)),
+                        )
+                    waited = time.perf_counter() - started
+                except Exception:  # counted: a writer must never see one
+                    with self._lock:
+                        self.tally.refused += 1
+                    continue
+                after = self._epoch
+                with self._lock:
+                    self.tally.acknowledged += 1
+                    self.tally.fingerprints.add(fingerprint) if fingerprint else None
+                    if before != after or after % 2:
+                        self.tally.writer_waits.append(waited)
+                    self.writes[record_id] = Write(
+                        text, before == after and after % 2 == 0, fingerprint
+                    )
+                self._stop.wait(self.pause)
+
+
+@dataclass
+class Outcome:
+    tally: Tally
+    lost: list[int]  # ids whose acknowledged last write the live table does not show
+    wrong_space: int  # live rows whose vector is not the serving engine's
+    wrong_space_clean: int  # ... whose last write overlapped no switch
+    carried: dict[str, Any]  # what each switch carried over
+
+    def lines(self) -> list[str]:
+        t = self.tally
+        ms = sorted(s * 1000 for s in t.read_seconds) or [0.0]
+        return [
+            f"reads {t.reads}, reader errors {t.read_errors}",
+            f"read latency p50 {np.percentile(ms, 50):.1f} ms, p99 {np.percentile(ms, 99):.1f} ms,"
+            f" max {ms[-1]:.1f} ms",
+            f"longest writer wait during a switch {max(t.writer_waits, default=0) * 1000:.0f} ms"
+            f" ({len(t.writer_waits)} writes overlapped a switch)",
+            f"writes acknowledged {t.acknowledged}, refused {t.refused}, lost {len(self.lost)}",
+            f"live rows in the wrong engine's space {self.wrong_space}"
+            f" (of them written clear of any switch: {self.wrong_space_clean})",
+            f"carried over: {self.carried}",
+        ]
+
+
+def fill(dsn: str, table: str, texts: list[str], baseline: str) -> dict[int, str]:
+    """The table as an application made it: the baseline's vectors of ``texts``."""
+    base = dict(enumerate(texts))
+    with psycopg.connect(dsn, autocommit=True) as db:
+        db.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    store = open_store(store_uri(dsn, table))
+    with open_engine(baseline) as engine:
+        vectors = engine.embed(texts)
+    with store:
+        store.create(dims=int(vectors.shape[1]), distance="cosine")
+        store.upsert(RecordBatch(tuple(base), tuple(texts), vectors))
+    return base
+
+
+def store_uri(dsn: str, table: str) -> str:
+    """The guard's URI of ``table`` in the database of ``dsn`` (a postgresql:// URI)."""
+    return f"{dsn}{'&' if '?' in dsn else '?'}table={table}"
+
+
+@contextmanager
+def following(job_id: str, env: dict[str, str]) -> Iterator[str]:
+    """`guard serve --follow JOB` on a free port; yields its URL."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from guard.cli import main; main()", "serve", "--follow",
+         job_id, "--port", "0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, **env},
+    )  # fmt: skip
+    assert process.stderr is not None
+    line = process.stderr.readline()
+    found = re.search(r" on (http://[\d.]+:\d+)", line)
+    if found is None:
+        process.kill()
+        raise RuntimeError(f"guard serve --follow did not start: {line}{process.stderr.read()}")
+    try:
+        yield found.group(1)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+
+
+def kill_a_worker_midway(job_id: str, env: dict[str, str], batches: int) -> None:
+    """`guard reindex run` in a process of its own, SIGKILLed once ``batches`` are done."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from guard.cli import main; main()", "reindex", "run", job_id,
+         "--lease-seconds", "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **env},
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while process.poll() is None and time.monotonic() < deadline:
+        if api.status(job_id).batches.get("done", 0) >= batches:
+            break
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+
+
+def migrate(
+    dsn: str,
+    table: str,
+    base: dict[int, str],
+    *,
+    baseline: str,
+    candidate: str,
+    batch_size: int,
+    readers: int,
+    writers: int,
+    settle_seconds: float,
+    state_env: dict[str, str],
+) -> Outcome:
+    """The whole runbook under load; the live table checked against every acknowledged
+    write at the end."""
+    uri = store_uri(dsn, table)
+    plan = api.plan(uri, candidate, batch_size=batch_size, baseline=baseline)
+    carried: dict[str, Any] = {}
+    with following(plan.job_id, state_env) as url:
+        app = Application(dsn, table, url, base, readers=readers, writers=writers)
+        app.start()
+        kill_a_worker_midway(plan.job_id, state_env, batches=max(1, plan.batches // 3))
+        time.sleep(2.5)  # the killed worker's leases expire
+        api.run(plan.job_id)
+        carried["catch_up"] = api.catch_up(plan.job_id).as_dict()
+        for step in ("cutover", "rollback", "cutover"):
+            time.sleep(settle_seconds)
+            with app.switching():
+                switched = getattr(api, step)(plan.job_id)
+            carried[step] = switched.carried.as_dict() if switched.carried else None
+        time.sleep(settle_seconds)
+        tally = app.stop()
+    for counts in carried.values():
+        if counts:
+            counts.pop("job_id", None)
+    lost, wrong, wrong_clean = judge(dsn, table, base, app.writes, candidate)
+    return Outcome(tally, lost, wrong, wrong_clean, carried)
+
+
+def judge(
+    dsn: str, table: str, base: dict[int, str], writes: dict[int, Write], engine_uri: str
+) -> tuple[list[int], int, int]:
+    """(ids whose acknowledged last write is not what the table holds, rows whose vector
+    is not ``engine_uri``'s embedding of their text, and of those, the ones written clear
+    of any switch)."""
+    expected: dict[int, str | None] = {**base, **{i: w.text for i, w in writes.items()}}
+    with psycopg.connect(dsn) as db:
+        rows = db.execute(f'SELECT id, text, embedding::text FROM "{table}"').fetchall()  # noqa: S608
+    held = {int(i): (text, np.array(vector.strip("[]").split(","), dtype=np.float32))
+            for i, text, vector in rows}  # fmt: skip
+    lost = [i for i, text in expected.items() if (held.get(i) or (None,))[0] != text]
+    lost += [i for i in held if i not in expected]
+    ids = [i for i in held if held[i][0]]
+    with open_engine(engine_uri) as engine:
+        fresh = engine.embed([str(held[i][0]) for i in ids])
+    stored = np.stack([held[i][1] for i in ids])
+    cosines = np.einsum("ij,ij->i", stored, fresh) / (
+        np.linalg.norm(stored, axis=1) * np.linalg.norm(fresh, axis=1)
+    )
+    wrong = [i for i, c in zip(ids, cosines, strict=True) if c < SPACE_COSINE]
+    return lost, len(wrong), sum(1 for i in wrong if i not in writes or writes[i].clean)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--readers", type=int, default=2)
+    parser.add_argument("--writers", type=int, default=2)
+    parser.add_argument("--settle", type=float, default=3.0, help="seconds between steps")
+    args = parser.parse_args()
+
+    from guard.corpus import demo_corpus
+    from guard.logs import configure
+    from guard.models import build_demo_models
+    from guard.paths import models_dir
+    from guard.pgserver import embedded_dsn
+
+    configure(verbose=0)
+    f16 = build_demo_models(models_dir())["F16"]
+    baseline, candidate = f"llamacpp:{f16}?pooling=cls", f"llamacpp:{f16}"
+    folder = Path(tempfile.mkdtemp(prefix="guard-live-"))
+    dsn = embedded_dsn(folder / "pg")
+    with psycopg.connect(dsn, autocommit=True) as db:
+        db.execute("DROP DATABASE IF EXISTS guard_state")
+        db.execute("CREATE DATABASE guard_state")
+    state = make_conninfo(dsn, dbname="guard_state")
+    os.environ["GUARD_STATE_DSN"] = state
+    texts = [text[:300] for text in demo_corpus()[: args.records]]
+    base = fill(dsn, "docs", texts, baseline)
+    outcome = migrate(
+        dsn, "docs", base, baseline=baseline, candidate=candidate, batch_size=args.batch_size,
+        readers=args.readers, writers=args.writers, settle_seconds=args.settle,
+        state_env={"GUARD_STATE_DSN": state},
+    )  # fmt: skip
+    print(f"live migration of {len(base)} records, {args.readers} readers, {args.writers} writers")
+    for line in outcome.lines():
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
