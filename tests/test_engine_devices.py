@@ -121,7 +121,5 @@ def test_a_gpu_asked_for_and_not_there_is_one_line_and_exit_2(
         (f"llamacpp:{gguf_f16}?n_gpu_layers=-1", "n_gpu_layers=-1 asked"),
     ]:
         result = _cli("serve", "--engine", engine, "--port", "0")
-        lines = result.stderr.strip().splitlines()
-        assert (result.returncode, len(lines), says in result.stderr) == (2, 1, True), (
-            result.stderr
-        )
+        err = result.stderr
+        assert (result.returncode, len(err.strip().splitlines()), says in err) == (2, 1, True), err
