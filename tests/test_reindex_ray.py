@@ -148,10 +148,13 @@ def test_ray_actors_and_a_plain_worker_finish_a_job_with_an_actor_killed(
 
 @pytest.mark.parametrize("store_kind", ["qdrant-local"], indirect=True)
 def test_qdrant_local_admits_one_actor_and_runs_on_a_local_cluster(
-    state_dsn: str, source: str, candidate: str
+    source: str, candidate: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """qdrant+local: allows one process: two actors are one line and exit 2; one actor
-    on a cluster started for the run (`--ray local`) does the job."""
+    on a cluster started for the run (`--ray local`) does the job, with the embedded
+    state database (every node of that cluster is this machine)."""
+    monkeypatch.delenv("GUARD_STATE_DSN", raising=False)
+    monkeypatch.setenv("GUARD_HOME", str(tmp_path))
     job_id = plan_job(store=source, candidate=candidate, batch_size=BATCH * 4).job_id
     refused = _guard("run", job_id, "--ray", "local", "--actors", "2")
     assert (refused.returncode, refused.stdout) == (2, "")

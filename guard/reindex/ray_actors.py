@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -82,9 +81,6 @@ class ReindexActor:
     def stop(self) -> None:
         self._stop.set()
 
-    def pid(self) -> int:
-        return os.getpid()
-
 
 def run_on_ray(
     job_ref: str,
@@ -109,6 +105,7 @@ def run_on_ray(
     explicit = dsn or os.environ.get("GUARD_STATE_DSN")
     if remote and not explicit:
         raise ConfigError(_NEEDS_DSN.format(where=f"the Ray cluster at {address}"))
+    ray = _import_ray()
     dsn = explicit or state_dsn()
     with connect(dsn) as conn:
         job = load_job(conn, job_ref)
@@ -119,7 +116,6 @@ def run_on_ray(
             "a qdrant+local: store admits one process at a time: run --actors 1, or serve "
             f"the collection with a Qdrant server (qdrant+http://) [job {job.short}]"
         )
-    ray = _import_ray()
     with _cluster(ray, address, actors, cpus_per_actor, gpus_per_actor):
         if not explicit and not _all_nodes_here(ray):
             raise ConfigError(_NEEDS_DSN.format(where="a Ray cluster with nodes on other hosts"))
@@ -187,9 +183,8 @@ def _cluster(ray: Any, address: str, actors: int, cpus: float, gpus: float) -> I
 
 def _all_nodes_here(ray: Any) -> bool:
     """Whether every live node of the cluster runs on this machine."""
-    here = {socket.gethostbyname(socket.gethostname()), "127.0.0.1"}
-    addresses = {node["NodeManagerAddress"] for node in ray.nodes() if node.get("Alive")}
-    return addresses <= here | {ray.util.get_node_ip_address()}
+    here = {ray.util.get_node_ip_address(), "127.0.0.1"}
+    return all(node["NodeManagerAddress"] in here for node in ray.nodes() if node.get("Alive"))
 
 
 def _drive(
