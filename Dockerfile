@@ -1,5 +1,6 @@
-# The guard CLI, its drift monitor (`guard monitor`) and `guard serve` (the serve extra),
-# see docker-compose.yml.
+# The guard CLI, its drift monitor (`guard monitor`), `guard serve` (the serve extra) and
+# Ray for `guard reindex run --ray` (the ray extra; the compose file's ray-head and
+# ray-worker), see docker-compose.yml.
 # llama-cpp-python is built from source in a builder stage, with portable CPU flags:
 # a -march=native build made on one host dies with SIGILL on another CPU.
 FROM python:3.11-slim AS build
@@ -8,7 +9,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends build-essential
 ENV CMAKE_ARGS="-DGGML_NATIVE=OFF"
 WORKDIR /src
 COPY . .
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[serve]"
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[serve,ray]"
 
 FROM python:3.11-slim
 # libgomp1: llama.cpp's CPU kernels use OpenMP.

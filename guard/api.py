@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from guard.config import CacheConfig
     from guard.reindex.catchup import CatchUp
     from guard.reindex.plan import Plan
+    from guard.reindex.ray_actors import RayRunResult
     from guard.reindex.status import JobStatus
     from guard.reindex.switch import Switched
     from guard.reindex.verify import Verification
@@ -187,6 +188,32 @@ def run(
     with ExitStack() as stack:
         embeddings = _cache(stack, settings.cache, enabled=cache)
         return run_worker(job_id, lease_seconds=lease_seconds, cache=embeddings, progress=progress)
+
+
+def run_ray(
+    job_id: str,
+    *,
+    address: str,
+    actors: int,
+    cpus_per_actor: float = 1.0,
+    gpus_per_actor: float = 0.0,
+    lease_seconds: float = 60.0,
+    progress: Progress | None = None,
+) -> RayRunResult:
+    """``run`` as ``actors`` Ray actors on the cluster at ``address`` (``auto``,
+    ``local`` or ``ray://HOST:PORT``; the ``ray`` extra), on the same ledger as plain
+    workers. The actors embed afresh: the embedding cache is a file of this machine."""
+    from guard.reindex.ray_actors import run_on_ray
+
+    return run_on_ray(
+        job_id,
+        address=address,
+        actors=actors,
+        cpus_per_actor=cpus_per_actor,
+        gpus_per_actor=gpus_per_actor,
+        lease_seconds=lease_seconds,
+        progress=progress,
+    )
 
 
 def status(job_id: str) -> JobStatus:

@@ -38,7 +38,15 @@ def test_services_use_real_images_and_probe_with_tools_they_have(
     compose: dict[str, Any],
 ) -> None:
     services = compose["services"]
-    assert set(services) == {"qdrant", "postgres", "embedder", "guard", "guard-serve"}
+    assert set(services) == {
+        "qdrant",
+        "postgres",
+        "embedder",
+        "guard",
+        "guard-serve",
+        "ray-head",
+        "ray-worker",
+    }
     for name, (image, tool) in IMAGES.items():
         assert services[name]["image"].startswith(image)
         test = services[name]["healthcheck"]["test"]
@@ -107,11 +115,27 @@ def test_guard_serve_serves_the_mounted_model_with_a_real_invocation(
     assert probe[1] == "python" and f"127.0.0.1:{port}/healthz" in probe[-1]
 
 
-def test_the_dockerfile_installs_the_serve_extra() -> None:
+def test_the_dockerfile_installs_the_serve_and_ray_extras() -> None:
     assert (
-        'pip wheel --no-cache-dir --wheel-dir /wheels ".[serve]"'
+        'pip wheel --no-cache-dir --wheel-dir /wheels ".[serve,ray]"'
         in (REPO / "Dockerfile").read_text()
     )
+
+
+def test_the_ray_services_form_one_cluster_on_the_guards_image(compose: dict[str, Any]) -> None:
+    """`ray start` on the head and a worker joining it, built from this image (which has
+    Ray), with the ledger's DSN, only under the `ray` profile."""
+    head, worker = compose["services"]["ray-head"], compose["services"]["ray-worker"]
+    assert (head["build"], worker["build"], head["profiles"], worker["profiles"]) == (
+        ".", ".", ["ray"], ["ray"]
+    )  # fmt: skip
+    assert head["command"][:4] == ["ray", "start", "--head", "--block"]
+    port = next(a for a in head["command"] if a.startswith("--port=")).split("=")[1]
+    assert f"--address=ray-head:{port}" in worker["command"]
+    assert worker["depends_on"] == {"ray-head": {"condition": "service_healthy"}}
+    for service in (head, worker):
+        assert service["environment"]["GUARD_STATE_DSN"].endswith("@postgres:5432/vectors")
+        assert service["healthcheck"]["test"][1:3] == ["ray", "health-check"]
 
 
 def test_the_dockerfile_runs_the_same_command_unprivileged() -> None:

@@ -86,6 +86,8 @@ GGUF = {
         "pooling": "mean",
         "token_limit": 256,
         "truncation": "keep closing special tokens (as Hugging Face tokenizers)",
+        "device": "cpu",
+        "n_gpu_layers": 0,
     },
     "versions": {"llama-cpp-python": "0.3.36"},
 }
@@ -94,7 +96,7 @@ ST = {
     "engine": "st",
     "model": {"name": "all-MiniLM-L6-v2", "sha256": "cd" * 32, "modules": [], "dims": 16},
     "settings": {"max_tokens": None, "prefix": "", "normalize": None, "pooling": "mean",
-                 "token_limit": 256, "model_normalizes": True},
+                 "token_limit": 256, "model_normalizes": True, "device": "cpu"},
     "versions": {},
 }  # fmt: skip
 

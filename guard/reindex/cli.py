@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
+from guard.errors import ConfigError
 from guard.progress import on_terminal
 
 reindex_app = typer.Typer(
@@ -134,29 +135,60 @@ def run(
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Embed every text afresh; leave the cache alone.")
     ] = False,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Run as Ray actors: auto, local or ray://HOST:PORT (extra `ray`).",
+        ),
+    ] = None,
+    actors: Annotated[int | None, typer.Option(help="Ray actors (with --ray).", min=1)] = None,
+    cpus_per_actor: Annotated[
+        float, typer.Option(help="CPUs Ray reserves per actor (with --ray).")
+    ] = 1.0,
+    gpus_per_actor: Annotated[
+        float, typer.Option(help="GPUs Ray reserves per actor (with --ray).")
+    ] = 0.0,
 ) -> None:
     """Work on the job until it is done, paused or outside its window; safe to kill."""
     from guard import api
 
-    result = api.run(
-        job_id,
-        lease_seconds=lease_seconds,
-        config=config,
-        cache=not no_cache,
-        progress=on_terminal(Console(stderr=True)),
-    )
+    progress = on_terminal(Console(stderr=True))
+    if ray is None:
+        if actors is not None or (cpus_per_actor, gpus_per_actor) != (1.0, 0.0):
+            raise ConfigError("--actors, --cpus-per-actor and --gpus-per-actor need --ray")
+        result: Any = api.run(
+            job_id,
+            lease_seconds=lease_seconds,
+            config=config,
+            cache=not no_cache,
+            progress=progress,
+        )
+    else:
+        result = api.run_ray(
+            job_id,
+            address=ray,
+            actors=actors or 1,
+            cpus_per_actor=cpus_per_actor,
+            gpus_per_actor=gpus_per_actor,
+            lease_seconds=lease_seconds,
+            progress=progress,
+        )
     if output_format is Format.json:
         _json(result.as_dict())
     else:
         from_cache = (
             f", {result.cache['hits']} of {result.cache['hits'] + result.cache['misses']} "
             "vectors from the cache"
-            if result.cache["enabled"]
+            if ray is None and result.cache["enabled"]
             else ""
         )
+        on_ray = f" by {result.actors} Ray actors ({result.restarted} restarted)" if ray else ""
         out.print(
             f"{result.stopped}: {result.batches_done} batches, {result.written} written, "
-            f"{result.skipped} skipped, {result.failed_batches} failed batches{from_cache}",
+            f"{result.skipped} skipped, {result.failed_batches} failed batches{from_cache}"
+            f"{on_ray}",
             highlight=False,
             soft_wrap=True,
         )
