@@ -1,11 +1,26 @@
 """What the embedding cache and the lean diagnosis save, side by side in one run.
 
-    python bench/cache.py [--records 1000] [--store pgserver|qdrant]
+    python bench/cache.py [--case st|gguf] [--docs 500] [--stores identical,upgrade]
+                          [--records 1000] [--store pgserver|qdrant]
 
-Fills an embedded store with demo-corpus paragraphs embedded by llama.cpp F16 (with the
-reference's 256-token limit), then prints, each against the bare engine (a freshly
-opened engine embedding exactly the texts the check embedded, model load included; the
-fastest of three runs):
+``--case st`` (the default): ~500 stdlib docstrings in an embedded Qdrant, every check a
+fresh ``guard check`` process (imports and model loads included), against the floor: a
+fresh process that imports sentence-transformers, loads the candidate and encodes every
+document of the store once, nothing else. Two stores:
+- identical: written by all-MiniLM-L6-v2 through ``st:``, the same model as candidate;
+- upgrade: written by its first 2 layers (guard.models.build_cut_model), the full
+  6-layer model as candidate and the 2-layer one as ``--baseline``: a re-index, whose
+  hopeless bridge the probe should stop early.
+Printed per store: the first check on an empty GUARD_HOME / floor (goal <= 1.05), its
+warm rerun on the filled cache / floor (goal <= 0.25), and for the upgrade the bridge
+phase's share of the check's own timing total (goal <= 0.10). First checks and floors
+alternate ``ATTEMPTS`` times and the fastest of each side counts (this VM's speed
+drifts by 10% within minutes).
+
+``--case gguf``: 1,000 demo-corpus paragraphs embedded by llama.cpp F16 (with the
+reference's 256-token limit), each run against the bare engine (a freshly opened engine
+embedding exactly the texts the check embedded, model load included; the fastest of
+three runs):
 - a first check with an empty cache (GUARD_HOME in a temporary folder; goal <= 1.05),
   first checks and bare runs alternating three times, the fastest of each counted;
 - a rerun of the same check on the filled cache (goal <= 0.3);
@@ -17,10 +32,14 @@ fastest of three runs):
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from check_overhead import _fill  # the script's folder is on sys.path
 
@@ -31,8 +50,9 @@ from guard.core.policy import Thresholds
 from guard.corpus import demo_corpus
 from guard.engines import open_engine
 from guard.logs import configure
-from guard.models import build_demo_models
-from guard.paths import models_dir
+from guard.models import build_cut_model, build_demo_models
+from guard.paths import models_dir, reference_model_dir
+from guard.records import RecordBatch
 from guard.stores import VectorStore, open_store
 
 ATTEMPTS = 3
@@ -40,11 +60,169 @@ ATTEMPTS = 3
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, default=1000)
+    parser.add_argument("--case", choices=["st", "gguf"], default="st")
+    parser.add_argument("--docs", type=int, default=500, help="docstrings (--case st)")
+    parser.add_argument("--stores", default="identical,upgrade", help="which (--case st)")
+    parser.add_argument("--records", type=int, default=1000, help="paragraphs (--case gguf)")
     parser.add_argument("--store", choices=["pgserver", "qdrant"], default="pgserver")
     args = parser.parse_args()
     configure()
+    if args.case == "st":
+        _st_case(args.docs, args.stores.split(","))
+    else:
+        _gguf_case(args)
 
+
+_GUARD = ["-c", "from guard.cli import main; main()"]
+_ENCODE = """
+import json, sys
+from sentence_transformers import SentenceTransformer
+texts = json.load(open(sys.argv[2]))
+SentenceTransformer(sys.argv[1], device="cpu").encode(texts, batch_size=32)
+"""
+
+
+def _st_case(docs: int, stores: list[str]) -> None:
+    texts = stdlib_docstrings(docs)
+    full = reference_model_dir()
+    cut = build_cut_model(models_dir(), 2)
+    folder = Path(tempfile.mkdtemp(prefix="vmg-bench-cache-st-", dir="/tmp"))
+    texts_file = folder / "texts.json"
+    texts_file.write_text(json.dumps(texts))
+    print(f"{len(texts)} stdlib docstrings (median {sorted(map(len, texts))[len(texts) // 2]}"
+          " characters) in qdrant+local; every run a fresh process")  # fmt: skip
+    print(f"{'case':<10} {'run':<12} {'seconds':>8} {'/ floor':>8} {'goal':>6}  "
+          "verdict, cache hits/misses, phases")  # fmt: skip
+    for case, writer, baseline in [("identical", full, None), ("upgrade", cut, cut)]:
+        if case not in stores:
+            continue
+        store_uri = f"qdrant+local:{folder / case}?collection=docs"
+        engine = open_engine(f"st:{writer}")
+        store = open_store(store_uri)
+        store.create(dims=384, distance="cosine")
+        store.upsert(RecordBatch(tuple(range(len(texts))), tuple(texts), engine.embed(texts)))
+        store.close()
+        engine.close()
+        args = ["check", "--store", store_uri, "--candidate", f"st:{full}", "--format", "json"]
+        args += ["--baseline", f"st:{baseline}"] if baseline else []
+        firsts, floors = [], []
+        for attempt in range(ATTEMPTS):
+            home = folder / f"home-{case}-{attempt}"  # an empty cache each time
+            firsts.append(_process([*_GUARD, *args], home))
+            floors.append(_process(["-c", _ENCODE, str(full), str(texts_file)], home)[0])
+        floor = min(floors)
+        first_seconds, first = min(firsts, key=lambda run: run[0])
+        rerun_seconds, rerun = _process([*_GUARD, *args], home)
+        print(f"{case:<10} {'floor':<12} {floor:>8.2f}")
+        for name, seconds, report, goal in [
+            ("first check", first_seconds, first, 1.05),
+            ("warm rerun", rerun_seconds, rerun, 0.25),
+        ]:
+            cache = report["cache"]
+            print(
+                f"{case:<10} {name:<12} {seconds:>8.2f} {seconds / floor:>8.3f} {goal:>6}  "
+                f"{report['verdict']}, {cache['hits']}/{cache['misses']}, "
+                f"{ {k: round(v, 2) for k, v in report['timing'].items()} }"
+            )
+        if case == "upgrade":
+            timing = first["timing"]
+            print(
+                f"{case:<10} bridge share of the first check: {timing.get('bridge', 0.0):.2f} of "
+                f"{timing['total']:.2f} s = {timing.get('bridge', 0.0) / timing['total']:.3f} "
+                "(goal <= 0.10)"
+            )
+
+
+def _process(args: list[str], home: Path) -> tuple[float, dict[str, Any]]:
+    """Seconds of one fresh Python process, and the JSON its stdout ends with, if any."""
+    env = {**os.environ, "GUARD_HOME": str(home), "GUARD_MODELS_CACHE": str(models_dir())}
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env=env, check=False
+    )
+    seconds = time.perf_counter() - started
+    if done.returncode not in (0, 1, 3, 4, 5):
+        raise SystemExit(done.stderr)
+    report = json.loads(done.stdout[done.stdout.rfind("\n{") + 1 :]) if "{" in done.stdout else {}
+    return seconds, report
+
+
+def stdlib_docstrings(count: int) -> list[str]:
+    """Docstrings of the public callables of common stdlib modules (then of their
+    classes' public methods), whitespace folded, at least 12 words, at most 1,000
+    characters: real technical prose of mixed length."""
+    import importlib
+    import inspect
+
+    names = [
+        "os",
+        "os.path",
+        "shutil",
+        "pathlib",
+        "statistics",
+        "textwrap",
+        "string",
+        "json",
+        "inspect",
+        "collections",
+        "functools",
+        "itertools",
+        "subprocess",
+        "threading",
+        "asyncio",
+        "re",
+        "datetime",
+        "decimal",
+        "fractions",
+        "random",
+        "heapq",
+        "bisect",
+        "argparse",
+        "logging",
+        "email.message",
+        "http.client",
+        "urllib.parse",
+        "csv",
+        "sqlite3",
+        "zipfile",
+        "tarfile",
+        "tempfile",
+        "typing",
+        "dataclasses",
+        "enum",
+        "contextlib",
+        "unittest",
+        "xml.etree.ElementTree",
+        "configparser",
+        "difflib",
+        "ipaddress",
+        "socket",
+        "ssl",
+        "io",
+        "codecs",
+        "calendar",
+        "pprint",
+        "uuid",
+        "shlex",
+        "weakref",
+    ]
+    found: list[str] = []
+    classes = []
+    for name in names:
+        module = importlib.import_module(name)
+        for attr, value in sorted(vars(module).items()):
+            if callable(value) and not attr.startswith("_"):
+                found.append(" ".join((inspect.getdoc(value) or "").split())[:1000])
+                classes += [value] if inspect.isclass(value) else []
+    # Their public methods after them, so a larger --docs keeps the smaller set first.
+    for owner in classes:
+        for attr, value in sorted(vars(owner).items()):
+            if callable(value) and not attr.startswith("_"):
+                found.append(" ".join((inspect.getdoc(value) or "").split())[:1000])
+    return list(dict.fromkeys(text for text in found if len(text.split()) >= 12))[:count]
+
+
+def _gguf_case(args: argparse.Namespace) -> None:
     built = build_demo_models(models_dir())
     folder = Path(tempfile.mkdtemp(prefix="vmg-bench-cache-", dir="/tmp"))
     os.environ["GUARD_HOME"] = str(folder / "home")  # an empty cache, nobody else's

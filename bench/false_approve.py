@@ -1,6 +1,7 @@
 """How often the sequential check approves a store it should not: measured, not assumed.
 
     python bench/false_approve.py [--seeds 200] [--records 20000,2000,1000] [--simulate]
+                                  [--power] [--shares 0.015,0.03]
 
 A real embedded PostgreSQL table of ``--records`` records, of which a known share sits
 below the cosine threshold against the candidate, all of them at the highest ids (the
@@ -9,6 +10,10 @@ behind `guard check`, runs once per seed with the default thresholds (allowed sh
 confidence 99%, rounds of 100 doubling to 2,000). Printed per true share: approvals,
 the measured false-approve rate with its 95% Clopper-Pearson interval, the stated
 1 - confidence, and the mean number of records the check re-embedded.
+
+``--shares`` takes other true shares instead of the boundary's two, e.g. stores with
+1.5% and 3% of foreign vectors (written by another engine), which must never be
+approved.
 
 ``--simulate`` runs the same sequential plan (guard.core.stats.plan_looks, the code
 behind the check's rounds) on simulated draws without repeats instead of a real table:
@@ -128,12 +133,17 @@ def main() -> None:
     parser.add_argument("--records", default="20000", help="store sizes, comma-separated")
     parser.add_argument("--simulate", action="store_true", help="the plan on simulated draws")
     parser.add_argument("--power", action="store_true", help="also a store with no failures")
+    parser.add_argument("--shares", help="true shares below T instead of the boundary's two")
     args = parser.parse_args()
     configure()
     thresholds = Thresholds()
     dsn = None if args.simulate else embedded_dsn(Path(tempfile.mkdtemp(prefix="vmg-bench-")))
     boundary = thresholds.allowed_share
-    shares = (boundary, boundary + 0.001) + ((0.0,) if args.power else ())
+    shares = (
+        tuple(float(share) for share in args.shares.split(","))
+        if args.shares
+        else (boundary, boundary + 0.001)
+    ) + ((0.0,) if args.power else ())
 
     print(
         f"{'simulated draws' if args.simulate else 'real tables, failing ids highest'}; allowed"

@@ -17,7 +17,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +39,8 @@ DEFAULT_MAX_BYTES = 1 << 30
 BUSY_TIMEOUT_MS = 30_000
 # Keys looked up or rows written per statement or transaction: short transactions.
 CHUNK = 500
+# What else is kept per fingerprint besides vectors: token counts and self-check runs.
+TOKENS, RERUN, SINGLE = "tokens", "rerun", "single"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vectors (
@@ -291,13 +293,19 @@ class CachedEngine(Closing):
     fingerprint and embeds only the misses through the real engine, in its batches."""
 
     def __init__(
-        self, inner: EmbeddingEngine, cache: EmbeddingCache, counts: _Counts | None = None
+        self,
+        inner: EmbeddingEngine,
+        cache: EmbeddingCache,
+        counts: _Counts | None = None,
+        *,
+        kind: str = "",
     ) -> None:
         self.inner = inner
         self.cache = cache
         self.uri = inner.uri
         self.options: EngineOptions = inner.options
         self._counts = counts or _Counts()
+        self._kind = kind
         self._key: str | None = None
 
     @property
@@ -309,10 +317,33 @@ class CachedEngine(Closing):
         return self._counts.misses
 
     def embed(self, texts: Sequence[str]) -> Vectors:
+        if self._kind == SINGLE:
+            return self._through(SINGLE, texts, self._one_at_a_time)
+        return self._through(self._kind, texts, self.inner.embed, counted=True)
+
+    def again(self, kind: str) -> CachedEngine:
+        """The engine's self-check runs (``RERUN``: the same texts embedded again;
+        ``SINGLE``: one text per call) kept under keys of their own, so that a rerun
+        repeats the self-check's outcome without loading the model."""
+        return CachedEngine(self.inner, self.cache, _Counts(), kind=kind)
+
+    def _one_at_a_time(self, texts: Sequence[str]) -> Vectors:
+        return np.concatenate([self.inner.embed([text]) for text in texts])
+
+    def _through(
+        self,
+        kind: str,
+        texts: Sequence[str],
+        make: Callable[[Sequence[str]], Vectors],
+        *,
+        counted: bool = False,
+    ) -> Vectors:
+        """Rows of ``make(texts)``, those the cache holds under ``kind`` taken from it."""
         fingerprint = self._fingerprint_key()
         if not texts or fingerprint is None:
-            self._counts.misses += len(texts)
-            return self.inner.embed(texts)
+            self._counts.misses += len(texts) if counted else 0
+            return make(texts)
+        fingerprint = f"{fingerprint}:{kind}" if kind else fingerprint
         keys = [text_sha256(text) for text in texts]
         try:
             found = self.cache.get_many(fingerprint, keys)
@@ -321,13 +352,14 @@ class CachedEngine(Closing):
         missing = [i for i, key in enumerate(keys) if key not in found]
         fresh: Vectors | None = None
         if missing:
-            fresh = self.inner.embed([texts[i] for i in missing])
+            fresh = make([texts[i] for i in missing])
             with suppress(_Rebuilt):  # the next run fills the new file
                 self.cache.put_many(
                     fingerprint, [(keys[i], fresh[n]) for n, i in enumerate(missing)]
                 )
-        self._counts.hits += len(texts) - len(missing)
-        self._counts.misses += len(missing)
+        if counted:
+            self._counts.hits += len(texts) - len(missing)
+            self._counts.misses += len(missing)
         dims = fresh.shape[1] if fresh is not None else len(next(iter(found.values())))
         out = np.empty((len(texts), dims), dtype=np.float32)
         for i, key in enumerate(keys):
@@ -351,7 +383,13 @@ class CachedEngine(Closing):
         return self.inner.fingerprint()
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return self.inner.count_tokens(texts)
+        """Kept like vectors (one float32 per text, exact below 2**24): the check's
+        length buckets then need no tokenizer on a rerun."""
+        counts = self._through(TOKENS, texts, self._counted)
+        return [int(count) for count in counts[:, 0]] if len(texts) else []
+
+    def _counted(self, texts: Sequence[str]) -> Vectors:
+        return np.asarray(self.inner.count_tokens(texts), dtype=np.float32).reshape(-1, 1)
 
     def with_options(self, **changes: Any) -> CachedEngine:
         return CachedEngine(self.inner.with_options(**changes), self.cache, self._counts)
@@ -384,9 +422,10 @@ def cached(engine: EmbeddingEngine, cache: EmbeddingCache | None) -> EmbeddingEn
     return engine if cache is None else CachedEngine(engine, cache)
 
 
-def bare(engine: EmbeddingEngine) -> EmbeddingEngine:
-    """The real engine behind a cache: self-checks and speed measurements embed afresh."""
-    return engine.inner if isinstance(engine, CachedEngine) else engine
+def again(engine: EmbeddingEngine, kind: str) -> EmbeddingEngine:
+    """``engine`` for a self-check run of ``kind`` (CachedEngine.again); the engine
+    itself when it has no cache."""
+    return engine.again(kind) if isinstance(engine, CachedEngine) else engine
 
 
 def stats_of(engine: EmbeddingEngine) -> CacheStats:

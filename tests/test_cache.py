@@ -10,6 +10,8 @@ import json
 import multiprocessing
 import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -352,3 +354,41 @@ def _checked_twice(
         return check(), check()
     finally:
         store.close()
+
+
+_RERUN = """
+import json, sys
+import guard
+report = guard.check(sys.argv[1], sys.argv[2], baseline=sys.argv[2])
+loaded = sorted(m for m in ("sentence_transformers", "torch", "transformers") if m in sys.modules)
+print(json.dumps({"report": report.to_dict(), "loaded": loaded}))
+"""
+
+
+def test_a_fully_cached_rerun_loads_no_model_and_reaches_the_same_verdict(
+    st_model_dir: Path, qdrant_dir: Path, texts: list[str], tmp_path: Path
+) -> None:
+    """The fingerprint, token counts and self-check runs come from what the first run
+    kept: the rerun's process never imports the model's libraries."""
+    uri = f"st:{st_model_dir}"
+    store_uri = f"qdrant+local:{qdrant_dir}?collection=st-cached"
+    store = open_store(store_uri)
+    store.create(dims=384, distance="cosine")
+    store.upsert(RecordBatch(tuple(range(len(texts))), tuple(texts), _fresh(uri, texts)))
+    store.close()
+    env = {**os.environ, "GUARD_HOME": str(tmp_path / "home")}
+    runs = [
+        json.loads(
+            subprocess.run(
+                [sys.executable, "-c", _RERUN, store_uri, uri],
+                capture_output=True, text=True, timeout=600, env=env, check=True,
+            ).stdout.splitlines()[-1]  # the log lines go first
+        )
+        for _ in range(2)
+    ]  # fmt: skip
+    first, rerun = (run["report"] for run in runs)
+    assert runs[0]["loaded"] == ["sentence_transformers", "torch", "transformers"]
+    assert runs[1]["loaded"] == []
+    assert rerun["cache"] == {"enabled": True, "hits": first["cache"]["misses"], "misses": 0}
+    for name in ("verdict", "sample", "metrics", "bound", "diagnosis", "candidate", "baseline"):
+        assert first[name] == rerun[name], name

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from guard.cache import EmbeddingCache, bare, cached, stats_of
+from guard.cache import RERUN, SINGLE, EmbeddingCache, again, cached, stats_of
 from guard.checking.bridge import try_bridge
 from guard.checking.overlap import overlap_through_index
 from guard.checking.report import CheckReport, build_report
@@ -66,7 +66,7 @@ def run_check(
     """Check ``candidate`` against the vectors in ``store``; the report holds the verdict.
 
     With ``cache``, vectors the candidate already made for the same texts under the same
-    fingerprint are reused; the self-checks always embed afresh.
+    fingerprint are reused, and so are its token counts and self-check runs.
 
     When the verdict would be ``reindex`` for another space or size, a linear bridge is
     fitted and judged on held-out records; one that passes is written to ``bridge_out``
@@ -146,7 +146,7 @@ def check_drawn(
             usable, first, drawn.plan, candidate, info, thresholds, progress
         )
     with timer.phase("selfcheck"):
-        broken = _selfcheck(measured, bare(candidate))
+        broken = _selfcheck(measured, candidate)
     with timer.phase("search"):
         overlap = overlap_through_index(
             store, measured.records.vectors, measured.vectors, thresholds.overlap_k
@@ -204,11 +204,14 @@ def _selfcheck(measured: Measured, candidate: EmbeddingEngine) -> tuple[Finding,
     """The candidate's own soundness: re-run a few texts, and embed a few one at a time.
 
     The first texts were embedded in batches during the rounds, so they are both the
-    first run and the batched run.
+    first run and the batched run. Through a cache the second run and the single ones
+    are kept under their own keys (cache.again): the first check embeds them afresh, and
+    its rerun reaches the same outcome without the model.
     """
     texts = texts_of(measured.records, 0, len(measured.records))
-    rerun = candidate.embed(texts[:RERUN_TEXTS])
-    singles = np.concatenate([candidate.embed([text]) for text in texts[:SINGLE_TEXTS]])
+    rerun = again(candidate, RERUN).embed(texts[:RERUN_TEXTS])
+    single = again(candidate, SINGLE)
+    singles = np.concatenate([single.embed([text]) for text in texts[:SINGLE_TEXTS]])
     return selfcheck(
         measured.vectors,
         texts,

@@ -15,9 +15,13 @@ Any other name is handed to sentence-transformers, which may fetch it from the h
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import threading
 from collections.abc import Sequence
+from contextlib import suppress
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +38,8 @@ from guard.engines._common import (
     with_params,
 )
 from guard.errors import ConfigError, EngineError
-from guard.hashing import tree_sha256
+from guard.hashing import fingerprint_sha256, tree_sha256
+from guard.paths import guard_home, reference_model_dir
 from guard.records import Vectors
 from guard.uri import ParsedURI
 
@@ -87,25 +92,24 @@ class SentenceTransformerEngine(Closing):
         return [len(ids) for ids in encoded["input_ids"]]
 
     def fingerprint(self) -> dict[str, Any]:
-        loaded = self._load()
-        modules = [type(module).__name__ for module in loaded.model]
+        """Without loading the model when an earlier run recorded what the load tells
+        (``_Facts``) for the same folder content: a fully cached check loads nothing."""
+        facts = self._facts()
         settings = self.options.vector_settings()
-        settings["pooling"] = loaded.pooling
-        settings["token_limit"] = self._token_limit(loaded)
-        settings["model_normalizes"] = "Normalize" in modules
+        settings["pooling"] = facts.pooling
+        settings["token_limit"] = self.options.max_tokens or facts.native_limit
+        settings["model_normalizes"] = "Normalize" in facts.modules
         settings["device"] = self.device.partition(":")[0]  # which GPU does not change vectors
         return {
             "engine": "st",
             "model": {
                 "name": self.name,
-                "sha256": tree_sha256(loaded.path) if loaded.path else None,
-                "modules": modules,
-                "dims": loaded.dims,
+                "sha256": facts.sha256,
+                "modules": list(facts.modules),
+                "dims": facts.dims,
             },
             "settings": settings,
-            "versions": {
-                name: version(name) for name in ("sentence-transformers", "transformers", "torch")
-            },
+            "versions": _versions(),
         }
 
     def with_options(self, **changes: Any) -> SentenceTransformerEngine:
@@ -120,10 +124,59 @@ class SentenceTransformerEngine(Closing):
     def _token_limit(self, loaded: _Loaded) -> int:
         return self.options.max_tokens or loaded.native_limit
 
+    def _facts(self) -> _Facts:
+        """What the fingerprint needs from the model, from the record an earlier load
+        left beside the cache (keyed by the folder's sha256, the pooling asked for and
+        the library versions), else from a load, which then leaves that record."""
+        path = self._model.path if self._model else _resolve(self.name, self.uri)
+        if path is None:  # a hub name: only a load says what it is
+            return _Facts.of(self._load())
+        key = fingerprint_sha256(
+            {"sha256": tree_sha256(path), "pooling": self.options.pooling, **_versions()}
+        )
+        record = guard_home() / "cache" / "st-models" / f"{key}.json"
+        with suppress(OSError, ValueError, TypeError):
+            return _Facts(**json.loads(record.read_text()))
+        facts = _Facts.of(self._load())
+        with suppress(OSError):
+            record.parent.mkdir(parents=True, exist_ok=True)
+            partial = record.with_suffix(f".{os.getpid()}.tmp")
+            partial.write_text(json.dumps(asdict(facts)))
+            partial.replace(record)
+        return facts
+
     def _load(self) -> _Loaded:
         if self._model is None:
             self._model = _Loaded.open(self.name, self.options, self.device, self.uri)
         return self._model
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What a load tells about the model that its fingerprint names."""
+
+    sha256: str | None
+    modules: tuple[str, ...]
+    dims: int
+    native_limit: int
+    pooling: str | None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "modules", tuple(self.modules))  # JSON gives a list
+
+    @classmethod
+    def of(cls, loaded: _Loaded) -> _Facts:
+        return cls(
+            sha256=tree_sha256(loaded.path) if loaded.path else None,
+            modules=tuple(type(module).__name__ for module in loaded.model),
+            dims=loaded.dims,
+            native_limit=loaded.native_limit,
+            pooling=loaded.pooling,
+        )
+
+
+def _versions() -> dict[str, str | None]:
+    return {name: version(name) for name in ("sentence-transformers", "transformers", "torch")}
 
 
 class _Loaded:
@@ -208,8 +261,6 @@ def _resolve(name: str, engine: str) -> Path | None:
     if path.is_dir():
         return path
     if name.lower() in _PACKAGED:
-        from guard.paths import reference_model_dir
-
         return reference_model_dir()
     if path.is_absolute() or name.startswith((".", "~")):
         raise EngineError(f"model folder not found: {path}", engine=engine)
