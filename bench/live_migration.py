@@ -1,6 +1,6 @@
 """A re-index of a pgvector table while an application keeps reading and writing it.
 
-    python bench/live_migration.py [--records 2000] [--readers 2] [--writers 2]
+    python bench/live_migration.py [--records 1400] [--readers 2] [--writers 2] [--write-rate 25]
 
 An embedded PostgreSQL table of demo-corpus paragraphs embedded by the baseline
 (llama.cpp F16, CLS pooling); the candidate is the same model with its own mean pooling,
@@ -62,6 +62,7 @@ class Tally:
     refused: int = 0
     writer_waits: list[float] = field(default_factory=list)  # writes during a switch
     fingerprints: set[str] = field(default_factory=set)
+    seconds: float = 0.0  # how long the application ran
 
 
 class Application:
@@ -80,14 +81,19 @@ class Application:
         readers: int = 2,
         writers: int = 2,
         pause: float = 0.01,
+        write_rate: float | None = None,
     ) -> None:
         self.dsn, self.table, self.url, self.pause = dsn, table, url, pause
+        # Each writer's share of the application's writes per second (None: as fast as
+        # the embedding allows).
+        self.write_gap = writers / write_rate if write_rate else 0.0
         self.base = dict(base)
         self.writes: dict[int, Write] = {}
         self.tally = Tally()
         self._epoch = 0  # odd while a switch runs
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._started = time.monotonic()
         self._threads = [
             threading.Thread(target=self._read, args=(n,), daemon=True) for n in range(readers)
         ] + [
@@ -103,6 +109,7 @@ class Application:
         self._stop.set()
         for thread in self._threads:
             thread.join()
+        self.tally.seconds = time.monotonic() - self._started
         return self.tally
 
     @contextmanager
@@ -146,8 +153,10 @@ class Application:
         rng = random.Random(1000 + writer)
         mine = [i for i in self.base if i % writers == writer]
         next_id, seq = FIRST_NEW_ID + writer, 0
+        due = time.monotonic()
         with httpx.Client(timeout=60) as client, psycopg.connect(self.dsn, autocommit=True) as db:
             while not self._stop.is_set():
+                due += self.write_gap
                 seq += 1
                 before = self._epoch
                 op = rng.choice(("insert", "edit", "edit", "delete")) if mine else "insert"
@@ -188,7 +197,7 @@ class Application:
                     self.writes[record_id] = Write(
                         text, before == after and after % 2 == 0, fingerprint
                     )
-                self._stop.wait(self.pause)
+                self._stop.wait(max(self.pause, due - time.monotonic()))
 
 
 @dataclass
@@ -208,7 +217,8 @@ class Outcome:
             f" max {ms[-1]:.1f} ms",
             f"longest writer wait during a switch {max(t.writer_waits, default=0) * 1000:.0f} ms"
             f" ({len(t.writer_waits)} writes overlapped a switch)",
-            f"writes acknowledged {t.acknowledged}, refused {t.refused}, lost {len(self.lost)}",
+            f"writes acknowledged {t.acknowledged} ({t.acknowledged / max(t.seconds, 1e-9):.1f}/s"
+            f" over {t.seconds:.0f} s), refused {t.refused}, lost {len(self.lost)}",
             f"live rows in the wrong engine's space {self.wrong_space}"
             f" (of them written clear of any switch: {self.wrong_space_clean})",
             f"carried over: {self.carried}",
@@ -283,6 +293,7 @@ def migrate(
     writers: int,
     settle_seconds: float,
     state_env: dict[str, str],
+    write_rate: float | None = None,
 ) -> Outcome:
     """The whole runbook under load; the live table checked against every acknowledged
     write at the end."""
@@ -290,7 +301,9 @@ def migrate(
     plan = api.plan(uri, candidate, batch_size=batch_size, baseline=baseline)
     carried: dict[str, Any] = {}
     with following(plan.job_id, state_env) as url:
-        app = Application(dsn, table, url, base, readers=readers, writers=writers)
+        app = Application(
+            dsn, table, url, base, readers=readers, writers=writers, write_rate=write_rate
+        )
         app.start()
         kill_a_worker_midway(plan.job_id, state_env, batches=max(1, plan.batches // 3))
         time.sleep(2.5)  # the killed worker's leases expire
@@ -301,6 +314,8 @@ def migrate(
             with app.switching():
                 switched = getattr(api, step)(plan.job_id)
             carried[step] = switched.carried.as_dict() if switched.carried else None
+            if carried[step] is not None:
+                carried[step]["held"] = switched.held  # re-embedded while writers waited
         time.sleep(settle_seconds)
         tally = app.stop()
     for counts in carried.values():
@@ -336,11 +351,14 @@ def judge(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, default=2000)
+    parser.add_argument("--records", type=int, default=1400)
     parser.add_argument("--batch-size", type=int, default=200)
     parser.add_argument("--readers", type=int, default=2)
     parser.add_argument("--writers", type=int, default=2)
     parser.add_argument("--settle", type=float, default=3.0, help="seconds between steps")
+    parser.add_argument(
+        "--write-rate", type=float, default=25.0, help="the application's writes per second"
+    )
     args = parser.parse_args()
 
     from guard.corpus import demo_corpus
@@ -364,7 +382,7 @@ def main() -> None:
     outcome = migrate(
         dsn, "docs", base, baseline=baseline, candidate=candidate, batch_size=args.batch_size,
         readers=args.readers, writers=args.writers, settle_seconds=args.settle,
-        state_env={"GUARD_STATE_DSN": state},
+        state_env={"GUARD_STATE_DSN": state}, write_rate=args.write_rate,
     )  # fmt: skip
     print(f"live migration of {len(base)} records, {args.readers} readers, {args.writers} writers")
     for line in outcome.lines():

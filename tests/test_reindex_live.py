@@ -141,5 +141,40 @@ def test_cutover_refuses_above_max_pending_and_takes_the_writes_below_it(
     switched = api.cutover(job, max_pending=3)
     assert switched.carried is not None
     assert (switched.carried.updated, switched.carried.deleted) == (1, 2)
+    assert switched.held == 3  # few enough to take while writers wait
     expected: dict[int, str | None] = {**base, 1: None, 2: None, 3: "edited meanwhile"}
     assert live.judge(pg_dsn, table, expected, {}, candidate)[:2] == ([], 0)
+
+
+def test_many_pending_writes_are_carried_before_writers_are_held(
+    state_dsn: str, pg_dsn: str, table: str, engines: tuple[str, str], corpus: list[str]
+) -> None:
+    """Writers wait only for what changed during the last round of carrying: a cutover
+    and a rollback facing more than a lock's worth of writes carry them first, and hold
+    writers for none of them when nothing more arrives."""
+    baseline, candidate = engines
+    base = live.fill(pg_dsn, table, [text[:200] for text in corpus[:60]], baseline)
+    job = api.plan(live.store_uri(pg_dsn, table), candidate, batch_size=20, baseline=baseline)
+    api.run(job.job_id)
+
+    texts: dict[int, str | None] = dict(base)
+
+    def edit(ids: range, mark: str) -> None:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(
+                f'UPDATE "{table}" SET text = text || %s WHERE id = ANY(%s)',
+                (mark, list(ids)),
+            )
+        texts.update({i: f"{texts[i]}{mark}" for i in ids})
+
+    edit(range(45), " (before cutover)")
+    switched = api.cutover(job.job_id)
+    assert switched.carried is not None and switched.carried.updated == 45
+    assert switched.held == 0
+    assert live.judge(pg_dsn, table, texts, {}, candidate)[:2] == ([], 0)
+
+    edit(range(50), " (after cutover)")  # the kept copy's own texts are stale before it
+    rolled = api.rollback(job.job_id)
+    assert rolled.carried is not None and rolled.carried.updated == 50
+    assert rolled.held == 0
+    assert live.judge(pg_dsn, table, texts, {}, baseline)[:2] == ([], 0)

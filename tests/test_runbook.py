@@ -171,14 +171,17 @@ def test_reindex_branch(
     guard: Callable[[list[str]], tuple[int, str, str]],
     store: str,
     gguf_q4_0: Path,
+    gguf_f16: Path,
+    texts: list[str],
     state_dsn: str,
     tmp_path: Path,
 ) -> None:
     """A Q4_0 candidate: check exits 1, then every re-index step, the monitor on the
-    cut-over store, and the rollback exit 0."""
+    cut-over store, and the rollback exit 0 keeping a record written after cutover."""
     runbook = sections()
     candidate = f"llamacpp:{gguf_q4_0}"
-    shell = Shell({"STORE": store, "CANDIDATE": candidate}, guard, tmp_path)
+    values = {"STORE": store, "CANDIDATE": candidate, "BASELINE": f"llamacpp:{gguf_f16}"}
+    shell = Shell(values, guard, tmp_path)
     shell.block(*runbook["1"][0])
     assert shell.codes == [("check --store", 1)]
 
@@ -192,8 +195,13 @@ def test_reindex_branch(
 
     for block in runbook["5"]:
         shell.block(*block)
-    for block in runbook["6"]:
-        shell.block(*block)
+    with open_engine(candidate) as engine, open_store(store) as live:  # the application
+        live.upsert(RecordBatch((RECORDS,), (texts[RECORDS],), engine.embed(texts[RECORDS:])))
+    rollback, cleanup = runbook["6"][0][1].strip().splitlines()
+    shell.block("sh", rollback)
+    with open_store(store) as live:
+        assert live.fetch([RECORDS]).texts == (texts[RECORDS],)
+    shell.block("sh", cleanup)
     assert shell.codes[1:] == [
         ("reindex plan", 0),
         ("reindex run", 0),

@@ -49,6 +49,12 @@ class CatchUp:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def __add__(self, other: CatchUp) -> CatchUp:
+        return CatchUp(self.job_id, *(getattr(self, f) + getattr(other, f) for f in _COUNTS))
+
+
+_COUNTS = ("inserted", "updated", "deleted", "skipped", "others_copied")
+
 
 def catch_up(job_ref: str, *, dsn: str | None = None) -> CatchUp:
     with connect(dsn) as conn:

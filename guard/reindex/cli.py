@@ -366,7 +366,8 @@ def _carried(result: Any) -> str:
         f"; writes carried over: {carried.inserted} inserted, {carried.updated} updated,"
         f" {carried.deleted} deleted"
     )
-    return text + (f", {carried.skipped} skipped" if carried.skipped else "")
+    text += f", {carried.skipped} skipped" if carried.skipped else ""
+    return text + f" ({result.held} of them while writers waited)"
 
 
 @reindex_app.command()

@@ -50,7 +50,9 @@ from guard.state import Conn, connect
 from guard.stores import Switch, open_store
 
 log = get_logger(__name__)
-DEFAULT_MAX_PENDING = 10_000  # records a switch re-embeds while writers wait
+DEFAULT_MAX_PENDING = 10_000  # records a switch may have to carry over
+HELD_CARRY = 32  # at most this many are left to re-embed while writers wait ...
+AHEAD_ROUNDS = 10  # ... after up to this many rounds of carrying without holding anyone
 
 
 @dataclass(frozen=True)
@@ -61,12 +63,13 @@ class Switched:
     kept: str  # the data kept until cleanup, or dropped by it
     carried: CatchUp | None = None  # the last writes the switch carried over
     repaired: int = 0  # writes embedded before the switch, landed after it, re-embedded
+    held: int = 0  # records carried over while writers waited
 
     def as_dict(self) -> dict[str, Any]:
         carried = self.carried.as_dict() if self.carried else None
         return {
             "job_id": self.job_id, "state": self.state, "live": self.live, "kept": self.kept,
-            "carried": carried, "repaired": self.repaired,
+            "carried": carried, "repaired": self.repaired, "held": self.held,
         }  # fmt: skip
 
 
@@ -142,11 +145,13 @@ def _settle(conn: Conn, job: Job) -> tuple[Job, str | None]:
     return load_job(conn, job.id.hex), step
 
 
-def _switched(job: Job, carried: CatchUp | None = None, repaired: int = 0) -> Switched:
+def _switched(job: Job, last: _LastWrites | None = None, repaired: int = 0) -> Switched:
     """What readers see for a job just cut over or rolled back."""
     with job_store(job) as store:
         live, kept = store.shown(job.cutover or {}, cut_over=job.state == "cut_over")
-    return Switched(str(job.id), job.state, live, kept, carried, repaired)
+    if last is None:
+        return Switched(str(job.id), job.state, live, kept)
+    return Switched(str(job.id), job.state, live, kept, last.carried, repaired, last.held)
 
 
 @dataclass
@@ -165,7 +170,8 @@ class _LastWrites:
     skips_to: Conn | None = None
     discard: bool = False
     intents: Conn | None = None  # where the switch's intent is recorded
-    carried: CatchUp | None = None
+    carried: CatchUp | None = None  # carried ahead, then under the lock
+    held: int = 0  # of them, carried while writers waited
 
     def __call__(self) -> None:
         if self.intents is not None:  # `guard serve --follow` moves to the new engine now:
@@ -178,16 +184,18 @@ class _LastWrites:
         _refuse_pending(self.job, found, self.max_pending)
         if self.discard:
             return
+        self.held = len(found)
         if self.engine is None and (found.added or found.edited):
             raise ReindexError(
                 f"{len(found)} records changed meanwhile ({found.describe()}) and there is"
                 " no engine to embed them with; not switching",
                 job_id=self.job.short,
             )
-        self.carried = carry(
+        held = carry(
             self.job, self.engine, self.live_uri, self.into_uri, found=found,
             skips_to=self.skips_to,
         )  # fmt: skip
+        self.carried = self.carried + held if self.carried else held
         if self.carried.skipped and not self.accept_skipped:
             raise ReindexError(
                 f"{self.carried.skipped} records written since the last catch-up have no text"
@@ -195,6 +203,32 @@ class _LastWrites:
                 " out of the target)",
                 job_id=self.job.short,
             )
+
+
+def _carry_ahead(
+    job: Job,
+    engine: EmbeddingEngine,
+    live_uri: str,
+    into_uri: str,
+    found: Changes,
+    *,
+    skips_to: Conn | None = None,
+) -> CatchUp | None:
+    """Carry the writes made since the last catch-up before holding anyone, round after
+    round while what is left shrinks (the pre-copy of a live migration): writers then
+    wait only for the last few records, written during the last round, to be re-embedded
+    under the switch's lock, never for everything since the last catch-up."""
+    carried = None
+    for _ in range(AHEAD_ROUNDS):
+        if len(found) <= HELD_CARRY:
+            break
+        step = carry(job, engine, live_uri, into_uri, found=found, skips_to=skips_to)
+        carried = carried + step if carried else step
+        left = changes(job, live_uri, into_uri)
+        if len(left) >= len(found):
+            break  # the application writes faster than this engine embeds
+        found = left
+    return carried
 
 
 def _refuse_pending(job: Job, found: Changes, max_pending: int) -> None:
@@ -255,7 +289,8 @@ def cutover(
                     "verify failed, not switching: " + "; ".join(check.reasons),
                     job_id=job.short,
                 )
-        _refuse_pending(job, changes(job, job.source_uri, job.target_uri), max_pending)
+        found = changes(job, job.source_uri, job.target_uri)
+        _refuse_pending(job, found, max_pending)
         with ExitStack() as stack:
             # The engine loads before writers are held off, never while they wait.
             engine = stack.enter_context(open_engine(job.candidate_uri))
@@ -266,6 +301,9 @@ def cutover(
             last = _LastWrites(
                 job, engine, job.source_uri, job.target_uri, max_pending,
                 accept_skipped=accept_skipped, skips_to=conn, intents=conn,
+                carried=_carry_ahead(
+                    job, engine, job.source_uri, job.target_uri, found, skips_to=conn
+                ),
             )  # fmt: skip
             _begin(conn, job, "cutover", details)
             faults.step("cutover.after_intent")
@@ -277,7 +315,7 @@ def cutover(
             job = load_job(conn, job.id.hex)
             source_data, target_data = locations(job)
             repaired = repair(job, engine, target_data, source_data)
-        switched = _switched(job, last.carried, repaired)
+        switched = _switched(job, last, repaired)
     log.info("cutover done", job=job.short, live=switched.live, carried=_counts(last.carried))
     return switched
 
@@ -330,9 +368,13 @@ def rollback(
                     )
                 engine = stack.enter_context(open_engine(baseline_uri))
             store = stack.enter_context(job_store(job))
+            ahead = None
+            if engine is not None:
+                ahead = _carry_ahead(job, engine, live_uri, kept_uri, found)
             last = _LastWrites(
-                job, engine, live_uri, kept_uri, max_pending, discard=discard_writes, intents=conn
-            )
+                job, engine, live_uri, kept_uri, max_pending, discard=discard_writes,
+                intents=conn, carried=ahead,
+            )  # fmt: skip
             _begin(conn, job, "rollback")
             faults.step("rollback.after_intent")
             switch = job.cutover
@@ -343,7 +385,7 @@ def rollback(
             _finish(conn, job, "rollback", "rolled_back")
             job = load_job(conn, job.id.hex)
             repaired = repair(job, engine, job.source_uri, job.target_uri) if engine else 0
-        switched = _switched(job, last.carried, repaired)
+        switched = _switched(job, last, repaired)
     if discard_writes and found:
         log.warning("rollback discarded writes", job=job.short, changes=found.describe())
     log.info("rollback done", job=job.short, live=switched.live, carried=_counts(last.carried))
