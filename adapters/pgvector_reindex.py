@@ -18,7 +18,7 @@ their text form (``ROW(columns)::text``: vectors, json and bytea print exactly).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +32,7 @@ from guard.adapters.pgvector import PgVectorStore
 from guard.closing import Closing
 from guard.errors import ReindexError
 from guard.records import Changes, RecordBatch, RecordId, StoreInfo
-from guard.stores import OthersCheck, Switch
+from guard.stores import LastWrites, OthersCheck, Switch
 from guard.uri import ParsedURI, parse
 
 LOCK_TIMEOUT = "5s"
@@ -265,9 +265,7 @@ class PgVectorReindex(Closing):
             f"recorded; fix it by hand"
         )
 
-    def switch(
-        self, switch: Switch, *, to_target: bool, settle: Callable[[], None] | None = None
-    ) -> None:
+    def switch(self, switch: Switch, *, to_target: bool, settle: LastWrites | None = None) -> None:
         schema, table, old, shadow = (
             switch["schema"], switch["table"], switch["old"], switch["shadow"]
         )  # fmt: skip
@@ -278,7 +276,7 @@ class PgVectorReindex(Closing):
             self._swap(schema, table, old, shadow, settle)
 
     def _swap(
-        self, schema: str, live: str, incoming: str, kept: str, settle: Callable[[], None] | None
+        self, schema: str, live: str, incoming: str, kept: str, settle: LastWrites | None
     ) -> None:
         """Readers switch from ``live`` to ``incoming`` in one transaction: ``live`` becomes
         ``kept``, ``incoming`` takes its name and everything else it had (see
@@ -287,11 +285,16 @@ class PgVectorReindex(Closing):
         outside it are first copied from ``live`` into ``incoming`` under a lock that
         holds writers off until the switch commits.
 
-        The lock (SHARE ROW EXCLUSIVE: writers wait, readers go on) is taken first, then
-        ``settle`` carries the last writes over on connections of its own (they read
-        ``live`` and write ``incoming``, which this transaction has not locked yet), then
-        the renames take their brief ACCESS EXCLUSIVE locks. Writers that waited go on
-        after the commit, into the table that has the name now."""
+        First both tables are locked against vacuum and DDL only (SHARE UPDATE
+        EXCLUSIVE: readers and writers go on), so that no autovacuum holds the renames
+        up later, while writers wait: PostgreSQL cancels an autovacuum in a lock's way
+        only after deadlock_timeout (1 s). ``settle.ahead`` then carries what changed
+        while nobody waits. Then the lock that holds writers off (SHARE ROW EXCLUSIVE:
+        readers go on) is taken, ``settle`` carries the last writes over on connections
+        of its own (they read ``live`` and write ``incoming``, which this transaction
+        holds no conflicting lock on), and the renames take their brief ACCESS EXCLUSIVE
+        locks. Writers that waited go on after the commit, into the table that has the
+        name now."""
         part = self._part(self._parsed.raw) if self.selects_part() else None
         with self._session("switch failed") as conn:
             try:
@@ -299,6 +302,13 @@ class PgVectorReindex(Closing):
                     conn.execute(
                         sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT))
                     )
+                    conn.execute(
+                        sql.SQL("LOCK TABLE {}, {} IN SHARE UPDATE EXCLUSIVE MODE").format(
+                            sql.Identifier(schema, live), sql.Identifier(schema, incoming)
+                        )
+                    )
+                    if settle is not None:
+                        settle.ahead()
                     conn.execute(
                         sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(
                             sql.Identifier(schema, live)

@@ -18,7 +18,7 @@ Every client call goes through ``QdrantStore.translate_errors``, the adapter's o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,7 @@ from guard.adapters.qdrant import QdrantStore
 from guard.closing import Closing
 from guard.errors import ReindexError
 from guard.records import Changes, RecordBatch, StoreInfo
-from guard.stores import OthersCheck, Switch
+from guard.stores import LastWrites, OthersCheck, Switch
 from guard.streams import Row, differences, merge, rows
 from guard.uri import ParsedURI, parse
 
@@ -231,15 +231,14 @@ class QdrantReindex(Closing):
             f"{switch['old']!r} nor the target {switch['new']!r}; fix it by hand"
         )
 
-    def switch(
-        self, switch: Switch, *, to_target: bool, settle: Callable[[], None] | None = None
-    ) -> None:
+    def switch(self, switch: Switch, *, to_target: bool, settle: LastWrites | None = None) -> None:
         """With one tenant re-indexed, its other points are copied once more first: into
         the target at cutover, back into the source at rollback (writes since stay).
         ``settle`` runs just before the alias moves: Qdrant cannot hold writers off, so a
         write landing between its last read and the alias switch stays behind (README)."""
         old, new = self.renamed(switch["old"]), self.renamed(switch["new"])
         if settle is not None:
+            settle.ahead()
             settle()
         if self.selects_part() and to_target:
             self.copy_others(old, new)

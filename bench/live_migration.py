@@ -1,6 +1,7 @@
 """A re-index of a pgvector table while an application keeps reading and writing it.
 
-    python bench/live_migration.py [--records 1400] [--readers 2] [--writers 2] [--write-rate 25]
+    python bench/live_migration.py [--records 1400] [--readers 2] [--writers 2]
+        [--write-rate 25] [--read-rate 10] [--shared-cpus]
 
 An embedded PostgreSQL table of demo-corpus paragraphs embedded by the baseline
 (llama.cpp F16, CLS pooling); the candidate is the same model with its own mean pooling,
@@ -12,6 +13,13 @@ rollback -> cutover. Printed: reads, reader errors, p50/p99/max read latency, th
 longest writer wait during a switch, writes acknowledged / refused / lost, and writes in
 the wrong engine's space (split into those that overlapped a switch and those that did
 not). tests/test_reindex_live.py runs a short version of the same.
+
+In production the application's embedder and the migration run on machines of their
+own; on one machine they fight for the same cores, and a switch's writers then wait for
+an engine starved by the application's own embedding. So, unless --shared-cpus, the
+application's `guard serve` runs on the first half of this machine's CPUs and the
+migration (workers, catch-up, cutover, rollback) on the other half; PostgreSQL and the
+application's threads run anywhere.
 """
 
 from __future__ import annotations
@@ -82,11 +90,13 @@ class Application:
         writers: int = 2,
         pause: float = 0.01,
         write_rate: float | None = None,
+        read_rate: float | None = None,
     ) -> None:
         self.dsn, self.table, self.url, self.pause = dsn, table, url, pause
         # Each writer's share of the application's writes per second (None: as fast as
         # the embedding allows).
         self.write_gap = writers / write_rate if write_rate else 0.0
+        self.read_gap = readers / read_rate if read_rate else 0.0
         self.base = dict(base)
         self.writes: dict[int, Write] = {}
         self.tally = Tally()
@@ -129,8 +139,10 @@ class Application:
     def _read(self, reader: int) -> None:
         rng = random.Random(reader)
         texts = list(self.base.values())
+        due = time.monotonic()
         with httpx.Client(timeout=30) as client, psycopg.connect(self.dsn, autocommit=True) as db:
             while not self._stop.is_set():
+                due += self.read_gap
                 query = rng.choice(texts)[:80]
                 try:
                     vector, _ = self._embed(client, query)
@@ -147,7 +159,7 @@ class Application:
                 except Exception:  # counted: a reader must never see one
                     with self._lock:
                         self.tally.read_errors += 1
-                self._stop.wait(self.pause)
+                self._stop.wait(max(self.pause, due - time.monotonic()))
 
     def _write(self, writer: int, writers: int) -> None:
         rng = random.Random(1000 + writer)
@@ -245,12 +257,14 @@ def store_uri(dsn: str, table: str) -> str:
 
 
 @contextmanager
-def following(job_id: str, env: dict[str, str]) -> Iterator[str]:
-    """`guard serve --follow JOB` on a free port; yields its URL."""
+def following(job_id: str, env: dict[str, str], cpus: set[int] | None = None) -> Iterator[str]:
+    """`guard serve --follow JOB` on a free port (on ``cpus`` only, if given); yields its
+    URL."""
     process = subprocess.Popen(
         [sys.executable, "-c", "from guard.cli import main; main()", "serve", "--follow",
          job_id, "--port", "0"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, **env},
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )  # fmt: skip
     assert process.stderr is not None
     line = process.stderr.readline()
@@ -294,16 +308,19 @@ def migrate(
     settle_seconds: float,
     state_env: dict[str, str],
     write_rate: float | None = None,
+    read_rate: float | None = None,
+    app_cpus: set[int] | None = None,
 ) -> Outcome:
     """The whole runbook under load; the live table checked against every acknowledged
     write at the end."""
     uri = store_uri(dsn, table)
     plan = api.plan(uri, candidate, batch_size=batch_size, baseline=baseline)
     carried: dict[str, Any] = {}
-    with following(plan.job_id, state_env) as url:
+    with following(plan.job_id, state_env, app_cpus) as url:
         app = Application(
-            dsn, table, url, base, readers=readers, writers=writers, write_rate=write_rate
-        )
+            dsn, table, url, base, readers=readers, writers=writers, write_rate=write_rate,
+            read_rate=read_rate,
+        )  # fmt: skip
         app.start()
         kill_a_worker_midway(plan.job_id, state_env, batches=max(1, plan.batches // 3))
         time.sleep(2.5)  # the killed worker's leases expire
@@ -359,6 +376,14 @@ def main() -> None:
     parser.add_argument(
         "--write-rate", type=float, default=25.0, help="the application's writes per second"
     )
+    parser.add_argument(
+        "--read-rate", type=float, default=10.0, help="the application's reads per second"
+    )
+    parser.add_argument(
+        "--shared-cpus",
+        action="store_true",
+        help="run the application's embedder and the migration on the same CPUs",
+    )
     args = parser.parse_args()
 
     from guard.corpus import demo_corpus
@@ -367,7 +392,7 @@ def main() -> None:
     from guard.paths import models_dir
     from guard.pgserver import embedded_dsn
 
-    configure(verbose=0)
+    configure(verbose=1 if os.environ.get("GUARD_BENCH_VERBOSE") else 0)
     f16 = build_demo_models(models_dir())["F16"]
     baseline, candidate = f"llamacpp:{f16}?pooling=cls", f"llamacpp:{f16}"
     folder = Path(tempfile.mkdtemp(prefix="guard-live-"))
@@ -379,12 +404,27 @@ def main() -> None:
     os.environ["GUARD_STATE_DSN"] = state
     texts = [text[:300] for text in demo_corpus()[: args.records]]
     base = fill(dsn, "docs", texts, baseline)
+    cpus = sorted(os.sched_getaffinity(0))
+    app_cpus = None
+    if not args.shared_cpus and len(cpus) >= 2:
+        app_cpus = set(cpus[: len(cpus) // 2])
+        os.sched_setaffinity(0, set(cpus) - app_cpus)  # the migration, and what it starts
     outcome = migrate(
         dsn, "docs", base, baseline=baseline, candidate=candidate, batch_size=args.batch_size,
         readers=args.readers, writers=args.writers, settle_seconds=args.settle,
         state_env={"GUARD_STATE_DSN": state}, write_rate=args.write_rate,
+        read_rate=args.read_rate, app_cpus=app_cpus,
     )  # fmt: skip
-    print(f"live migration of {len(base)} records, {args.readers} readers, {args.writers} writers")
+    split = (
+        f"application's embedder on CPUs {sorted(app_cpus)}, migration on the other"
+        f" {len(cpus) - len(app_cpus)}"
+        if app_cpus
+        else f"application and migration sharing {len(cpus)} CPUs"
+    )
+    print(
+        f"live migration of {len(base)} records, {args.readers} readers, {args.writers}"
+        f" writers; {split}"
+    )
     for line in outcome.lines():
         print(line)
 

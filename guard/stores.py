@@ -10,7 +10,7 @@ Protocol, and are imported only when a URI asks for them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
@@ -98,6 +98,22 @@ Switch = Mapping[str, Any]
 readers move, read back by the same store to settle, undo or clean up after a crash."""
 
 
+class LastWrites(Protocol):
+    """What a switch carries over from the live data into the data readers move to."""
+
+    def ahead(self) -> None:
+        """Carry what changed without holding anyone; the store calls it once nothing but
+        readers and writers can touch the two tables (pgvector: vacuum and DDL are held
+        off), so that ``__call__`` is left with only what arrives meanwhile."""
+        ...
+
+    def __call__(self) -> None:
+        """Carry what is left; called once writers are held off, just before readers
+        move (pgvector: the live table is locked against writes; Qdrant has no such
+        lock: just before the alias moves)."""
+        ...
+
+
 @runtime_checkable
 class ReindexStore(Protocol):
     """The write side of a re-index on one store, opened from the source URI.
@@ -162,13 +178,9 @@ class ReindexStore(Protocol):
         when it serves neither."""
         ...
 
-    def switch(
-        self, switch: Switch, *, to_target: bool, settle: Callable[[], None] | None = None
-    ) -> None:
-        """Move readers to the target (cutover) or back to the source (rollback).
-        ``settle`` is called once writers are held off, just before readers move, to
-        carry the last writes over (pgvector: the live table is locked against writes;
-        Qdrant has no such lock: it is called just before the alias moves)."""
+    def switch(self, switch: Switch, *, to_target: bool, settle: LastWrites | None = None) -> None:
+        """Move readers to the target (cutover) or back to the source (rollback), with
+        ``settle`` carrying the writes made meanwhile into the data readers move to."""
         ...
 
     def shown(self, switch: Switch, *, cut_over: bool) -> tuple[str, str]:

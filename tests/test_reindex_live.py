@@ -8,7 +8,10 @@ own mean pooling: every stored vector says which engine made it."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from types import ModuleType
@@ -178,3 +181,59 @@ def test_many_pending_writes_are_carried_before_writers_are_held(
     assert rolled.carried is not None and rolled.carried.updated == 50
     assert rolled.held == 0
     assert live.judge(pg_dsn, table, texts, {}, baseline)[:2] == ([], 0)
+
+
+def test_a_switch_holds_off_vacuum_but_not_writers_while_it_carries_ahead(
+    state_dsn: str,
+    pg_dsn: str,
+    table: str,
+    engines: tuple[str, str],
+    corpus: list[str],
+    tmp_path: Path,
+) -> None:
+    """While a cutover carries writes ahead, both tables are locked against VACUUM and
+    DDL only: an autovacuum starting there would hold the renames up later, while
+    writers wait, until PostgreSQL cancels it (deadlock_timeout, 1 s). Readers and
+    writers go on, and a write made meanwhile reaches the target."""
+    baseline, candidate = engines
+    base = live.fill(pg_dsn, table, [text[:200] for text in corpus[:40]], baseline)
+    job = api.plan(live.store_uri(pg_dsn, table), candidate, batch_size=20).job_id
+    api.run(job)
+    edited = "edited while the cutover carries ahead"
+    with open_engine(baseline) as engine:
+        vector = engine.embed([edited])[0]
+    release = tmp_path / "release"
+    cutover = subprocess.Popen(
+        [sys.executable, "-c", "from guard.cli import main; main()", "reindex", "cutover", job],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "GUARD_FAULT": f"switch.carrying_ahead:wait={release}"},
+    )  # fmt: skip
+    held_off = "SELECT relname FROM pg_locks JOIN pg_class ON pg_class.oid = relation WHERE" \
+        " mode = 'ShareUpdateExclusiveLock' AND granted AND pid <> pg_backend_pid()"  # fmt: skip
+    try:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            deadline = time.monotonic() + 120
+            while not conn.execute(held_off).fetchall():
+                assert cutover.poll() is None, cutover.communicate()
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            locked = {name for (name,) in conn.execute(held_off).fetchall()}
+            assert locked == {table, f"{table}__{job[:8]}"}
+            conn.execute("SET lock_timeout = '2s'")  # a held writer fails instead of hanging
+            conn.execute(
+                f'UPDATE "{table}" SET text = %s, embedding = %s::vector WHERE id = 5',
+                (edited, str(vector.tolist())),
+            )
+            assert conn.execute(f'SELECT count(*) FROM "{table}"').fetchone() == (len(base),)
+            conn.execute("SET lock_timeout = '200ms'")
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                conn.execute(f'VACUUM "{table}"')
+        release.touch()
+        _, err = cutover.communicate(timeout=120)
+    finally:
+        if cutover.poll() is None:
+            cutover.kill()
+            cutover.wait()
+    assert cutover.returncode == 0, err
+    expected: dict[int, str | None] = {**base, 5: edited}
+    assert live.judge(pg_dsn, table, expected, {}, candidate)[:2] == ([], 0)

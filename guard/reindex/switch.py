@@ -26,6 +26,7 @@ served, or anything at all while a switch is unsettled.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -51,8 +52,12 @@ from guard.stores import Switch, open_store
 
 log = get_logger(__name__)
 DEFAULT_MAX_PENDING = 10_000  # records a switch may have to carry over
-HELD_CARRY = 32  # at most this many are left to re-embed while writers wait ...
-AHEAD_ROUNDS = 10  # ... after up to this many rounds of carrying without holding anyone
+# Writers wait while the last records are re-embedded under the switch's lock: carry
+# ahead until at most HELD_CARRY are left (a fraction of a second of one CPU core), in at
+# most AHEAD_ROUNDS rounds, or until STALLED_ROUNDS rounds in a row leave no fewer.
+HELD_CARRY = 8
+AHEAD_ROUNDS = 20
+STALLED_ROUNDS = 2
 
 
 @dataclass(frozen=True)
@@ -173,7 +178,27 @@ class _LastWrites:
     carried: CatchUp | None = None  # carried ahead, then under the lock
     held: int = 0  # of them, carried while writers waited
 
+    def ahead(self) -> None:
+        faults.step("switch.carrying_ahead")
+        if self.engine is None or self.discard:
+            return
+        self.carried = _carry_ahead(
+            self.job, self.engine, self.live_uri, self.into_uri, skips_to=self.skips_to
+        )
+
     def __call__(self) -> None:
+        started = time.monotonic()
+        try:
+            self._carry_last()
+        finally:
+            log.info(
+                "writers held",
+                job=self.job.short,
+                records=self.held,
+                seconds=round(time.monotonic() - started, 3),
+            )
+
+    def _carry_last(self) -> None:
         if self.intents is not None:  # `guard serve --follow` moves to the new engine now:
             self.intents.execute(  # writes it embeds wait for the lock, then land behind it
                 "UPDATE guard_reindex_jobs SET intent = intent || '{\"writers_held\": true}'"
@@ -210,7 +235,6 @@ def _carry_ahead(
     engine: EmbeddingEngine,
     live_uri: str,
     into_uri: str,
-    found: Changes,
     *,
     skips_to: Conn | None = None,
 ) -> CatchUp | None:
@@ -218,15 +242,26 @@ def _carry_ahead(
     round while what is left shrinks (the pre-copy of a live migration): writers then
     wait only for the last few records, written during the last round, to be re-embedded
     under the switch's lock, never for everything since the last catch-up."""
-    carried = None
-    for _ in range(AHEAD_ROUNDS):
+    carried, stalled = None, 0
+    found = changes(job, live_uri, into_uri)  # afresh: the engine took a while to load
+    for round_ in range(1, AHEAD_ROUNDS + 1):
         if len(found) <= HELD_CARRY:
             break
+        started = time.monotonic()
         step = carry(job, engine, live_uri, into_uri, found=found, skips_to=skips_to)
         carried = carried + step if carried else step
         left = changes(job, live_uri, into_uri)
-        if len(left) >= len(found):
-            break  # the application writes faster than this engine embeds
+        log.info(
+            "carried ahead of the switch",
+            job=job.short,
+            round=round_,
+            carried=len(found),
+            left=len(left),
+            seconds=round(time.monotonic() - started, 2),
+        )
+        stalled = stalled + 1 if len(left) >= len(found) else 0
+        if stalled == STALLED_ROUNDS:
+            break  # the application writes as fast as this engine embeds
         found = left
     return carried
 
@@ -301,9 +336,6 @@ def cutover(
             last = _LastWrites(
                 job, engine, job.source_uri, job.target_uri, max_pending,
                 accept_skipped=accept_skipped, skips_to=conn, intents=conn,
-                carried=_carry_ahead(
-                    job, engine, job.source_uri, job.target_uri, found, skips_to=conn
-                ),
             )  # fmt: skip
             _begin(conn, job, "cutover", details)
             faults.step("cutover.after_intent")
@@ -368,12 +400,9 @@ def rollback(
                     )
                 engine = stack.enter_context(open_engine(baseline_uri))
             store = stack.enter_context(job_store(job))
-            ahead = None
-            if engine is not None:
-                ahead = _carry_ahead(job, engine, live_uri, kept_uri, found)
             last = _LastWrites(
                 job, engine, live_uri, kept_uri, max_pending, discard=discard_writes,
-                intents=conn, carried=ahead,
+                intents=conn,
             )  # fmt: skip
             _begin(conn, job, "rollback")
             faults.step("rollback.after_intent")
