@@ -24,7 +24,7 @@ class Patience:
     max_outage: float = DEFAULT_MAX_OUTAGE_S
     first: float = 0.25
     factor: float = 2.0
-    ceiling: float = 5.0
+    ceiling: float = 2.0  # a restarted server is back within seconds: knock often
 
     def __post_init__(self) -> None:
         if not self.max_outage >= 0:  # NaN too
