@@ -23,6 +23,8 @@ Messages never contain secrets: every message (and URI) goes through
 
 from __future__ import annotations
 
+from typing import Any
+
 from guard.secrets import redact
 
 
@@ -51,10 +53,15 @@ class StoreConnectionError(StoreError):
     """The store's server did not answer (refused, reset, shut down): maybe for a moment.
     ``server`` is its host:port (never a password); ``reason`` the driver's one line."""
 
-    def __init__(self, message: str, *, uri: str | None = None, server: str, reason: str) -> None:
+    def __init__(
+        self, message: str, *, uri: str | None = None, server: str = "?", reason: str = ""
+    ) -> None:
         super().__init__(message, uri=uri)
         self.server = redact(server)
         self.reason = redact(reason)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuilt(self)
 
 
 class StoreUnreachable(StoreConnectionError):
@@ -91,11 +98,14 @@ class StateConnectionError(ReindexError):
     ``server`` is its host:port (never a password); ``reason`` the driver's one line."""
 
     def __init__(
-        self, message: str, *, server: str, reason: str, job_id: str | None = None
+        self, message: str, *, server: str = "?", reason: str = "", job_id: str | None = None
     ) -> None:
         super().__init__(message, job_id=job_id)
         self.server = redact(server)
         self.reason = redact(reason)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuilt(self)
 
 
 class StateUnreachable(StateConnectionError):
@@ -103,3 +113,9 @@ class StateUnreachable(StateConnectionError):
     not reachable when the run began."""
 
     exit_code = 7
+
+
+def _rebuilt(error: GuardError) -> tuple[Any, ...]:
+    """Pickle as the message and the attributes (a Ray actor's error reaches the driver
+    so): the message already holds the URI or job id, so they are not appended again."""
+    return (type(error), (str(error),), dict(vars(error)))

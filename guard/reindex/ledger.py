@@ -99,15 +99,16 @@ class Ledger:
         as attempts, so a batch that keeps killing its worker ends up failed. A second
         call with the same ``token`` returns the lease the first one took, if it did."""
         token = token or uuid.uuid4()
-        with self.conn.transaction():
-            taken = self.conn.execute(
+        conn = self.conn  # one connection for the transaction
+        with conn.transaction():
+            taken = conn.execute(
                 "SELECT seq, after_id, last_id, lease_token FROM guard_reindex_batches"
                 " WHERE job_id = %s AND lease_token = %s AND status = 'leased'",
                 (self.job.id, token),
             ).fetchone()
             if taken is not None:
                 return Lease(taken[3], int(taken[0]), taken[1], taken[2])
-            self.conn.execute(
+            conn.execute(
                 "UPDATE guard_reindex_batches SET status = 'failed', attempts = attempts + 1,"
                 " last_error = 'lease of ' || lease_owner || ' expired; attempts exhausted',"
                 " lease_owner = NULL, lease_expires_at = NULL"
@@ -115,7 +116,7 @@ class Ledger:
                 " AND attempts + 1 >= %s",
                 (self.job.id, self.job.max_attempts),
             )
-            row = self.conn.execute(
+            row = conn.execute(
                 "WITH next AS (SELECT seq FROM guard_reindex_batches"
                 "  WHERE job_id = %(job)s AND ((status = 'pending' AND next_attempt_at <= now())"
                 "   OR (status = 'leased' AND lease_expires_at < now()))"
@@ -150,7 +151,8 @@ class Ledger:
     def done(self, lease: Lease, written: int, skipped: int) -> bool:
         """Mark a batch done (``lease_owner`` stays, saying who did it); False when the
         lease was lost, even if the batch came back to this worker under a later lease."""
-        cursor = self.conn.execute(
+        conn = self.conn
+        cursor = conn.execute(
             "UPDATE guard_reindex_batches SET status = 'done', written = %s, skipped = %s,"
             " done_at = now(), lease_expires_at = NULL"
             " WHERE job_id = %s AND seq = %s AND lease_token = %s AND status = 'leased'",
@@ -159,7 +161,7 @@ class Ledger:
         if cursor.rowcount == 1:
             return True
         # A try whose answer was lost with the connection may have finished it already.
-        finished = self.conn.execute(
+        finished = conn.execute(
             "SELECT 1 FROM guard_reindex_batches"
             " WHERE job_id = %s AND seq = %s AND lease_token = %s AND status = 'done'",
             (self.job.id, lease.seq, lease.token),

@@ -182,8 +182,12 @@ class Servers:
         self, side: Side, server: str, reason: str, tries: int, halt: threading.Event
     ) -> None:
         """Pause before the next try, or give up: past the bound, or on a server that
-        never answered in this run."""
+        never answered in this run. The first failure on a server that did answer is
+        retried at once: a connection the server dropped in a restart long over is
+        replaced without an outage being declared."""
         outage, what = self.outages[side], _NAMES[side]
+        if tries == 1 and outage.reached:
+            return
         if not outage.reached:
             raise self._unreachable(
                 side,
@@ -198,7 +202,7 @@ class Servers:
                 f"the {what} went away; waiting for it", job=self.job, server=server,
                 error=reason, max_outage=self.patience.max_outage,
             )  # fmt: skip
-        pause = self.patience.pause(tries, waited)
+        pause = self.patience.pause(tries - 1, waited)
         if pause is None:
             raise self._unreachable(
                 side,
