@@ -11,12 +11,14 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -118,27 +120,32 @@ def _plan(source: str, candidate: str, rate: float | None = RATE) -> str:
     return plan_job(store=source, candidate=candidate, batch_size=BATCH, max_rate=rate).job_id
 
 
-def _run(job_id: str, *args: str) -> subprocess.Popen[str]:
-    """`guard reindex run` in the background, its stderr (the log) kept in a file."""
-    log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - read after the process ends
-        "w+", prefix="vmg-run-", suffix=".log", delete=False
-    )
-    process = subprocess.Popen(
-        [GUARD, "reindex", "run", job_id, "--lease-seconds", "5", "--no-cache", *args],
-        stdout=subprocess.PIPE, stderr=log, text=True,
-    )  # fmt: skip
-    process.log_path = log.name  # type: ignore[attr-defined]
-    log.close()
-    return process
+@dataclass
+class _Running:
+    process: subprocess.Popen[str]
+    log: Path  # its stderr: the log and the error line
+
+    def poll(self) -> int | None:
+        return self.process.poll()
 
 
-def _finish(process: subprocess.Popen[str]) -> tuple[int, str, str]:
+def _run(job_id: str, *args: str, lease: float = 5) -> _Running:
+    """`guard reindex run` in the background, its stderr kept in a file."""
+    log = Path(tempfile.mkstemp(prefix="vmg-run-", suffix=".log")[1])
+    with log.open("w") as err:
+        process = subprocess.Popen(
+            [GUARD, "reindex", "run", job_id, "--lease-seconds", str(lease), "--no-cache", *args],
+            stdout=subprocess.PIPE, stderr=err, text=True,
+        )  # fmt: skip
+    return _Running(process, log)
+
+
+def _finish(run: _Running) -> tuple[int, str, str]:
     """(exit code, stdout, stderr) once the run ends."""
-    out, _ = process.communicate(timeout=180)
-    path = Path(process.log_path)  # type: ignore[attr-defined]
-    err = path.read_text()
-    path.unlink()
-    return process.returncode, out, err
+    out, _ = run.process.communicate(timeout=180)
+    err = run.log.read_text()
+    run.log.unlink()
+    return run.process.returncode, out, err
 
 
 def _batches(job_id: str, state: str | None = None) -> dict[str, list[tuple[Any, ...]]]:
@@ -155,7 +162,7 @@ def _batches(job_id: str, state: str | None = None) -> dict[str, list[tuple[Any,
     return found
 
 
-def _wait_for_done_batches(job_id: str, at_least: int, process: subprocess.Popen[str]) -> None:
+def _wait_for_done_batches(job_id: str, at_least: int, process: _Running) -> None:
     deadline = time.monotonic() + 120
     while len(_batches(job_id).get("done", [])) < at_least:
         assert process.poll() is None, "the worker ended before the fault"
@@ -282,6 +289,36 @@ def test_a_store_down_past_max_outage_stops_the_run_in_one_line(
     assert (code, _error_lines(err)) == (0, []), err
     assert out.startswith("done:"), out
     _assert_complete_once(job_id, RECORDS)
+
+
+def test_a_worker_cut_off_loses_its_lease_to_another_and_settles_nothing(
+    state_dsn: str, pg_dsn: str, pg_schema: str, candidate: str, corpus: list[str]
+) -> None:
+    """Worker A is frozen (SIGSTOP: a paused VM, a cut network) holding a lease; it
+    expires to worker B, which finishes the job; A, thawed, settles none of what B took:
+    the two workers' counts add up to the job exactly, and verify passes."""
+    n = 600
+    source = _source(f"{pg_dsn}&schema={pg_schema}&table=docs", _texts(corpus, n))
+    job_id = _plan(source, candidate, rate=100)  # a batch a second
+    a = _run(job_id, "--format", "json", lease=2)
+    deadline = time.monotonic() + 120
+    while not ("done" in (found := _batches(job_id)) and "leased" in found):
+        assert a.poll() is None and time.monotonic() < deadline, "worker A made no progress"
+        time.sleep(0.05)
+    a.process.send_signal(signal.SIGSTOP)
+    try:
+        b = _run(job_id, "--format", "json", lease=2)
+        code_b, out_b, err_b = _finish(b)
+    finally:
+        a.process.send_signal(signal.SIGCONT)
+    code_a, out_a, err_a = _finish(a)
+    assert (code_a, code_b) == (0, 0), err_a + err_b
+    by_a, by_b = json.loads(out_a), json.loads(out_b)
+    batches = _batches(job_id)
+    assert by_a["batches_done"] + by_b["batches_done"] == len(batches["done"]) == n // BATCH
+    assert by_a["written"] + by_b["written"] == n
+    assert any(attempts >= 1 for *_, attempts in batches["done"])  # A's lease, taken over
+    _assert_complete_once(job_id, n)
 
 
 def test_a_state_database_never_reached_fails_at_once_without_the_password(
