@@ -145,7 +145,7 @@ def run_worker(
     except StateConnectionError as exc:
         raise StateUnreachable(
             f"cannot reach the state database at {exc.server}: {exc.reason} (not waited "
-            "for: a server not reached since the run began)",
+            "for: not reached since the run began)",
             server=exc.server,
             reason=exc.reason,
         ) from exc
