@@ -227,6 +227,8 @@ def test_a_store_restarted_mid_run_is_waited_for_and_the_run_finishes(
     assert "the store is back; going on" in err
     assert pausable.server in err
     _assert_complete_once(job_id, RECORDS)
+    # The outage was the server's, not the batches': none counted a failed attempt.
+    assert [attempts for *_, attempts in _batches(job_id)["done"]] == [0] * (RECORDS // BATCH)
 
 
 def test_a_state_database_gone_for_seconds_is_waited_for(
