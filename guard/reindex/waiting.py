@@ -117,7 +117,8 @@ class Servers:
     ) -> T:
         """``call(*args)`` on the state database (through ``ledger``, reconnected after a
         lost connection), tried again while the database is away. ``halt`` (default:
-        the worker's stop) ends the wait with ``Stopping``."""
+        the worker's stop) ends the wait with ``Stopping``. The call must reach the
+        database (not return early on empty input): its success ends the outage."""
         tries = 0
         while True:
             try:
@@ -139,7 +140,8 @@ class Servers:
 
     def on_store(self, call: Callable[..., T], *args: Any) -> T:
         """``call(*args)`` on a store, tried again while its server is away (a store
-        connects afresh on the call after a lost connection)."""
+        connects afresh on the call after a lost connection). As with ``on_state``, a
+        call must reach the server: its success ends the outage."""
         tries = 0
         while True:
             try:

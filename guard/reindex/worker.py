@@ -440,8 +440,12 @@ class _Worker:
                                     job=self.job.short, batch=item.lease.seq)  # fmt: skip
                     continue
                 try:
-                    self.servers.on_store(target.upsert, item.batch)
-                    self.servers.on_state(ledger, ledger.skip, item.skipped)
+                    # Only calls that reach the server: an empty one would "succeed"
+                    # while it is down and end the outage's clock.
+                    if len(item.batch):
+                        self.servers.on_store(target.upsert, item.batch)
+                    if item.skipped:
+                        self.servers.on_state(ledger, ledger.skip, item.skipped)
                 except (StoreUnreachable, StateUnreachable):
                     raise  # the server's fault, not the batch's: it goes back as it is
                 except GuardError as exc:
