@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,7 +47,8 @@ from guard.adapters.pgvector_catalog import (
     read_table,
 )
 from guard.closing import Closing
-from guard.errors import ConfigError, GuardError, StoreError
+from guard.errors import ConfigError, GuardError, StoreConnectionError, StoreError
+from guard.pgerrors import endpoint, lost_connection
 from guard.pgserver import embedded_dsn
 from guard.records import (
     Distance,
@@ -164,10 +165,20 @@ class PgVectorStore(Closing):
         except GuardError:
             raise
         except psycopg.Error as exc:
+            lost = lost_connection(exc)
             broken = self._connection is not None and self._connection.broken
-            if isinstance(exc, psycopg.OperationalError) and broken:
-                self._connection = None
+            if lost or (isinstance(exc, psycopg.OperationalError) and broken):
+                self._drop_connection()  # the next call connects afresh
             message = self._one_line(exc)
+            if lost:
+                # Kept as before ("PostgreSQL: ...") but of its own kind: a re-index
+                # worker waits for the server to come back (guard.reindex.patience).
+                raise StoreConnectionError(
+                    f"{what or 'PostgreSQL'}: {message}",
+                    uri=self.uri,
+                    server=self.server,
+                    reason=message,
+                ) from exc
             if what:
                 message = f"{what}: {message}"
             elif isinstance(exc, errors.UndefinedTable):
@@ -179,6 +190,17 @@ class PgVectorStore(Closing):
             else:
                 message = f"PostgreSQL: {message}"
             raise StoreError(message, uri=self.uri) from exc
+
+    @property
+    def server(self) -> str:
+        """Where the table lives, fit to print: ``host:port`` or the embedded folder."""
+        return f"pgserver:{self._datadir}" if self._datadir else endpoint(self._conninfo)
+
+    def _drop_connection(self) -> None:
+        if self._connection is not None:
+            with suppress(psycopg.Error):
+                self._connection.close()
+            self._connection = None
 
     def _one_line(self, error: object) -> str:
         lines = str(error).strip().splitlines()

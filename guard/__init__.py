@@ -33,7 +33,9 @@ from guard.errors import (
     EngineError,
     GuardError,
     ReindexError,
+    StateUnreachable,
     StoreError,
+    StoreUnreachable,
     TextTooLongError,
 )
 from guard.version import __version__
@@ -43,7 +45,9 @@ __all__ = [
     "EngineError",
     "GuardError",
     "ReindexError",
+    "StateUnreachable",
     "StoreError",
+    "StoreUnreachable",
     "TextTooLongError",
     "__version__",
     "catch_up",

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from guard.errors import ConfigError
 from guard.progress import Progress
+from guard.reindex.patience import DEFAULT_MAX_OUTAGE_S
 
 if TYPE_CHECKING:
     from guard.cache import EmbeddingCache
@@ -178,16 +179,25 @@ def run(
     config: str | Path | None = None,
     cache: bool = True,
     progress: Progress | None = None,
+    max_outage: float = DEFAULT_MAX_OUTAGE_S,
 ) -> WorkerResult:
     """Work on the job until it is done, paused or outside its window; safe to kill and
-    call again, here or on any other machine sharing the state database."""
+    call again, here or on any other machine sharing the state database. A store or
+    state database gone mid-run is waited for up to ``max_outage`` seconds, then
+    ``StoreUnreachable`` or ``StateUnreachable``."""
     from guard.config import load_config
     from guard.reindex.worker import run_worker
 
     settings = load_config(Path(config) if config is not None else None)
     with ExitStack() as stack:
         embeddings = _cache(stack, settings.cache, enabled=cache)
-        return run_worker(job_id, lease_seconds=lease_seconds, cache=embeddings, progress=progress)
+        return run_worker(
+            job_id,
+            lease_seconds=lease_seconds,
+            cache=embeddings,
+            progress=progress,
+            max_outage=max_outage,
+        )
 
 
 def run_ray(
@@ -199,6 +209,7 @@ def run_ray(
     gpus_per_actor: float = 0.0,
     lease_seconds: float = 60.0,
     progress: Progress | None = None,
+    max_outage: float = DEFAULT_MAX_OUTAGE_S,
 ) -> RayRunResult:
     """``run`` as ``actors`` Ray actors on the cluster at ``address`` (``auto``,
     ``local`` or ``ray://HOST:PORT``; the ``ray`` extra), on the same ledger as plain
@@ -213,6 +224,7 @@ def run_ray(
         gpus_per_actor=gpus_per_actor,
         lease_seconds=lease_seconds,
         progress=progress,
+        max_outage=max_outage,
     )
 
 

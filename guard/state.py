@@ -16,10 +16,12 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
-from guard.errors import ReindexError
+from guard.errors import ReindexError, StateConnectionError
 from guard.logs import get_logger
 from guard.paths import guard_home
+from guard.pgerrors import endpoint, lost_connection
 from guard.pgserver import embedded_dsn
 from guard.uri import redact
 
@@ -30,6 +32,9 @@ _MIGRATION_LOCK = 0x6775617264  # "guard"
 _FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _NO_TRANSACTION = "-- guard: no-transaction"
 _MIGRATED: set[str] = set()
+# Seconds to wait for a server that does not answer at all (a dropped route, a host
+# gone): libpq waits forever by default. A DSN's own connect_timeout wins.
+CONNECT_TIMEOUT_S = 10
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -102,12 +107,22 @@ def _applied_versions(conn: Conn) -> set[str]:
 
 
 def connect(dsn: str | None = None) -> Conn:
-    """An autocommit connection to the state database, migrated once per process."""
+    """An autocommit connection to the state database, migrated once per process.
+
+    A server that refuses, drops or never answers the connection (within
+    ``CONNECT_TIMEOUT_S``) is a ``StateConnectionError``, which a worker waits out."""
     dsn = dsn or state_dsn()
+    options: dict[str, Any] = {"autocommit": True}
+    if "connect_timeout" not in _params(dsn):
+        options["connect_timeout"] = CONNECT_TIMEOUT_S
     try:
-        conn = psycopg.connect(dsn, autocommit=True)
+        conn = psycopg.connect(dsn, **options)
     except psycopg.Error as exc:
-        raise ReindexError(f"cannot connect to the state database {redact(dsn)}: {exc}") from exc
+        reason = _one_line(exc)
+        message = f"cannot connect to the state database {redact(dsn)}: {reason}"
+        if lost_connection(exc):
+            raise StateConnectionError(message, server=endpoint(dsn), reason=reason) from exc
+        raise ReindexError(message) from exc
     if dsn not in _MIGRATED:
         try:
             apply_migrations(conn)
@@ -120,3 +135,15 @@ def connect(dsn: str | None = None) -> Conn:
             raise
         _MIGRATED.add(dsn)
     return conn
+
+
+def _params(dsn: str) -> dict[str, Any]:
+    try:
+        return conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return {}  # psycopg.connect says what is wrong with it
+
+
+def _one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return redact(lines[0] if lines else type(error).__name__)

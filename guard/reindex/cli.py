@@ -43,6 +43,7 @@ class Format(StrEnum):
 
 FormatOption = Annotated[Format, typer.Option("--format", help="Output format.")]
 DEFAULT_MAX_PENDING = 10_000  # guard.reindex.switch's, kept here so help needs no import
+DEFAULT_MAX_OUTAGE = 120.0  # guard.reindex.patience's, likewise
 MaxPending = Annotated[
     int,
     typer.Option(
@@ -150,6 +151,15 @@ def run(
     gpus_per_actor: Annotated[
         float, typer.Option(help="GPUs Ray reserves per actor (with --ray).")
     ] = 0.0,
+    max_outage: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            metavar="SECONDS",
+            help="Wait this long for a store or state database that went away mid-run, "
+            "then stop (exit 6: the store, 7: the state database).",
+        ),
+    ] = DEFAULT_MAX_OUTAGE,
 ) -> None:
     """Work on the job until it is done, paused or outside its window; safe to kill."""
     from guard import api
@@ -164,6 +174,7 @@ def run(
             config=config,
             cache=not no_cache,
             progress=progress,
+            max_outage=max_outage,
         )
     else:
         result = api.run_ray(
@@ -174,6 +185,7 @@ def run(
             gpus_per_actor=gpus_per_actor,
             lease_seconds=lease_seconds,
             progress=progress,
+            max_outage=max_outage,
         )
     if output_format is Format.json:
         _json(result.as_dict())

@@ -1,14 +1,22 @@
 """The batch ledger: a worker leases batches, renews, settles and gives them back, each
 call matched on its lease token, so a worker whose lease was taken over changes nothing;
-records left out are written with the reason."""
+records left out are written with the reason.
+
+Every call may be made again after a lost connection (guard.reindex.patience) without
+doing its work twice: a lease is asked for under a token chosen before the first try,
+so a retry finds the lease an unanswered try took, and ``done`` recognises a batch its
+own earlier try finished.
+"""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from psycopg.types.json import Jsonb
 
 from guard.errors import ReindexError
@@ -54,19 +62,53 @@ RECORD_SKIP = (
 
 class Ledger:
     """The batch bookkeeping of one worker, on one state-database connection (one per
-    thread: psycopg connections serialise their users)."""
+    thread: psycopg connections serialise their users). With ``reconnect``, a connection
+    that was lost (or ``drop``ped) is replaced on the next call."""
 
-    def __init__(self, conn: Conn, job: Job, worker: str, lease_seconds: float) -> None:
-        self.conn = conn
+    def __init__(
+        self,
+        conn: Conn,
+        job: Job,
+        worker: str,
+        lease_seconds: float,
+        *,
+        reconnect: Callable[[], Conn] | None = None,
+    ) -> None:
+        self._conn = conn
+        self._reconnect = reconnect
         self.job = job
         self.worker = worker
         self.lease_seconds = lease_seconds
 
-    def lease(self) -> Lease | None:
+    @property
+    def conn(self) -> Conn:
+        if self._conn.closed and self._reconnect is not None:
+            self._conn = self._reconnect()
+        return self._conn
+
+    def drop(self) -> None:
+        """Close the connection (after an error that broke it): the next call reconnects."""
+        with suppress(psycopg.Error):
+            self._conn.close()
+
+    def close(self) -> None:
+        self.drop()
+
+    def lease(self, token: uuid.UUID | None = None) -> Lease | None:
         """Take the next pending batch, or one whose lease expired; expired leases count
-        as attempts, so a batch that keeps killing its worker ends up failed."""
-        with self.conn.transaction():
-            self.conn.execute(
+        as attempts, so a batch that keeps killing its worker ends up failed. A second
+        call with the same ``token`` returns the lease the first one took, if it did."""
+        token = token or uuid.uuid4()
+        conn = self.conn  # one connection for the transaction
+        with conn.transaction():
+            taken = conn.execute(
+                "SELECT seq, after_id, last_id, lease_token FROM guard_reindex_batches"
+                " WHERE job_id = %s AND lease_token = %s AND status = 'leased'",
+                (self.job.id, token),
+            ).fetchone()
+            if taken is not None:
+                return Lease(taken[3], int(taken[0]), taken[1], taken[2])
+            conn.execute(
                 "UPDATE guard_reindex_batches SET status = 'failed', attempts = attempts + 1,"
                 " last_error = 'lease of ' || lease_owner || ' expired; attempts exhausted',"
                 " lease_owner = NULL, lease_expires_at = NULL"
@@ -74,7 +116,7 @@ class Ledger:
                 " AND attempts + 1 >= %s",
                 (self.job.id, self.job.max_attempts),
             )
-            row = self.conn.execute(
+            row = conn.execute(
                 "WITH next AS (SELECT seq FROM guard_reindex_batches"
                 "  WHERE job_id = %(job)s AND ((status = 'pending' AND next_attempt_at <= now())"
                 "   OR (status = 'leased' AND lease_expires_at < now()))"
@@ -90,7 +132,7 @@ class Ledger:
                 {
                     "job": self.job.id,
                     "me": self.worker,
-                    "token": uuid.uuid4(),
+                    "token": token,
                     "secs": self.lease_seconds,
                 },
             ).fetchone()
@@ -109,13 +151,22 @@ class Ledger:
     def done(self, lease: Lease, written: int, skipped: int) -> bool:
         """Mark a batch done (``lease_owner`` stays, saying who did it); False when the
         lease was lost, even if the batch came back to this worker under a later lease."""
-        cursor = self.conn.execute(
+        conn = self.conn
+        cursor = conn.execute(
             "UPDATE guard_reindex_batches SET status = 'done', written = %s, skipped = %s,"
             " done_at = now(), lease_expires_at = NULL"
             " WHERE job_id = %s AND seq = %s AND lease_token = %s AND status = 'leased'",
             (written, skipped, self.job.id, lease.seq, lease.token),
         )
-        return cursor.rowcount == 1
+        if cursor.rowcount == 1:
+            return True
+        # A try whose answer was lost with the connection may have finished it already.
+        finished = conn.execute(
+            "SELECT 1 FROM guard_reindex_batches"
+            " WHERE job_id = %s AND seq = %s AND lease_token = %s AND status = 'done'",
+            (self.job.id, lease.seq, lease.token),
+        ).fetchone()
+        return finished is not None
 
     def fail(self, lease: Lease, error: str) -> None:
         """Count a failed attempt: retry later with exponential backoff, or give up. A
@@ -144,6 +195,19 @@ class Ledger:
             return
         with self.conn.cursor() as cursor:
             cursor.executemany(RECORD_SKIP, [skip.row(self.job.id) for skip in records])
+
+    def mark_started(self) -> None:
+        self.conn.execute(
+            "UPDATE guard_reindex_jobs SET started_at = coalesce(started_at, now()) WHERE id = %s",
+            (self.job.id,),
+        )
+
+    def mark_finished(self) -> None:
+        self.conn.execute(
+            "UPDATE guard_reindex_jobs SET finished_at = coalesce(finished_at, now())"
+            " WHERE id = %s",
+            (self.job.id,),
+        )
 
     def control(self) -> tuple[bool, str]:
         """(paused, state) as they are now: the operator may change them at any moment."""

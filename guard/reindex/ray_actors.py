@@ -29,6 +29,7 @@ from guard.errors import ConfigError, GuardError, ReindexError
 from guard.logs import get_logger
 from guard.progress import Progress
 from guard.reindex.jobs import load_job
+from guard.reindex.patience import DEFAULT_MAX_OUTAGE_S
 from guard.reindex.status import job_status
 from guard.reindex.worker import _signals_stop, run_worker
 from guard.state import connect, state_dsn
@@ -63,17 +64,24 @@ class ReindexActor:
     """One worker in a Ray actor process. ``run`` and ``stop`` run on two threads of the
     actor (``max_concurrency=2``), so the driver can stop a run in progress."""
 
-    def __init__(self, job_id: str, dsn: str, lease_seconds: float) -> None:
+    def __init__(
+        self, job_id: str, dsn: str, lease_seconds: float, max_outage: float = DEFAULT_MAX_OUTAGE_S
+    ) -> None:
         self._job_id = job_id
         self._dsn = dsn
         self._lease_seconds = lease_seconds
+        self._max_outage = max_outage
         self._stop = threading.Event()
 
     def run(self) -> dict[str, Any]:
         import ray
 
         result = run_worker(
-            self._job_id, lease_seconds=self._lease_seconds, dsn=self._dsn, stop=self._stop
+            self._job_id,
+            lease_seconds=self._lease_seconds,
+            dsn=self._dsn,
+            stop=self._stop,
+            max_outage=self._max_outage,
         )
         restarted = ray.get_runtime_context().was_current_actor_reconstructed
         return result.as_dict() | {"restarted": restarted}
@@ -93,6 +101,7 @@ def run_on_ray(
     max_restarts: int = 3,
     dsn: str | None = None,
     progress: Progress | None = None,
+    max_outage: float = DEFAULT_MAX_OUTAGE_S,
 ) -> RayRunResult:
     """Run ``actors`` workers of the job as Ray actors until it is done, paused, outside
     its window or stopped (SIGINT/SIGTERM on the driver stop the actors cleanly)."""
@@ -121,7 +130,7 @@ def run_on_ray(
             raise ConfigError(_NEEDS_DSN.format(where="a Ray cluster with nodes on other hosts"))
         return _drive(
             ray, str(job.id), address, dsn, actors, cpus_per_actor, gpus_per_actor,
-            lease_seconds, max_restarts, progress,
+            lease_seconds, max_restarts, progress, max_outage,
         )  # fmt: skip
 
 
@@ -198,6 +207,7 @@ def _drive(
     lease_seconds: float,
     max_restarts: int,
     progress: Progress | None,
+    max_outage: float = DEFAULT_MAX_OUTAGE_S,
 ) -> RayRunResult:
     """Start the actors and wait for their runs. Ray restarts an actor that dies and runs
     its ``run`` again there (``max_task_retries``); only one that died more than
@@ -211,7 +221,7 @@ def _drive(
         max_task_retries=max_restarts,
         max_concurrency=2,
     )
-    handles = [actor_class.remote(job_id, dsn, lease_seconds) for _ in range(actors)]
+    handles = [actor_class.remote(job_id, dsn, lease_seconds, max_outage) for _ in range(actors)]
     running = [handle.run.remote() for handle in handles]
     results: list[dict[str, Any]] = []
     stopping = threading.Event()  # SIGINT or SIGTERM on the driver

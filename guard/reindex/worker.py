@@ -10,6 +10,13 @@ server) never waits for the stores:
 A batch is marked done only after its last chunk is written, and every write is an
 idempotent upsert by id, so a worker can be killed at any moment: its leases expire and
 another worker (or the same one restarted) redoes those batches from their start.
+
+A server that goes away mid-run (the store's PostgreSQL restarted, the state database
+down for a while) is waited for, up to ``max_outage`` seconds (guard.reindex.patience):
+each stage retries its own step on a fresh connection and goes on where it was (a scan
+from the last id it read); the ledger's calls are safe to repeat. Past the bound, or
+for a server not reached since the run began, the worker stops with ``StoreUnreachable``
+or ``StateUnreachable``, its leases given back or left to expire.
 """
 
 from __future__ import annotations
@@ -30,15 +37,23 @@ from typing import Any
 
 from guard.cache import EmbeddingCache, cached, stats_of
 from guard.engines import EmbeddingEngine, open_engine
-from guard.errors import GuardError, ReindexError
+from guard.errors import (
+    GuardError,
+    ReindexError,
+    StateConnectionError,
+    StateUnreachable,
+    StoreUnreachable,
+)
 from guard.logs import get_logger
 from guard.progress import Progress
 from guard.records import RecordBatch
 from guard.reindex.embedding import check_engine, embed_records
 from guard.reindex.jobs import Job, load_job
 from guard.reindex.ledger import Lease, Ledger, Skip
+from guard.reindex.patience import DEFAULT_MAX_OUTAGE_S, Patience
 from guard.reindex.provenance import in_range
-from guard.state import connect
+from guard.reindex.waiting import Halt, Servers, Stopping
+from guard.state import Conn, connect
 from guard.stores import VectorStore, open_store
 
 log = get_logger(__name__)
@@ -109,24 +124,39 @@ def run_worker(
     stop: threading.Event | None = None,
     cache: EmbeddingCache | None = None,
     progress: Progress | None = None,
+    max_outage: float = DEFAULT_MAX_OUTAGE_S,
 ) -> WorkerResult:
     """Work on a job until it is done, paused, outside its window, or stopped.
 
     With ``cache``, texts the candidate already embedded (a check's sample, a killed
     run's last batches) are not embedded again. ``progress`` hears of each batch done.
+    ``stop`` is only read: the worker never sets it. A store or state database that goes
+    away is waited for up to ``max_outage`` seconds.
 
     SIGTERM and SIGINT (when called from the main thread) stop it cleanly: in-flight
     batches are given back. SIGKILL loses nothing either: the leases just expire.
     """
     if lease_seconds < 1:
         raise ReindexError(f"lease must be at least 1 second, not {lease_seconds}")
-    stop = stop or threading.Event()
-    with connect(dsn) as conn:
+    patience = Patience(max_outage)
+    halt = Halt(stop)
+    try:
+        conn = connect(dsn)
+    except StateConnectionError as exc:
+        raise StateUnreachable(
+            f"cannot reach the state database at {exc.server}: {exc.reason} (not waited "
+            "for: not reached since the run began)",
+            server=exc.server,
+            reason=exc.reason,
+        ) from exc
+    with conn:
         job = load_job(conn, job_ref)
+        state_server = f"{conn.info.host}:{conn.info.port}"
     if job.state != "active":
         raise ReindexError(f"the job is {job.state}; nothing to run", job_id=job.short)
-    worker = _Worker(job, default_worker_id(), lease_seconds, dsn, stop, cache, progress)
-    with _signals_stop(stop):
+    servers = Servers(patience, halt, job.short, state_server)
+    worker = _Worker(job, default_worker_id(), lease_seconds, dsn, servers, cache, progress)
+    with _signals_stop(halt):
         return worker.run()
 
 
@@ -154,17 +184,18 @@ class _Worker:
         worker: str,
         lease_seconds: float,
         dsn: str | None,
-        stop: threading.Event,
+        servers: Servers,
         cache: EmbeddingCache | None = None,
         progress: Progress | None = None,
     ) -> None:
         self.job = job
+        self.servers = servers
         self.cache = cache
         self.progress = progress
         self.worker = worker
         self.lease_seconds = lease_seconds
         self.dsn = dsn
-        self.stop = stop
+        self.stop = servers.stop
         self.dead: set[uuid.UUID] = set()  # leases whose batch failed: drop their chunks
         self.held: set[uuid.UUID] = set()  # leases not yet settled: the heartbeat renews them
         self.held_lock = threading.Lock()
@@ -173,25 +204,29 @@ class _Worker:
         self.batches_done = self.written = self.skipped = 0
         self.embedding_s = 0.0
         self.settled = threading.Event()  # a batch of this worker was done or failed
+        self.ended = threading.Event()  # the pipeline has drained: the heartbeat ends
         self.to_embed: queue.Queue[Any] = queue.Queue(QUEUE_DEPTH)
         self.to_write: queue.Queue[Any] = queue.Queue(QUEUE_DEPTH)
 
+    def _connect(self) -> Conn:
+        return connect(self.dsn)
+
     def _ledger(self) -> Ledger:
-        return Ledger(connect(self.dsn), self.job, self.worker, self.lease_seconds)
+        """A ledger on a connection of its own, reconnecting after an outage."""
+        conn = self.servers.on_state(None, self._connect)
+        return Ledger(conn, self.job, self.worker, self.lease_seconds, reconnect=self._connect)
 
     def run(self) -> WorkerResult:
         started = time.perf_counter()
         source = open_store(self.job.source_uri)
         target = open_store(self.job.target_uri)
         engine = cached(open_engine(self.job.candidate_uri), self.cache)
-        main = self._ledger()
+        main: Ledger | None = None
+        failed = 0
         try:
             check_engine(self.job, engine)
-            main.conn.execute(
-                "UPDATE guard_reindex_jobs SET started_at = coalesce(started_at, now())"
-                " WHERE id = %s",
-                (self.job.id,),
-            )
+            main = self._ledger()
+            self.servers.on_state(main, main.mark_started)
             log.info("worker started", job=self.job.short, worker=self.worker)
             threads = [
                 threading.Thread(target=self._guarded, args=(self._read, source), daemon=True),
@@ -203,7 +238,7 @@ class _Worker:
             self._guarded(self._embed, engine)
             for thread in threads[:2]:
                 thread.join()
-            self.stop.set()  # ends the heartbeat
+            self.ended.set()  # ends the heartbeat (never the caller's stop event)
             threads[2].join()
             if self.errors:
                 error = self.errors[0]
@@ -212,21 +247,21 @@ class _Worker:
                 raise ReindexError(
                     f"worker failed: {type(error).__name__}: {error}", job_id=self.job.short
                 ) from error
-            remaining, failed = main.open_batches()
+            remaining, failed = self.servers.on_state(main, main.open_batches)
             if self.stopped == "done" and failed:
                 self.stopped = "failed"
             elif self.stopped == "done" and remaining:
                 self.stopped = "interrupted"  # SIGTERM, SIGINT or the caller's stop event
             if remaining == 0 and failed == 0:
-                main.conn.execute(
-                    "UPDATE guard_reindex_jobs SET finished_at = coalesce(finished_at, now())"
-                    " WHERE id = %s",
-                    (self.job.id,),
-                )
+                self.servers.on_state(main, main.mark_finished)
+        except Stopping:  # told to stop while waiting for the state database
+            if self.stopped == "done":
+                self.stopped = "interrupted"
         finally:
-            with contextlib.suppress(Exception):
-                main.release_all()
-            main.conn.close()
+            if main is not None:
+                with contextlib.suppress(Exception):
+                    main.release_all()
+                main.close()
             engine.close()
             target.close()
             source.close()
@@ -241,6 +276,8 @@ class _Worker:
         """Run a stage; an unexpected error stops the whole worker (leases are released)."""
         try:
             stage(resource)
+        except Stopping:
+            pass  # the worker is stopping anyway: nothing to report
         except BaseException as exc:
             self.errors.append(exc)
             self.stopped = "failed"
@@ -267,7 +304,7 @@ class _Worker:
         """Drop the batch's chunks still in the pipeline and count a failed attempt."""
         self.dead.add(lease.token)
         self._settle(lease)
-        ledger.fail(lease, str(error))
+        self.servers.on_state(ledger, ledger.fail, lease, str(error))
         self.settled.set()
         log.warning("batch failed", job=self.job.short, batch=lease.seq, error=str(error))
 
@@ -279,17 +316,19 @@ class _Worker:
     # -- the stages -----------------------------------------------------------------------
 
     def _read(self, source: VectorStore) -> None:
-        ledger = self._ledger()
+        ledger: Ledger | None = None
         try:
+            ledger = self._ledger()
             while not self.stop.is_set():
                 halt = self._halt_reason(ledger)
                 if halt:
                     self.stopped = halt
                     break
                 self.settled.clear()
-                lease = ledger.lease()
+                # One token for every try: a retry finds the lease a lost answer took.
+                lease = self.servers.on_state(ledger, ledger.lease, uuid.uuid4())
                 if lease is None:
-                    remaining, _ = ledger.open_batches()
+                    remaining, _ = self.servers.on_state(ledger, ledger.open_batches)
                     if remaining == 0:
                         break
                     # Batches still open are in this pipeline (woken as soon as one settles,
@@ -302,6 +341,8 @@ class _Worker:
                 log.info("batch leased", job=self.job.short, batch=lease.seq)
                 try:
                     finished = self._read_batch(ledger, source, lease)
+                except (StoreUnreachable, StateUnreachable):
+                    raise  # the server's fault, not the batch's: it goes back as it is
                 except GuardError as exc:
                     self._failed(ledger, lease, exc)
                     continue
@@ -309,10 +350,11 @@ class _Worker:
                     break
         finally:
             self._put(self.to_embed, _END)
-            ledger.conn.close()
+            if ledger is not None:
+                ledger.close()
 
     def _halt_reason(self, ledger: Ledger) -> str | None:
-        paused, state = ledger.control()
+        paused, state = self.servers.on_state(ledger, ledger.control)
         if state != "active":
             return state
         if paused:
@@ -324,7 +366,7 @@ class _Worker:
     def _read_batch(self, ledger: Ledger, source: VectorStore, lease: Lease) -> bool:
         """Stream one batch into the pipeline; False when the worker must stop first."""
         size = min(self.job.batch_size, CHUNK)
-        for page in source.scan(batch_size=size, after=lease.after, with_payload=True):
+        for page in self.servers.pages(source, lease.after, size):
             keep = [i for i, rid in enumerate(page.ids) if in_range(rid, lease.last)]
             if keep:
                 self._put(self.to_embed, _Item(lease, page.take(keep)))
@@ -340,9 +382,10 @@ class _Worker:
         return True
 
     def _embed(self, engine: EmbeddingEngine) -> None:
-        ledger = self._ledger()
+        ledger: Ledger | None = None
         pacer = Pacer(self.job.max_rate)
         try:
+            ledger = self._ledger()
             while True:
                 item = self._get(self.to_embed)
                 if item is _END:
@@ -366,12 +409,14 @@ class _Worker:
                 self._put(self.to_write, _Item(item.lease, records, skipped))
         finally:
             self._put(self.to_write, _END)
-            ledger.conn.close()
+            if ledger is not None:
+                ledger.close()
 
     def _write(self, target: VectorStore) -> None:
-        ledger = self._ledger()
+        ledger: Ledger | None = None
         counts: dict[uuid.UUID, list[int]] = {}
         try:
+            ledger = self._ledger()
             while True:
                 item = self._get(self.to_write)
                 if item is _END:
@@ -384,43 +429,55 @@ class _Worker:
                 if item.final:
                     del counts[token]
                     self._settle(item.lease)
-                    finished = ledger.done(item.lease, written, skipped)
+                    finished = self.servers.on_state(
+                        ledger, ledger.done, item.lease, written, skipped
+                    )
                     self.settled.set()
                     if finished:
-                        self.batches_done += 1
-                        self.written += written
-                        self.skipped += skipped
-                        log.info(
-                            "batch done", job=self.job.short, batch=item.lease.seq,
-                            written=written, skipped=skipped,
-                        )  # fmt: skip
-                        if self.progress is not None:
-                            self.progress(
-                                f"batch {item.lease.seq} done: {written} written, {skipped} "
-                                f"skipped; this worker: {self.batches_done} batches, "
-                                f"{self.written} records"
-                            )
+                        self._count_done(item.lease, written, skipped)
                     else:
                         log.warning("lease lost; batch left to another worker",
                                     job=self.job.short, batch=item.lease.seq)  # fmt: skip
                     continue
                 try:
-                    target.upsert(item.batch)
-                    ledger.skip(item.skipped)
+                    # Only calls that reach the server: an empty one would "succeed"
+                    # while it is down and end the outage's clock.
+                    if len(item.batch):
+                        self.servers.on_store(target.upsert, item.batch)
+                    if item.skipped:
+                        self.servers.on_state(ledger, ledger.skip, item.skipped)
+                except (StoreUnreachable, StateUnreachable):
+                    raise  # the server's fault, not the batch's: it goes back as it is
                 except GuardError as exc:
                     counts.pop(token, None)
                     self._failed(ledger, item.lease, exc)
                     continue
                 counts[token] = [written + len(item.batch), skipped + len(item.skipped)]
         finally:
-            ledger.conn.close()
+            if ledger is not None:
+                ledger.close()
+
+    def _count_done(self, lease: Lease, written: int, skipped: int) -> None:
+        self.batches_done += 1
+        self.written += written
+        self.skipped += skipped
+        log.info(
+            "batch done", job=self.job.short, batch=lease.seq, written=written, skipped=skipped
+        )
+        if self.progress is not None:
+            self.progress(
+                f"batch {lease.seq} done: {written} written, {skipped} skipped; "
+                f"this worker: {self.batches_done} batches, {self.written} records"
+            )
 
     def _heartbeat(self, _unused: None) -> None:
-        ledger = self._ledger()
+        ledger: Ledger | None = None
         try:
-            while not self.stop.wait(self.lease_seconds / 3):
+            ledger = self._ledger()
+            while not self.ended.wait(self.lease_seconds / 3):
                 with self.held_lock:
                     held = list(self.held)
-                ledger.renew(held)
+                self.servers.on_state(ledger, ledger.renew, held, halt=self.ended)
         finally:
-            ledger.conn.close()
+            if ledger is not None:
+                ledger.close()
