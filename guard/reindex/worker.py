@@ -81,22 +81,6 @@ class WorkerResult:
         return asdict(self) | {"engine_busy": round(self.engine_busy, 3)}
 
 
-class Pacer:
-    """Keeps one worker at or under ``rate`` records per second (None: no limit)."""
-
-    def __init__(self, rate: float | None) -> None:
-        self.rate = rate
-        self.next_at = time.monotonic()
-
-    def wait(self, records: int, stop: threading.Event) -> None:
-        if not self.rate:
-            return
-        now = time.monotonic()
-        if self.next_at > now:
-            stop.wait(self.next_at - now)
-        self.next_at = max(self.next_at, now) + records / self.rate
-
-
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
@@ -341,7 +325,6 @@ class _Worker:
 
     def _embed(self, engine: EmbeddingEngine) -> None:
         ledger = self._ledger()
-        pacer = Pacer(self.job.max_rate)
         try:
             while True:
                 item = self._get(self.to_embed)
@@ -354,7 +337,10 @@ class _Worker:
                 if item.final:
                     self._put(self.to_write, item)
                     continue
-                pacer.wait(len(item.batch), self.stop)
+                # --max-rate: this chunk's share of the job's time, whoever else works on it.
+                wait = ledger.pace(len(item.batch))
+                if wait > 0 and self.stop.wait(wait):
+                    continue  # stopping while waiting: drop it, as above
                 began = time.perf_counter()
                 try:
                     records, skipped = embed_records(engine, item.batch)
