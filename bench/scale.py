@@ -50,7 +50,7 @@ from reindex_rate import _child as reindex_child
 from reindex_rate import fresh_job, make_source, pipeline_rate
 from sample_pgvector import fill, timed
 
-from guard.models import build_static_model, default_models_dir
+from guard.models import build_static_model
 from guard.pgserver import embedded_dsn
 from guard.records import Sample
 from guard.stores import open_store
@@ -90,7 +90,7 @@ def small_static_model(folder: Path, dims: int) -> str:
     model whose vectors are the size of the stored ones, so the check compares them."""
     from model2vec import StaticModel
 
-    full = StaticModel.from_pretrained(build_static_model(Path(default_models_dir())))
+    full = StaticModel.from_pretrained(build_static_model(folder))
     small = StaticModel(
         full.embedding[:, :dims].copy(),
         full.tokenizer,
