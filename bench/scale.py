@@ -1,5 +1,6 @@
-"""Sampling and memory as the store grows to 10M records, with small vectors (8 dims):
-the cost is in ids and pages, not in the vectors.
+"""Sampling and memory as the store grows to 10M records.
+
+Small vectors (8 dims) are enough: the cost is in ids and pages, not in the vectors.
 
     python bench/scale.py [--sizes 10000,100000,1000000,10000000] [--dims 8] [--n 1000]
                           [--runs 5] [--worker-sizes 10000,100000] [--text-chars 100]
@@ -107,7 +108,7 @@ def check_peak(store: str, candidate: str, n: int) -> tuple[int, float, dict[str
     started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-c", PEAK_RSS, "check", "--store", store, "--candidate", candidate,
-         "--initial-sample", str(n), "--sample", str(n), "--format", "json"],
+         "--initial-sample", str(n), "--sample", str(n), "--no-cache", "--format", "json"],
         capture_output=True, text=True,
     )  # fmt: skip
     seconds = time.perf_counter() - started
@@ -169,6 +170,7 @@ def worker_rows(args: argparse.Namespace, folder: Path, pg: str, candidate: str)
 
 
 def measure(folder: Path, args: argparse.Namespace) -> None:
+    os.environ["GUARD_HOME"] = str(folder / "home")  # reports, caches: nothing outside
     os.environ["GUARD_STATE_DSN"] = embedded_dsn(folder / "state")
     pg = embedded_dsn(folder / "pg")
     candidate = small_static_model(folder, args.dims)
@@ -189,8 +191,18 @@ def measure(folder: Path, args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=sizes, default=[10_000, 100_000, 1_000_000, 10_000_000])
-    parser.add_argument("--worker-sizes", type=sizes, default=[10_000, 100_000])
+    parser.add_argument(
+        "--sizes",
+        type=sizes,
+        default=[10_000, 100_000, 1_000_000, 10_000_000],
+        help="pgvector table sizes for sample(n) and the check (default 10k,100k,1M,10M)",
+    )
+    parser.add_argument(
+        "--worker-sizes",
+        type=sizes,
+        default=[10_000, 100_000],
+        help="source sizes for the worker's peak RSS, each store ('' for none)",
+    )
     parser.add_argument("--dims", type=int, default=8)
     parser.add_argument("--n", type=int, default=1000, help="records to sample and check")
     parser.add_argument("--runs", type=int, default=5, help="timed sample calls after the first")
