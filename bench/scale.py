@@ -14,13 +14,13 @@ vectors), then:
 - ``guard check`` peak RSS: ``guard check --sample n`` on the table (n records drawn, the
   first look's embedded and compared) in a child process, with the demo static model
   cut to the table's dims as the candidate (model2vec: a real engine, quick enough that
-  the check's own memory shows). The peak is
-  the child's VmHWM, read by the child as it exits: ``getrusage``'s RUSAGE_CHILDREN is
-  no good here, Linux carries the parent's peak into a child's ru_maxrss through fork
-  and exec. The verdict is not the point: a static model averages its token vectors, so
-  texts whose digits split into the same pieces (``text00000012``...) get one vector,
-  and the self-check rejects the candidate (``collisions``), after the whole sample was
-  drawn, embedded, searched through the table and diagnosed.
+  the check's own memory shows). The peak is the child's VmHWM, read by the child as it
+  exits: ``getrusage``'s RUSAGE_CHILDREN is no good here, Linux carries the parent's
+  peak into a child's ru_maxrss through fork and exec. The check's wall time and its
+  top-k searches' share (overlap@k; the table has no vector index, so each search scans
+  it) are printed too. The verdict is not the point: the stored vectors are random
+  (``reindex``), and a static model averages its token vectors, so texts whose digits
+  split into the same pieces may share one vector (``reject_candidate``, collisions).
 The table is dropped before the next size, so the disk holds one size at a time (10M:
 about 1.5 GB).
 
@@ -141,12 +141,12 @@ def sampling_rows(args: argparse.Namespace, pg: str, candidate: str) -> None:
         if len(set(drawn.ids)) != min(args.n, rows):
             sys.exit(f"sample({args.n}) of {rows:,} rows drew {len(set(drawn.ids))} distinct")
         peak, seconds, report = check_peak(uri, candidate, args.n)
-        sample = report["sample"]
-        assert isinstance(sample, dict)
+        sample, timing = report["sample"], report["timing"]
+        assert isinstance(sample, dict) and isinstance(timing, dict)
         line = (
             f"| {rows:>10,} | {filled:6.1f} s | {drawn.method} | {first:.3f} s | {median:.3f} s "
-            f"| {peak / MIB:.0f} MiB | {seconds:.1f} s | {report['verdict']}, "
-            f"{sample['size']} records compared |"
+            f"| {peak / MIB:.0f} MiB | {seconds:.1f} s | {timing.get('search', 0.0):.1f} s "
+            f"| {report['verdict']}, {sample['size']} records compared |"
         )
         print(line, flush=True)
         with psycopg.connect(pg, autocommit=True) as conn:
@@ -181,9 +181,10 @@ def measure(folder: Path, args: argparse.Namespace) -> None:
     if args.sizes:
         print(f"\npgvector, {args.dims}-dim vectors: sample({args.n}), `guard check`")
         print(
-            "| records | fill | method | first call | median | check peak RSS | check | verdict |"
+            "| records | fill | method | first call | median | check peak RSS | check "
+            "| of it top-k searches | verdict |"
         )
-        print("|---:|---:|---|---:|---:|---:|---:|---|", flush=True)
+        print("|---:|---:|---|---:|---:|---:|---:|---:|---|", flush=True)
         sampling_rows(args, pg, candidate)
     if args.worker_sizes:
         print("\nre-index worker, one process:")
