@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
+import uuid
 
 import psycopg
+import pytest
 
 from guard.state import apply_migrations, connect, migrations
 
@@ -68,3 +70,30 @@ def test_connect_migrates_the_state_database(state_dsn: str) -> None:
     with connect(state_dsn) as conn:
         row = conn.execute("SELECT count(*) FROM guard_reindex_jobs").fetchone()
     assert row == (0,)
+
+
+def test_a_database_of_the_last_release_gains_the_job_rate_clock(
+    state_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """0006 on a state database left at 0005 with a job: the job stays, and its
+    ``--max-rate`` clock (``rate_next_at``) starts empty, so no worker waits on it."""
+    import guard.state
+
+    before = [m for m in migrations() if m.version < "0006"]
+    with psycopg.connect(state_dsn) as conn:
+        with monkeypatch.context() as patched:
+            patched.setattr(guard.state, "migrations", lambda: before)
+            apply_migrations(conn)
+        job_id = uuid.uuid4()
+        conn.execute(
+            "INSERT INTO guard_reindex_jobs (id, source_uri, target_uri, candidate_uri,"
+            " fingerprint, fingerprint_hash, dims, distance, total_records, batch_size,"
+            " max_attempts, max_rate) VALUES (%s, 's', 't', 'c', '{}', 'h', 4, 'cosine', 1, 1,"
+            " 3, 5)",
+            (job_id,),
+        )
+        assert apply_migrations(conn) == ["0006"]
+        row = conn.execute(
+            "SELECT max_rate, rate_next_at FROM guard_reindex_jobs WHERE id = %s", (job_id,)
+        ).fetchone()
+    assert row == (5.0, None)

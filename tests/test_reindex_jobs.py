@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import closing
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -274,6 +275,82 @@ def test_two_workers_in_one_process_split_a_job(
     owners = _done_by_owner(job_id)
     assert {(r.worker, r.batches_done) for r in results} == set(owners)
     _assert_complete_and_right(_verify_all(job_id))
+
+
+@pytest.mark.parametrize("store_kind", ["pgvector"], indirect=True)
+def test_max_rate_bounds_the_whole_job_not_each_worker(
+    state_dsn: str, source: str, candidate: str
+) -> None:
+    """Two workers on one job with ``--max-rate`` share it through the ledger: the job's
+    settled records over its time stay under the limit, but for the first chunk, which
+    may start at once (with a pacer in each worker, two workers came to 18 records/s
+    under a limit of 10 here)."""
+    rate = 10.0
+    job_id = plan(source, candidate, max_rate=rate)
+    results: list[Any] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(run_worker(job_id))) for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert sorted(r.stopped for r in results) == ["done", "done"]
+    assert all(r.batches_done > 0 for r in results), results  # both worked on it
+    with connect() as conn:
+        row = conn.execute(
+            "SELECT sum(b.written + b.skipped), extract(epoch FROM max(b.done_at) - j.started_at),"
+            " extract(epoch FROM j.rate_next_at - j.started_at)"
+            " FROM guard_reindex_batches b JOIN guard_reindex_jobs j ON j.id = b.job_id"
+            " WHERE b.job_id = %s GROUP BY j.started_at, j.rate_next_at",
+            (uuid.UUID(job_id),),
+        ).fetchone()
+    assert row is not None
+    settled, elapsed, reserved = int(row[0]), float(row[1]), row[2]
+    assert settled == RECORDS
+    # The last chunk's slot began at least (RECORDS - BATCH) / rate after the first one.
+    assert (settled - BATCH) / elapsed <= rate
+    assert reserved is not None and float(reserved) >= RECORDS / rate  # all from one clock
+
+
+def test_pace_hands_out_one_clocks_slots_to_every_worker(state_dsn: str) -> None:
+    """Workers on their own connections reserving at once get back-to-back slots of
+    records / max_rate seconds each on the job's one clock, and the wait until theirs."""
+    from guard.reindex.jobs import load_job
+
+    with connect(state_dsn) as conn:
+        job_id = _bare_job(conn, 1)
+        conn.execute(
+            "UPDATE guard_reindex_jobs SET max_rate = 2,"
+            " rate_next_at = date_trunc('second', now()) + interval '1 hour' WHERE id = %s",
+            (job_id,),
+        )
+        job = load_job(conn, job_id.hex)
+        anchor = conn.execute(
+            "SELECT rate_next_at FROM guard_reindex_jobs WHERE id = %s", (job_id,)
+        ).fetchone()[0]  # type: ignore[index]
+    waits: list[float] = []
+
+    def reserve(n: int) -> None:
+        with connect(state_dsn) as own:
+            ledger = Ledger(own, job, f"worker-{n}", lease_seconds=30)
+            waits.extend(ledger.pace(10) for _ in range(3))
+
+    threads = [threading.Thread(target=reserve, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with connect(state_dsn) as conn:
+        end = conn.execute(
+            "SELECT rate_next_at FROM guard_reindex_jobs WHERE id = %s", (job_id,)
+        ).fetchone()[0]  # type: ignore[index]
+        unlimited = Ledger(conn, replace(job, max_rate=None), "free", 30).pace(10)
+    assert end - anchor == timedelta(seconds=12 * 10 / 2)  # 12 slots of 5 s, none lost
+    # Slot k begins at anchor + 5k s: each wait is that less the time it was asked at.
+    ordered = sorted(waits)
+    assert all(3600 - 60 < w - 5 * k <= 3600 for k, w in enumerate(ordered)), ordered
+    assert unlimited == 0.0
 
 
 def _top1(uri: str, vectors: Any) -> list[Any]:

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 RECORDS = 300
 BATCH = 20
 NO_TEXT = (5,)  # skipped with a reason, never written
-RATE = 20  # records per second per worker: a second per batch, time to kill one mid-batch
+RATE = 20  # records per second for the job: a batch takes a second or more, time to kill one
 GUARD = str(Path(sys.executable).with_name("guard"))
 
 

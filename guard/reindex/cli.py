@@ -80,7 +80,8 @@ def plan(
         str | None, typer.Option(help="Allowed hours HH:MM-HH:MM (worker's local time).")
     ] = None,
     max_rate: Annotated[
-        float | None, typer.Option(help="At most this many records per second per worker.")
+        float | None,
+        typer.Option(help="Records per second at most, all workers of the job together."),
     ] = None,
     max_attempts: Annotated[int, typer.Option(help="Attempts per batch before failing.")] = 5,
     baseline: Annotated[

@@ -181,6 +181,24 @@ class Ledger:
              lease.token),
         )  # fmt: skip
 
+    def pace(self, records: int) -> float:
+        """Take the job's next ``records / max_rate`` seconds and return how long to wait
+        until they begin (0 without a limit). One clock in the state database for every
+        worker and Ray actor of the job, so ``--max-rate`` bounds the job, not each
+        worker; the wait is measured on the database's clock, so the workers' clocks
+        need not agree. Time not used (a pause, an idle job) is not saved up."""
+        if not self.job.max_rate or records <= 0:
+            return 0.0
+        row = self.conn.execute(
+            "UPDATE guard_reindex_jobs SET rate_next_at = greatest(rate_next_at,"
+            " clock_timestamp()) + make_interval(secs => %(records)s / max_rate)"
+            " WHERE id = %(job)s AND max_rate IS NOT NULL"
+            " RETURNING extract(epoch FROM rate_next_at - clock_timestamp())"
+            " - %(records)s / max_rate",
+            {"job": self.job.id, "records": records},
+        ).fetchone()
+        return max(0.0, float(row[0])) if row else 0.0
+
     def release_all(self) -> None:
         """Give back every lease still held, so a restart need not wait for expiry."""
         self.conn.execute(

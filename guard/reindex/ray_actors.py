@@ -3,9 +3,10 @@
 Ray places and restarts the actors; the PostgreSQL ledger stays the one record of what is
 done. Each actor runs ``run_worker`` (lease -> read -> embed -> write -> settle) once,
 so it loads the engine once, and leases, settling, skips, pause, windows and
-``--max-rate`` (per worker, as for plain workers) hold unchanged. Ray actors and plain
-workers can share one job. An actor killed mid-batch is restarted by Ray (up to
-``max_restarts``) and asked to work again; its leases expire to whoever leases next.
+``--max-rate`` (one limit for the whole job, taken from the ledger by every actor and
+plain worker alike) hold unchanged. Ray actors and plain workers can share one job. An
+actor killed mid-batch is restarted by Ray (up to ``max_restarts``) and asked to work
+again; its leases expire to whoever leases next.
 
 ADDRESS: ``local`` starts a cluster for this run and stops it after; ``auto`` joins
 RAY_ADDRESS or the cluster running on this machine; ``ray://HOST:PORT`` a remote one

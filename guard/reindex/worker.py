@@ -96,22 +96,6 @@ class WorkerResult:
         return asdict(self) | {"engine_busy": round(self.engine_busy, 3)}
 
 
-class Pacer:
-    """Keeps one worker at or under ``rate`` records per second (None: no limit)."""
-
-    def __init__(self, rate: float | None) -> None:
-        self.rate = rate
-        self.next_at = time.monotonic()
-
-    def wait(self, records: int, stop: threading.Event) -> None:
-        if not self.rate:
-            return
-        now = time.monotonic()
-        if self.next_at > now:
-            stop.wait(self.next_at - now)
-        self.next_at = max(self.next_at, now) + records / self.rate
-
-
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
@@ -383,7 +367,6 @@ class _Worker:
 
     def _embed(self, engine: EmbeddingEngine) -> None:
         ledger: Ledger | None = None
-        pacer = Pacer(self.job.max_rate)
         try:
             ledger = self._ledger()
             while True:
@@ -397,7 +380,14 @@ class _Worker:
                 if item.final:
                     self._put(self.to_write, item)
                     continue
-                pacer.wait(len(item.batch), self.stop)
+                # --max-rate: this chunk's share of the job's time, whoever else works on it.
+                wait = (  # only a job with a limit reaches the database here
+                    self.servers.on_state(ledger, ledger.pace, len(item.batch))
+                    if self.job.max_rate
+                    else 0.0
+                )
+                if wait > 0 and self.stop.wait(wait):
+                    continue  # stopping while waiting: drop it, as above
                 began = time.perf_counter()
                 try:
                     records, skipped = embed_records(engine, item.batch)
