@@ -155,7 +155,7 @@ def test_a_hopeless_bridge_stops_at_the_first_look_and_a_sound_one_goes_on() -> 
 
 
 def test_the_fitting_rows_failures_count_as_measured() -> None:
-    """13 of 1,300 fitting rows below T already exceed 1% of the store: no held-out
+    """14 of 1,300 fitting rows below T already exceed 1% of the store: no held-out
     sample can make up for them."""
     plan = plan_bridge(1300, 384, allowed_share=0.01, confidence=0.99, population=1300)
     bound = plan.bound(2, 0, 14, threshold=0.99)
