@@ -94,7 +94,7 @@ def try_bridge(
             f"; no linear bridge was fitted: {outcome.reason}"
             if best is None
             else f"; the best linear bridge ({_label(best)}, fitted on {best.fitted_on} "
-            f"records) leaves {best.bound.failures} of {best.validated_on} held-out records "
+            f"records) leaves {best.held_out_failures} of {best.validated_on} held-out records "
             f"below cosine {thresholds.min_cosine:g} (median {best.summary.median:.3f}, p1 "
             f"{best.summary.p1:.3f}): {outcome.reason}"
         )
@@ -273,7 +273,7 @@ def _figures(trial: Trial | None, outcome: Outcome, thresholds: Thresholds) -> d
         "overlap_at_k": overlap,
         "k": thresholds.overlap_k,
         "share_below_threshold_upper": trial.bound.share_below_threshold_upper,
-        "failures": trial.bound.failures,
+        "failures": trial.held_out_failures,
         "method": trial.bound.method,
         **done,
     }

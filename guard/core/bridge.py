@@ -312,17 +312,18 @@ class BridgePlan:
         if rest is not None and self.population is not None:
             lower = (fit_failures + round(low * rest)) / self.population
             upper = (fit_failures + round(high * rest)) / self.population
+        census = method == "census"  # every record measured, the fitting ones included
         return Bound(
             confidence=self.confidence,
-            n=planned.held_out,
-            failures=held_failures,
+            n=planned.rows if census else planned.held_out,
+            failures=fit_failures + held_failures if census else held_failures,
             threshold=threshold,
             allowed_share=self.allowed_share,
             share_below_threshold_lower=lower,
             share_below_threshold_upper=upper,
             rounds=look,
             planned_rounds=len(self.looks),
-            exact=method == "census",
+            exact=census,
             method=method,
             approve_alpha=planned.approve_alpha,
             reject_alpha=planned.reject_alpha,
@@ -457,6 +458,11 @@ class Trial:
     @property
     def summary(self) -> Summary:
         return Summary.of(self.cosines)
+
+    @property
+    def held_out_failures(self) -> int:
+        """Held-out records below the threshold the bound was made for."""
+        return int(np.count_nonzero(self.cosines < self.bound.threshold))
 
 
 def judge(
