@@ -10,7 +10,8 @@ document of the store once, nothing else. Two stores:
 - identical: written by all-MiniLM-L6-v2 through ``st:``, the same model as candidate;
 - upgrade: written by its first 2 layers (guard.models.build_cut_model), the full
   6-layer model as candidate and the 2-layer one as ``--baseline``: a re-index, whose
-  hopeless bridge the probe should stop early.
+  hopeless bridge the bridge plan should stop at its first look, or not fit at all
+  where the store is too small for the fit plus the fewest held-out records.
 Printed per store: the first check on an empty GUARD_HOME / floor (goal <= 1.05), its
 warm rerun on the filled cache / floor (goal <= 0.25), and for the upgrade the bridge
 phase's share of the check's own timing total (goal <= 0.10). First checks and floors
@@ -130,6 +131,13 @@ def _st_case(docs: int, stores: list[str]) -> None:
                 f"{case:<10} bridge share of the first check: {timing.get('bridge', 0.0):.2f} of "
                 f"{timing['total']:.2f} s = {timing.get('bridge', 0.0) / timing['total']:.3f} "
                 "(goal <= 0.10)"
+            )
+            bridge = first.get("bridge") or {}
+            print(
+                f"{case:<10} bridge: stopped {bridge.get('stopped')} after "
+                f"{bridge.get('looks_taken')} of {len(bridge.get('looks') or [])} looks, "
+                f"{bridge.get('embedded')} records embedded for it (the check measured "
+                f"{first['sample']['size']}); {bridge.get('stop_reason')}"
             )
 
 

@@ -3,10 +3,12 @@
 ``bridge=PATH`` is then approved; an unrelated model stays ``reindex`` with the best
 bridge's figures. Real stores, llama.cpp F16 as the candidate, the `guard` process.
 
-The store holds 1,300 sentences of the demo corpus and the check samples all of them:
-the bridge is fitted on the first 650 (MiniLM's 384 inputs plus a bias need well over
-385 rows for an affine map; 520 fit it and 130 choose its ridge) and judged on the
-other 650, enough for the 99% bound to fall under 1% with no failure.
+The store holds 1,300 sentences of the demo corpus and the check samples all of them.
+The bridge follows ``plan_bridge``: fitted on the first 578 (1.5 rows per parameter of
+MiniLM's 384 inputs plus a bias), a first look on 100 held-out records that only stops
+a hopeless bridge, then the fewest held-out records for the 99% bound to fall under 1%
+with no failure. A hopeless bridge stops at that first look, and on a store too small
+for the fit plus the fewest held-out records nothing is fitted.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import pytest
 from fixtures_stores import write_store
 from test_cli import assert_one_line_error, guard
 
-from guard.core.bridge import LinearMap
+from guard.core.bridge import FIRST_HELD_OUT, LinearMap, plan_bridge
 from guard.engines import bridgefile, open_engine
 from guard.records import Vectors
 
@@ -94,7 +96,13 @@ def test_a_store_a_linear_map_away_gets_a_bridge_that_then_approves(
     assert f"add bridge={out} to the candidate URI" == report["diagnosis"][0]["suggestion"]
     bridge = report["bridge"]
     assert (str(out), True, kind) == (bridge["path"], bridge["passed"], bridge["kind"])
-    assert (bridge["fitted_on"], bridge["validated_on"]) == (650, 650)
+    plan = plan_bridge(RECORDS, 384, allowed_share=0.01, confidence=0.99, population=RECORDS)
+    look = plan.looks[1]  # the first that can approve
+    assert (bridge["fitted_on"], bridge["validated_on"]) == (578, look.held_out)
+    assert (bridge["stopped"], bridge["looks_taken"]) == ("passed", 2)
+    # the check's first 100 records (a re-index at its first look, or a size mismatch)
+    # are the bridge's first fitting records: not embedded again
+    assert bridge["embedded"] == look.rows - 100
     assert bridge["held_out_cosine"]["min"] >= 0.99
     assert bridge["overlap_at_k"] >= 0.9
     assert (384, matrix.shape[1]) == (bridge["input_dims"], bridge["output_dims"])
@@ -126,6 +134,61 @@ def test_an_unrelated_model_stays_reindex_with_the_best_bridges_figures(
     assert (bridge["path"], bridge["passed"]) == (None, False)
     assert bridge["failures"] > 0
     assert bridge["held_out_cosine"]["p1"] < 0.99
+    assert (bridge["stopped"], bridge["looks_taken"]) == ("ruled_out", 1)
+    assert (bridge["fitted_on"], bridge["validated_on"]) == (578, FIRST_HELD_OUT)
+
+
+def test_a_hopeless_bridge_embeds_a_small_share_of_a_large_store(
+    new_store_uri: Callable[..., str],
+    static_model_dir: Path,
+    sentences: list[str],
+    gguf_f16: Path,
+) -> None:
+    """6,000 records an unrelated model wrote, the default sample of 2,000: the check
+    stops at its first 100 records, the bridge at its first look (578 fitted, 100 held
+    out), having embedded 578 records itself: under a tenth of the store."""
+    texts = [f"{s} ({copy})" for copy in range(5) for s in sentences][:6000]
+    engine = open_engine(f"model2vec:{static_model_dir}")
+    try:
+        store = write_store(new_store_uri(), texts, engine.embed(texts))
+    finally:
+        engine.close()
+
+    result = guard("check", "--store", store, "--candidate", f"llamacpp:{gguf_f16}",
+                   "--format", "json")  # fmt: skip
+
+    assert "Traceback" not in result.stderr
+    report = json.loads(result.stdout)
+    assert (result.returncode, report["verdict"]) == (1, "reindex")
+    bridge = report["bridge"]
+    assert (bridge["stopped"], bridge["looks_taken"]) == ("ruled_out", 1)
+    assert (bridge["fitted_on"], bridge["validated_on"]) == (578, FIRST_HELD_OUT)
+    assert bridge["embedded"] + report["sample"]["size"] == 578 + FIRST_HELD_OUT
+    assert bridge["embedded"] <= 0.1 * len(texts)
+
+
+def test_a_store_too_small_for_any_approving_look_fits_no_bridge(
+    new_store_uri: Callable[..., str],
+    static_model_dir: Path,
+    sentences: list[str],
+    gguf_f16: Path,
+) -> None:
+    """500 records: the 578 fitting rows alone exceed the store, so nothing is fitted or
+    embedded for a bridge, and the report and the diagnosis say why."""
+    engine = open_engine(f"model2vec:{static_model_dir}")
+    try:
+        store = write_store(new_store_uri(), sentences[:500], engine.embed(sentences[:500]))
+    finally:
+        engine.close()
+
+    code, report = _check(store, f"llamacpp:{gguf_f16}")
+
+    assert (code, report["verdict"]) == (1, "reindex")
+    bridge = report["bridge"]
+    assert (bridge["stopped"], bridge["looks"], bridge["embedded"]) == ("too_small", [], 0)
+    assert (bridge["path"], bridge["fitted_on"], bridge["validated_on"]) == (None, 0, 0)
+    assert bridge["stop_reason"].startswith("a sample of 500 records is too small for a bridge")
+    assert "no linear bridge was fitted" in report["diagnosis"][0]["evidence"]
 
 
 def _save(tmp_path: Path, input_dims: int, output_dims: int) -> Path:

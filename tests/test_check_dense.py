@@ -17,10 +17,11 @@ Cases, each on qdrant local mode and pgvector, all through the ``guard`` process
 - MiniLM cut to its first two layers writes the store, the full MiniLM GGUF is the
   candidate: ``reindex``, no bridge file, the best bridge's figures in the report.
 
-Sizes: the fit takes 3 * (384 + 1) rows capped at half the sample, and the held-out half
-must carry the 99% bound under 1% with no failure, split over two maps; 1,100 records
-(550 fit, 550 held out) is the smallest hundred that decides (1,000 stays undecided).
-The bridge's input is the candidate's 384, so the 768 case needs no more records.
+Sizes: the bridge follows ``plan_bridge``: 578 fitting rows (1.5 per parameter of
+384 inputs plus a bias), a first look on 100 held-out rows that only stops a hopeless
+bridge, then the fewest held-out rows that carry the 99% bound under 1% with no failure
+(the fitting rows' own cosines counted as measured, the rest bounded exactly). The
+bridge's input is the candidate's 384, so the 768 case needs no more records.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import pytest
 from fixtures_stores import write_store
 from test_cli import guard
 
+from guard.core.bridge import plan_bridge
 from guard.engines import open_engine
 from guard.models import build_cut_model, build_projection_model
 from guard.records import RecordBatch, Vectors
@@ -143,7 +145,8 @@ def test_a_store_written_through_a_dense_layer_gets_a_bridge_that_then_approves(
     bridge = report["bridge"]
     assert (str(out), True, "affine") == (bridge["path"], bridge["passed"], bridge["kind"])
     assert (384, size) == (bridge["input_dims"], bridge["output_dims"])
-    assert (bridge["fitted_on"], bridge["validated_on"]) == (550, 550)
+    look = plan_bridge(RECORDS, 384, allowed_share=0.01, confidence=0.99, population=RECORDS)
+    assert (bridge["fitted_on"], bridge["validated_on"]) == (578, look.looks[1].held_out)
     assert bridge["held_out_cosine"]["min"] >= 0.999
     assert bridge["overlap_at_k"] >= 0.9
 
@@ -171,7 +174,8 @@ def test_a_store_written_by_another_model_stays_reindex_without_a_bridge(
     assert "the best linear bridge" in report["diagnosis"][0]["evidence"]
     assert not out.exists()
     bridge = report["bridge"]
-    assert (bridge["path"], bridge["passed"], bridge["fitted_on"]) == (None, False, 550)
+    assert (bridge["path"], bridge["passed"], bridge["fitted_on"]) == (None, False, 578)
+    assert (bridge["stopped"], bridge["validated_on"]) == ("ruled_out", 100)
     assert bridge["failures"] > 0
     assert bridge["held_out_cosine"]["median"] < 0.99
     assert bridge["share_below_threshold_upper"] > 0.01
@@ -296,11 +300,11 @@ def _by_id(uri: str) -> dict[object, np.ndarray]:  # type: ignore[type-arg]
         store.close()
 
 
-PROBED = 1600  # records: the full fit (800 rows) is larger than the probe (578 + 100)
+PROBED = 1600  # records: a first look (578 fitted, 100 held out) and two more planned
 
 
 @pytest.mark.parametrize(("writer", "bridged"), [("cut2", False), ("dense768", True)])
-def test_the_bridge_probe_stops_a_hopeless_bridge_and_lets_a_linear_one_through(
+def test_the_bridge_plan_stops_a_hopeless_bridge_and_lets_a_linear_one_through(
     writer: str,
     bridged: bool,
     models_cache: Path,
@@ -310,9 +314,8 @@ def test_the_bridge_probe_stops_a_hopeless_bridge_and_lets_a_linear_one_through(
     new_store_uri: Callable[..., str],
     tmp_path: Path,
 ) -> None:
-    """On a sample large enough for a probe short of the full fit: the 2-layer model's
-    store stops after the probe (578 fitted, 100 held out); the Dense layer's store passes
-    the probe and the full fit finds its bridge."""
+    """The 2-layer model's store stops at the plan's first look (578 fitted, 100 held
+    out); the Dense layer's store goes on past it and its bridge passes at the next."""
     split = (s for text in corpus for s in re.split(r"(?<=[.!?])\s+", text))
     texts = list(dict.fromkeys(s for s in split if 40 <= len(s) <= 200))[:PROBED]
     folder, gguf = projections[768]
@@ -332,7 +335,9 @@ def test_the_bridge_probe_stops_a_hopeless_bridge_and_lets_a_linear_one_through(
 
     assert bridge["passed"] is bridged
     if bridged:
-        assert (bridge["fitted_on"], bridge["held_out_cosine"]["min"] >= 0.999) == (800, True)
+        assert (bridge["fitted_on"], bridge["held_out_cosine"]["min"] >= 0.999) == (578, True)
+        assert (bridge["stopped"], bridge["looks_taken"]) == ("passed", 2)
     else:
         assert (bridge["fitted_on"], bridge["validated_on"]) == (578, 100)
+        assert (bridge["stopped"], bridge["looks_taken"]) == ("ruled_out", 1)
         assert bridge["held_out_cosine"]["median"] < 0.99

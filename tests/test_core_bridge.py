@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from guard.core.bridge import (
+    FIRST_HELD_OUT,
     GRAM_ROWS,
+    KINDS,
+    BridgeLook,
+    BridgePlan,
     fit,
     fit_affine,
     fit_orthogonal,
-    fitting_rows,
     judge,
+    plan_bridge,
     split,
 )
 
@@ -28,20 +34,15 @@ def _unit(a: np.ndarray) -> np.ndarray:
     return a / np.linalg.norm(a, axis=1, keepdims=True)
 
 
+def _one_look(fitted_on: int, rows: int) -> BridgePlan:
+    """A plan of one look at every row after the fit, half the budget per kind."""
+    look = BridgeLook(fitted_on, rows - fitted_on, 0.005, 0.005)
+    return BridgePlan((look,), KINDS, 0.99, 0.01, None, rows, fitted_on)
+
+
 def _judge(bridge, x, y, fitted_on):  # type: ignore[no-untyped-def]
-    held = np.arange(fitted_on, len(x))
-    return judge(
-        bridge,
-        fitted_on=fitted_on,
-        held_out=held,
-        candidate=x[held],
-        stored=y[held],
-        threshold=0.99,
-        allowed_share=0.01,
-        confidence=0.99,
-        look=1,
-        looks=2,
-    )
+    plan = _one_look(fitted_on, len(x))
+    return judge(bridge, plan=plan, look=1, candidate=x, stored=y, threshold=0.99)
 
 
 def test_orthogonal_recovers_a_rotation_of_unit_rows() -> None:
@@ -101,30 +102,109 @@ def test_ridge_is_chosen_on_fitting_rows_and_helps_with_few_of_them() -> None:
     assert bridge.parameters["ridge"] > 0.0
 
 
-def test_judging_on_a_fitting_row_is_refused() -> None:
+def test_a_look_without_its_rows_embedded_is_refused() -> None:
     x = _candidate(50, 4, seed=9)
     bridge = fit_affine(x[:30], x[:30], ridge=0.0)
-    with pytest.raises(ValueError, match="not fitted on"):
-        judge(
-            bridge,
-            fitted_on=30,
-            held_out=np.arange(29, 50),
-            candidate=x[29:],
-            stored=x[29:],
-            threshold=0.99,
-            allowed_share=0.01,
-            confidence=0.99,
-            look=1,
-            looks=1,
-        )
+    with pytest.raises(ValueError, match="needs 50 rows"):
+        judge(bridge, plan=_one_look(30, 50), look=1, candidate=x[:49], stored=x, threshold=0.99)
 
 
-def test_fitting_rows_leave_half_the_sample_to_judge() -> None:
-    assert (
-        fitting_rows(384, 4000),
-        fitting_rows(384, 1000),
-        fitting_rows(16, 4000),
-    ) == (1155, 500, 200)
+def test_the_plan_fits_on_one_and_a_half_rows_per_parameter_and_looks_first_at_100() -> None:
+    """384 inputs: 578 fitting rows; a first look on 100 held-out rows that can only
+    stop; then the fewest held-out rows that approve with 0.8 of the budget; then the fit
+    grown to every row judged, judged on all the rows left."""
+    plan = plan_bridge(2000, 384, allowed_share=0.01, confidence=0.99, population=20_000)
+    first, approving, grown = plan.looks
+    assert (first.fit, first.held_out, first.approve_alpha) == (578, FIRST_HELD_OUT, 0.0)
+    assert (approving.fit, approving.approve_alpha) == (578, pytest.approx(0.004))
+    assert (grown.fit, grown.rows) == (578 + approving.held_out, 2000)
+    assert grown.approve_alpha == pytest.approx(0.001)
+    assert plan.can_approve
+
+
+@pytest.mark.parametrize(
+    ("available", "population"), [(2000, 20_000), (1300, 1300), (1100, 1100), (2000, None)]
+)
+def test_the_first_approving_look_holds_out_the_fewest_rows_that_can_approve(
+    available: int, population: int | None
+) -> None:
+    """No failure anywhere passes at the first approving look; one held-out row fewer
+    would not have."""
+    plan = plan_bridge(available, 384, allowed_share=0.01, confidence=0.99, population=population)
+    number = next(i for i, look in enumerate(plan.looks, 1) if look.approve_alpha > 0)
+    look = plan.looks[number - 1]
+    assert plan.bound(number, 0, 0, threshold=0.99).decision == "pass"
+    shorter = replace(plan, looks=(replace(look, held_out=look.held_out - 1),))
+    assert shorter.bound(1, 0, 0, threshold=0.99).decision == "continue"
+
+
+def test_a_store_too_small_for_the_fit_and_the_fewest_held_out_gets_no_look() -> None:
+    plan = plan_bridge(500, 384, allowed_share=0.01, confidence=0.99, population=500)
+    assert (plan.looks, plan.can_approve) == ((), False)
+    assert plan.reason.startswith("a sample of 500 records is too small for a bridge: 578 to fit")
+
+
+def test_a_hopeless_bridge_stops_at_the_first_look_and_a_sound_one_goes_on() -> None:
+    """Nearly every held-out row below T at the first look: the lower bound is above
+    the allowed share ("fail"). None below: the first look cannot approve, so it goes on,
+    and the next look approves."""
+    plan = plan_bridge(1300, 384, allowed_share=0.01, confidence=0.99, population=1300)
+    assert plan.bound(1, 99, 0, threshold=0.99).decision == "fail"
+    assert plan.bound(1, 0, 0, threshold=0.99).decision == "continue"
+    assert plan.bound(2, 0, 0, threshold=0.99).decision == "pass"
+
+
+def test_the_fitting_rows_failures_count_as_measured() -> None:
+    """14 of 1,300 fitting rows below T already exceed 1% of the store: no held-out
+    sample can make up for them."""
+    plan = plan_bridge(1300, 384, allowed_share=0.01, confidence=0.99, population=1300)
+    bound = plan.bound(2, 0, 14, threshold=0.99)
+    assert bound.share_below_threshold_lower >= 14 / 1300
+    assert bound.decision == "fail"
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    available=st.integers(min_value=1, max_value=30_000),
+    dims=st.integers(min_value=2, max_value=1024),
+    extra=st.one_of(st.none(), st.integers(min_value=0, max_value=100_000)),
+    confidence=st.sampled_from([0.9, 0.95, 0.99, 0.999]),
+    allowed=st.sampled_from([0.005, 0.01, 0.05]),
+)
+def test_the_looks_spend_at_most_the_error_budget(
+    available: int, dims: int, extra: int | None, confidence: float, allowed: float
+) -> None:
+    """Over every look and every kind, approval budgets sum to at most 1 - confidence;
+    looks are judged on rows the map never saw, within the sample."""
+    population = None if extra is None else available + extra
+    plan = plan_bridge(
+        available, dims, allowed_share=allowed, confidence=confidence, population=population
+    )
+    assert plan.spent <= (1.0 - confidence) * (1 + 1e-12)
+    assert plan.can_approve == bool(plan.looks)
+    for look in plan.looks:
+        assert look.fit > 0 and look.held_out > 0 and look.rows <= available
+
+
+def test_on_unrelated_vectors_the_plan_stops_at_its_first_look_and_on_a_projection_it_passes() -> (
+    None
+):
+    """The planner, the fits and the bound together, as the check runs them."""
+    x = _candidate(1200, 24, seed=5)
+    unrelated = _candidate(1200, 24, seed=6)
+    projected = _unit(x @ np.random.default_rng(11).normal(size=(24, 16)) + 0.2)
+    plan = plan_bridge(1200, 24, allowed_share=0.01, confidence=0.99, population=1200)
+    decisions = {}
+    for name, y in [("unrelated", unrelated), ("projected", projected)]:
+        seen = []
+        for number, look in enumerate(plan.looks, 1):
+            bridge = fit("affine", x[: look.fit], y[: look.fit], threshold=0.99, rescale_rows=True)
+            trial = judge(bridge, plan=plan, look=number, candidate=x, stored=y, threshold=0.99)
+            seen.append(trial.bound.decision)
+            if trial.bound.decision != "continue":
+                break
+        decisions[name] = seen
+    assert decisions == {"unrelated": ["fail"], "projected": ["continue", "pass"]}
 
 
 @settings(max_examples=30, deadline=None)

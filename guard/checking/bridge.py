@@ -1,22 +1,23 @@
 """Fitting a linear bridge from the candidate's space to the stored one, and judging it
-on held-out records: the check's answer when another space or size is the mismatch."""
+on held-out records: the check's answer when another space or size is the mismatch.
+
+The looks follow ``plan_bridge`` (guard.core.bridge), decided before anything is
+embedded for the bridge: a small fit, a small held-out look that can only stop a
+hopeless bridge, then larger looks only while the bound can still pass."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from guard.checking.overlap import OVERLAP_QUERIES, overlap_through_index
 from guard.checking.rounds import embedded_up_to
-from guard.core.bridge import KINDS, LinearMap, MapKind, Trial, fit, fitting_rows, judge, split
+from guard.core.bridge import BridgePlan, LinearMap, MapKind, Trial, fit, judge, plan_bridge
 from guard.core.findings import Finding
 from guard.core.policy import Thresholds, Verdict, bound_sentence
-from guard.core.stats import plan_rounds
 from guard.engines import EmbeddingEngine, bridgefile
 from guard.logs import get_logger
 from guard.records import RecordBatch, StoreInfo, Vectors
@@ -24,14 +25,21 @@ from guard.stores import VectorStore
 
 log = get_logger(__name__)
 
-# Before the full fit (three rows per parameter, then as many held out), an affine map
-# is fitted on PROBE_ROWS_PER_PARAMETER rows per parameter and judged on PROBE_HELD_OUT
-# more. A linear relation (a dropped projection layer) is recovered exactly there
-# (measured on all-MiniLM-L6-v2 + Dense(384 -> 768): held-out median 1.000 on 600 rows),
-# while a different model stays far off (the reference cut to 2 layers: 0.90), so a
-# held-out median below min_cosine stops the bridge at a third of the full cost.
-PROBE_ROWS_PER_PARAMETER = 1.5
-PROBE_HELD_OUT = 100
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the bridge phase did: every map judged, the winner and its overlap@k, the
+    plan, the looks taken, the records it embedded itself, and why it stopped:
+    ``too_small`` (nothing fitted), ``ruled_out``, ``passed`` or ``undecided``."""
+
+    trials: tuple[Trial, ...]
+    plan: BridgePlan
+    looks_taken: int
+    embedded: int
+    stopped: str
+    reason: str
+    winner: Trial | None = None
+    overlap: float | None = None
 
 
 def try_bridge(
@@ -46,13 +54,15 @@ def try_bridge(
     out: Path | None,
     *,
     fingerprint: dict[str, Any],
+    population: int | None,
 ) -> tuple[Verdict, tuple[Finding, ...], dict[str, Any] | None]:
-    """Fit candidate -> stored maps on the sample's first rows, judge them on the rest.
+    """Fit candidate -> stored maps on the sample's first rows, judge them on the next.
 
-    Only for a ``reindex`` that another space or size explains. The held-out part grows
-    in rounds while the bound is undecided; the error budget is split over every
-    (map, round) look. The first kind (simplest first) whose bound passes and whose
-    bridged queries find the stored top-k through the store's index wins.
+    Only for a ``reindex`` that another space or size explains. The candidate's vectors
+    the check already made (``embedded``) are the first fitting rows, so they are not
+    made twice. The first kind (simplest first) whose bound passes and whose bridged
+    queries find the stored top-k through the store's index wins. ``population``: the
+    store's size the check's own bound used (None: only estimated).
     """
     hopeless = [f for f in findings if f.role == "other_space"]
     if verdict.name != "reindex" or not hopeless or len(usable) < 4:
@@ -62,18 +72,31 @@ def try_bridge(
         raw = candidate.with_options(normalize=None, bridge=None)
         embedded = embedded[:0]
     try:
-        trials, winner, overlap = _fit_and_judge(store, usable, embedded, raw, info, thresholds)
+        outcome = _fit_and_judge(store, usable, embedded, raw, info, thresholds, population)
     finally:
         if raw is not candidate:
             raw.close()
-    best = winner or max(trials, key=lambda t: (float(t.summary.p1), float(t.summary.median)))
-    figures = _figures(best, overlap if winner else None, thresholds)
+    log.info(
+        "check.bridge_done",
+        stopped=outcome.stopped,
+        looks=outcome.looks_taken,
+        embedded=outcome.embedded,
+    )
+    winner = outcome.winner
+    best = winner or max(
+        outcome.trials,
+        key=lambda t: (float(t.summary.p1), float(t.summary.median)),
+        default=None,
+    )
+    figures = _figures(best, outcome, thresholds)
     if winner is None:
         near = (
-            f"; the best linear bridge ({_label(best)}, fitted on {best.fitted_on} records) "
-            f"leaves {best.bound.failures} of {best.validated_on} held-out records below cosine "
-            f"{thresholds.min_cosine:g} (median {best.summary.median:.3f}, p1 "
-            f"{best.summary.p1:.3f}): no linear map explains the difference"
+            f"; no linear bridge was fitted: {outcome.reason}"
+            if best is None
+            else f"; the best linear bridge ({_label(best)}, fitted on {best.fitted_on} "
+            f"records) leaves {best.held_out_failures} of {best.validated_on} held-out records "
+            f"below cosine {thresholds.min_cosine:g} (median {best.summary.median:.3f}, p1 "
+            f"{best.summary.p1:.3f}): {outcome.reason}"
         )
         hopeless_now = tuple(
             replace(f, evidence=f.evidence + near) if f.role == "other_space" else f
@@ -98,7 +121,8 @@ def try_bridge(
         f"a {_label(winner)} map fitted on {winner.fitted_on} sampled records brings "
         f"{winner.validated_on} held-out ones to cosine min {winner.summary.min:.4f}, p1 "
         f"{winner.summary.p1:.4f}, median {winner.summary.median:.4f} and overlap@"
-        f"{thresholds.overlap_k} {overlap:.3f}; {bound_sentence(winner.bound)} once bridged",
+        f"{thresholds.overlap_k} {outcome.overlap or 0.0:.3f}; "
+        f"{bound_sentence(winner.bound)} once bridged",
         f"add bridge={path} to the candidate URI",
         {"bridge": str(path)},
         True,
@@ -124,107 +148,76 @@ def _fit_and_judge(
     candidate: EmbeddingEngine,
     info: StoreInfo,
     thresholds: Thresholds,
-) -> tuple[list[Trial], Trial | None, float | None]:
-    n = len(usable)
-    fit_n = fitting_rows(embedded.shape[1] if len(embedded) else info.dims, n)
-    hopeless, embedded = _probe(usable, embedded, candidate, info, thresholds, fit_n)
-    if hopeless is not None:
-        return [hopeless], None, None
-    fit_rows, _ = split(n, fit_n)
-    rounds = plan_rounds(fit_n, n - fit_n)
-    looks = len(rounds) * len(KINDS)
-    vectors = embedded_up_to(usable, embedded, candidate, fit_n + rounds[0])
+    population: int | None,
+) -> Outcome:
+    """The plan's looks in order, each kind's map fitted once per fit size (cheapest
+    kind first). A kind whose bound fails is dropped; the bridge stops when none is
+    left, when one passes (and its overlap@k holds), or when the plan is spent."""
+    reused = len(embedded)
+    vectors = embedded if reused else embedded_up_to(usable, embedded, candidate, 1)
+    plan = plan_bridge(
+        len(usable),
+        vectors.shape[1],
+        allowed_share=thresholds.allowed_share,
+        confidence=thresholds.confidence,
+        population=population,
+    )
+    trials: list[Trial] = []
+
+    def outcome(taken: int, stopped: str, reason: str, winner: Trial | None = None,
+                overlap: float | None = None) -> Outcome:  # fmt: skip
+        made = max(0, len(vectors) - reused)
+        return Outcome(tuple(trials), plan, taken, made, stopped, reason, winner, overlap)
+
+    if not plan.looks:
+        return outcome(0, "too_small", plan.reason)
     stored = usable.vectors.astype(np.float64)
     rescale = info.distance == "cosine"
-    # Each map is fitted when first judged: a rotation that passes spares the affine fit.
-    maps: dict[MapKind, LinearMap] = {}
-    trials: list[Trial] = []
-    for number, size in enumerate(rounds, start=1):
-        vectors = embedded_up_to(usable, vectors, candidate, fit_n + size)
-        held = np.arange(fit_n, fit_n + size, dtype=np.int64)
-        undecided = False
-        for index, kind in enumerate(KINDS):
-            if kind not in maps:
-                maps[kind] = fit(
+    maps: dict[tuple[MapKind, int], LinearMap] = {}
+    kinds = list(plan.kinds)
+    for number, look in enumerate(plan.looks, start=1):
+        vectors = embedded_up_to(usable, vectors, candidate, look.rows)
+        for kind in tuple(kinds):
+            if (kind, look.fit) not in maps:
+                maps[kind, look.fit] = fit(
                     kind,
-                    vectors[fit_rows],
-                    stored[fit_rows],
+                    vectors[: look.fit],
+                    stored[: look.fit],
                     threshold=thresholds.min_cosine,
                     rescale_rows=rescale,
                 )
-            bridge = maps[kind]
-            look = (number - 1) * len(KINDS) + index + 1
-            trial = _judged(bridge, fit_n, held, vectors, stored, thresholds, look, looks)
+            trial = judge(
+                maps[kind, look.fit],
+                plan=plan,
+                look=number,
+                candidate=vectors,
+                stored=stored,
+                threshold=thresholds.min_cosine,
+            )
             trials.append(trial)
-            log.debug("check.bridge", kind=bridge.kind, n=size, decision=trial.bound.decision)
-            if trial.bound.decision == "pass":
+            decision = trial.bound.decision
+            log.debug("check.bridge", kind=kind, fit=look.fit, n=look.held_out, decision=decision)
+            if decision == "fail":
+                kinds.remove(kind)
+            elif decision == "pass":
+                held = trial.held_out[:OVERLAP_QUERIES]
                 overlap = overlap_through_index(
                     store,
-                    usable.vectors[held[:OVERLAP_QUERIES]],
-                    bridge.apply(vectors[held[:OVERLAP_QUERIES]]).astype(np.float32),
+                    usable.vectors[held],
+                    trial.bridge.apply(vectors[held]).astype(np.float32),
                     thresholds.overlap_k,
                 )
                 if overlap is not None and overlap >= thresholds.min_overlap:
-                    return trials, trial, overlap
-            undecided = undecided or trial.bound.decision == "continue"
-        if not undecided:
-            break
-    return trials, None, None
-
-
-def _probe(
-    usable: RecordBatch,
-    embedded: Vectors,
-    candidate: EmbeddingEngine,
-    info: StoreInfo,
-    thresholds: Thresholds,
-    fit_n: int,
-) -> tuple[Trial | None, Vectors]:
-    """The probe of the module's constants: its trial when the bridge is hopeless, else
-    None (also when the sample is too small for a probe short of the full fit); and the
-    candidate's vectors embedded so far, for the full fit to go on from."""
-    vectors = embedded_up_to(usable, embedded, candidate, 1)
-    probe_fit = math.ceil(PROBE_ROWS_PER_PARAMETER * (vectors.shape[1] + 1))
-    if probe_fit >= fit_n or probe_fit + PROBE_HELD_OUT > len(usable):
-        return None, vectors
-    vectors = embedded_up_to(usable, vectors, candidate, probe_fit + PROBE_HELD_OUT)
-    stored = usable.vectors[: probe_fit + PROBE_HELD_OUT].astype(np.float64)
-    bridge = fit(
-        "affine",
-        vectors[:probe_fit],
-        stored[:probe_fit],
-        threshold=thresholds.min_cosine,
-        rescale_rows=info.distance == "cosine",
-    )
-    held = np.arange(probe_fit, probe_fit + PROBE_HELD_OUT, dtype=np.int64)
-    trial = _judged(bridge, probe_fit, held, vectors, stored, thresholds, 1, 1)
-    median = float(trial.summary.median)
-    log.debug("check.bridge_probe", fitted_on=probe_fit, median=median)
-    return (trial if median < thresholds.min_cosine else None), vectors
-
-
-def _judged(
-    bridge: LinearMap,
-    fitted_on: int,
-    held: npt.NDArray[np.int64],
-    vectors: Vectors,
-    stored: npt.NDArray[np.float64],
-    thresholds: Thresholds,
-    look: int,
-    looks: int,
-) -> Trial:
-    """``bridge`` judged on the ``held`` rows, look ``look`` of ``looks``."""
-    return judge(
-        bridge,
-        fitted_on=fitted_on,
-        held_out=held,
-        candidate=vectors[held],
-        stored=stored[held],
-        threshold=thresholds.min_cosine,
-        allowed_share=thresholds.allowed_share,
-        confidence=thresholds.confidence,
-        look=look,
-        looks=looks,
+                    return outcome(number, "passed", "it passed", trial, overlap)
+        if not kinds:
+            return outcome(
+                number,
+                "ruled_out",
+                f"at look {number} of {len(plan.looks)} ({look.fit} fitted, "
+                f"{look.held_out} held out) the bound rules out every map",
+            )
+    return outcome(
+        len(plan.looks), "undecided", f"all {len(plan.looks)} looks left the bound undecided"
     )
 
 
@@ -233,9 +226,38 @@ def _label(trial: Trial) -> str:
     return f"{trial.bridge.kind} ({params})" if params else trial.bridge.kind
 
 
-def _figures(trial: Trial, overlap: float | None, thresholds: Thresholds) -> dict[str, Any]:
-    """The report's and the bridge file's account of one judged map."""
+def _figures(trial: Trial | None, outcome: Outcome, thresholds: Thresholds) -> dict[str, Any]:
+    """The report's and the bridge file's account of the best judged map (nulls when
+    nothing was fitted), and of what the bridge phase did."""
+    done = {
+        "looks": [
+            {"fit": look.fit, "held_out": look.held_out, "approve_alpha": look.approve_alpha}
+            for look in outcome.plan.looks
+        ],
+        "looks_taken": outcome.looks_taken,
+        "embedded": outcome.embedded,
+        "stopped": outcome.stopped,
+        "stop_reason": outcome.reason,
+    }
+    if trial is None:
+        return {
+            "kind": None,
+            "parameters": {},
+            "input_dims": None,
+            "output_dims": None,
+            "fitted_on": 0,
+            "validated_on": 0,
+            "held_out_cosine": None,
+            "overlap_at_k": None,
+            "k": thresholds.overlap_k,
+            "share_below_threshold_upper": None,
+            "failures": None,
+            "method": None,
+            **done,
+        }
     summary = trial.summary
+    won = outcome.overlap is not None and trial is outcome.winner
+    overlap = round(outcome.overlap, 4) if won and outcome.overlap is not None else None
     return {
         "kind": trial.bridge.kind,
         "parameters": dict(trial.bridge.parameters),
@@ -248,8 +270,10 @@ def _figures(trial: Trial, overlap: float | None, thresholds: Thresholds) -> dic
             "p1": round(summary.p1, 6),
             "median": round(summary.median, 6),
         },
-        "overlap_at_k": None if overlap is None else round(overlap, 4),
+        "overlap_at_k": overlap,
         "k": thresholds.overlap_k,
         "share_below_threshold_upper": trial.bound.share_below_threshold_upper,
-        "failures": trial.bound.failures,
+        "failures": trial.held_out_failures,
+        "method": trial.bound.method,
+        **done,
     }

@@ -122,7 +122,7 @@ def check_drawn(
         with timer.phase("bridge"):
             verdict, findings, bridged = try_bridge(
                 store, usable, first, candidate, info, thresholds, verdict, findings, bridge_out,
-                fingerprint=fingerprint,
+                fingerprint=fingerprint, population=drawn.plan.population,
             )  # fmt: skip
         return build_report(
             verdict=verdict,
@@ -180,6 +180,7 @@ def check_drawn(
             findings,
             bridge_out,
             fingerprint=fingerprint,
+            population=drawn.plan.population,
         )
     log.info("check.verdict", verdict=verdict.name, store=store.uri, candidate=candidate.uri)
     return build_report(

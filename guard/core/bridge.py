@@ -21,6 +21,7 @@ alternates between the map and those per-row scales (``rescale_rows``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -28,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from guard.core.cosines import Floats, Ints, Summary, rowwise_cosine
-from guard.core.stats import Bound, bound
+from guard.core.stats import APPROVE_FIRST, Bound, Look, approval_budgets, shares
 
 MapKind = Literal["orthogonal", "affine"]
 KINDS: tuple[MapKind, ...] = ("orthogonal", "affine")
@@ -42,6 +43,10 @@ RIDGE_VALIDATION_SHARE = 0.2
 # 0.99, 10 rounds none (min 0.9998), 30 rounds min 1.0000.
 RESCALE_ITERATIONS = 50
 RESCALE_SETTLED = 1e-6
+# The bridge's first fit: rows per parameter of one output coordinate (see plan_bridge),
+# and the held-out rows of its first look, which only stops a hopeless bridge.
+FIT_ROWS_PER_PARAMETER = 1.5
+FIRST_HELD_OUT = 100
 # Up to this many fitting rows the affine alternation runs on n x n matrices (two of
 # them, 8 * 2 * n^2 bytes: 256 MB at 4,000), beyond it on the rows themselves.
 GRAM_ROWS = 4000
@@ -241,6 +246,201 @@ def fit(
     return _fit_with_chosen_ridge(xs, ys, threshold=threshold, rescale_rows=rescale_rows)
 
 
+@dataclass(frozen=True)
+class BridgeLook:
+    """One planned look: maps fitted on the sample's rows ``[0, fit)``, judged on the
+    next ``held_out`` rows, with each map kind's share of the approval budget (0: this
+    look can only stop the bridge) and of the budget for a failure."""
+
+    fit: int
+    held_out: int
+    approve_alpha: float
+    reject_alpha: float
+
+    @property
+    def rows(self) -> int:
+        """The sample's rows this look needs embedded."""
+        return self.fit + self.held_out
+
+
+@dataclass(frozen=True)
+class BridgePlan:
+    """The bridge's looks, in order, planned before anything is embedded for it.
+
+    ``looks`` is empty when none could ever approve (``reason`` says why): then nothing
+    is fitted."""
+
+    looks: tuple[BridgeLook, ...]
+    kinds: tuple[MapKind, ...]
+    confidence: float
+    allowed_share: float
+    population: int | None
+    available: int
+    fit: int  # the first fit: FIT_ROWS_PER_PARAMETER rows per parameter
+    reason: str = ""
+
+    @property
+    def can_approve(self) -> bool:
+        return any(look.approve_alpha > 0.0 for look in self.looks)
+
+    @property
+    def spent(self) -> float:
+        """The approval budget of every look and kind together: at most 1 - confidence."""
+        return sum(look.approve_alpha for look in self.looks) * len(self.kinds)
+
+    def bound(self, look: int, held_failures: int, fit_failures: int, *, threshold: float) -> Bound:
+        """The bound on the store's share below ``threshold`` once bridged by the map of
+        look ``look`` (1-based), from ``held_failures`` among its held-out rows and
+        ``fit_failures`` among the rows it was fitted on.
+
+        With the store's size N known, the fitting rows' own cosines are measured, not
+        sampled: their failures count as they are, and the held-out rows, drawn without
+        repeats from the other N - fit records, bound those exactly (hypergeometric; a
+        census when they are all of them). Without N, the held-out rows alone bound the
+        share (binomial)."""
+        if not 1 <= look <= len(self.looks):
+            raise ValueError(f"look {look} of a bridge plan of {len(self.looks)}")
+        planned = self.looks[look - 1]
+        if not 0 <= fit_failures <= planned.fit:
+            raise ValueError(f"{fit_failures} failures among {planned.fit} fitting rows")
+        upper_alpha = planned.approve_alpha or planned.reject_alpha
+        rest = None if self.population is None else self.population - planned.fit
+        n = planned.held_out
+        low, _, method = shares(held_failures, n, 1.0 - planned.reject_alpha, rest)
+        _, high, _ = shares(held_failures, n, 1.0 - upper_alpha, rest)
+        lower, upper = low, high
+        if rest is not None and self.population is not None:
+            lower = (fit_failures + round(low * rest)) / self.population
+            upper = (fit_failures + round(high * rest)) / self.population
+        census = method == "census"  # every record measured, the fitting ones included
+        return Bound(
+            confidence=self.confidence,
+            n=planned.rows if census else planned.held_out,
+            failures=fit_failures + held_failures if census else held_failures,
+            threshold=threshold,
+            allowed_share=self.allowed_share,
+            share_below_threshold_lower=lower,
+            share_below_threshold_upper=upper,
+            rounds=look,
+            planned_rounds=len(self.looks),
+            exact=census,
+            method=method,
+            approve_alpha=planned.approve_alpha,
+            reject_alpha=planned.reject_alpha,
+            looks=tuple(Look(p.rows, p.approve_alpha, p.reject_alpha) for p in self.looks),
+            population=self.population,
+        )
+
+
+def parameters(input_dims: int) -> int:
+    """Parameters of one output coordinate of the most general map (affine: d_in + 1).
+    The orthogonal map is cheaper to fit, not to identify: it too needs rows spanning
+    the candidate's space, so both kinds are fitted on the same rows."""
+    return input_dims + 1
+
+
+def plan_bridge(
+    available: int,
+    input_dims: int,
+    *,
+    allowed_share: float,
+    confidence: float,
+    population: int | None = None,
+    kinds: tuple[MapKind, ...] = KINDS,
+) -> BridgePlan:
+    """The bridge's looks over a sample of ``available`` rows (uniform, random order).
+
+    1. Fit on ``FIT_ROWS_PER_PARAMETER`` rows per parameter: enough for a linear relation
+       to be recovered exactly (a dropped Dense layer: held-out median 1.000), while a
+       different model stays far off.
+    2. A first look on ``FIRST_HELD_OUT`` held-out rows, which cannot approve: it only
+       stops a hopeless bridge (its lower bound already above ``allowed_share``).
+    3. The same maps on held-out rows grown to the fewest that approve with
+       ``APPROVE_FIRST`` of the budget and no failure.
+    4. The fit grown to every row judged so far, judged on all the rows left, when they
+       can still approve with the rest of the budget.
+
+    The approval budget 1 - confidence is spent over the looks that can approve
+    (``APPROVE_FIRST`` to the first, the rest to the second), each look's share split
+    evenly over the map kinds: a union bound over every (look, kind), valid whichever
+    looks are taken. When even the first fit and the fewest held-out rows that could
+    approve exceed the sample, the plan has no looks and says why.
+    """
+    if available < 0 or input_dims < 1:
+        raise ValueError("need a sample and the candidate's dimensions")
+    alpha = 1.0 - confidence
+    fit0 = math.ceil(FIT_ROWS_PER_PARAMETER * parameters(input_dims))
+
+    def plan(looks: tuple[BridgeLook, ...], reason: str = "") -> BridgePlan:
+        return BridgePlan(
+            looks, kinds, confidence, allowed_share, population, available, fit0, reason
+        )
+
+    per_kind = APPROVE_FIRST * alpha / len(kinds)
+    first = _fewest_held(fit0, available, per_kind, allowed_share, population)
+    if first is None:
+        least = _fewest_held(fit0, None, per_kind, allowed_share, population)
+        held = f"{least} held out" if least is not None else "enough held out"
+        return plan(
+            (),
+            f"a sample of {available} records is too small for a bridge: {fit0} to fit "
+            f"({FIT_ROWS_PER_PARAMETER:g} per parameter of a {input_dims}-input map) and "
+            f"{held} to approve",
+        )
+    sizes = [(fit0, FIRST_HELD_OUT)] if first > FIRST_HELD_OUT else []
+    approving = [(fit0, first)]
+    fit1 = fit0 + first
+    later = _fewest_held(fit1, available, (1.0 - APPROVE_FIRST) * alpha / len(kinds),
+                         allowed_share, population)  # fmt: skip
+    if later is not None:
+        approving.append((fit1, available - fit1))
+    budgets = approval_budgets(len(approving), alpha)
+    total = len(sizes) + len(approving)
+    reject = alpha / total / len(kinds)
+    looks = tuple(BridgeLook(f, h, 0.0, reject) for f, h in sizes) + tuple(
+        BridgeLook(f, h, budget / len(kinds), reject)
+        for (f, h), budget in zip(approving, budgets, strict=True)
+    )
+    return plan(looks)
+
+
+def _fewest_held(
+    fit: int, available: int | None, alpha: float, allowed_share: float, population: int | None
+) -> int | None:
+    """The fewest held-out rows after ``fit`` fitting rows whose bound approves at
+    ``alpha`` with no failure anywhere (as ``BridgePlan.bound`` reckons it), within
+    ``available`` rows (None: only the store limits them); None when none do."""
+    rest = None if population is None else population - fit
+    room = None if available is None else available - fit
+    if rest is not None:
+        room = rest if room is None else min(room, rest)
+    if room is not None and room < 1:
+        return None
+
+    def approves(held: int) -> bool:
+        _, upper, _ = shares(0, held, 1.0 - alpha, rest)
+        if rest is None or population is None:
+            return upper <= allowed_share
+        return round(upper * rest) / population <= allowed_share
+
+    if room is None:
+        high = 1
+        while not approves(high):
+            high *= 2
+    elif approves(room):
+        high = room
+    else:
+        return None
+    low = 1
+    while low < high:
+        middle = (low + high) // 2
+        if approves(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
 @dataclass(frozen=True, eq=False)
 class Trial:
     """One map judged on held-out rows: their cosines after the map, and the bound."""
@@ -259,48 +459,47 @@ class Trial:
     def summary(self) -> Summary:
         return Summary.of(self.cosines)
 
+    @property
+    def held_out_failures(self) -> int:
+        """Held-out records below the threshold the bound was made for."""
+        return int(np.count_nonzero(self.cosines < self.bound.threshold))
+
 
 def judge(
     bridge: LinearMap,
     *,
-    fitted_on: int,
-    held_out: npt.ArrayLike,
+    plan: BridgePlan,
+    look: int,
     candidate: npt.ArrayLike,
     stored: npt.ArrayLike,
     threshold: float,
-    allowed_share: float,
-    confidence: float,
-    look: int,
-    looks: int,
 ) -> Trial:
-    """The bound on the share of held-out rows below ``threshold`` once bridged.
+    """The bound of look ``look`` for ``bridge``, fitted on that look's fitting rows.
 
-    ``candidate`` and ``stored`` are the held-out rows only. ``looks`` counts every
-    (map, round) pair the shell may judge, so the error budget is split over all of them.
-    """
-    rows = np.asarray(held_out, dtype=np.int64)
-    if np.any(rows < fitted_on):
-        raise ValueError("a bridge is judged only on rows it was not fitted on")
-    cosines, _ = rowwise_cosine(stored, bridge.apply(candidate))
+    ``candidate`` and ``stored`` are the sample's first rows, at least the look's
+    ``rows``: the first ``fit`` are the ones the map was fitted on (their failures count
+    as measured), the next ``held_out`` judge it."""
+    planned = plan.looks[look - 1]
+    xs, ys = np.asarray(candidate), np.asarray(stored)
+    if min(len(xs), len(ys)) < planned.rows:
+        raise ValueError(f"look {look} needs {planned.rows} rows, got {len(xs)} and {len(ys)}")
+    rows = slice(0, planned.rows)
+    cosines, _ = rowwise_cosine(ys[rows], bridge.apply(xs[rows]))
     cosines = np.nan_to_num(cosines, nan=-1.0)
-    failures = int(np.count_nonzero(cosines < threshold))
-    result = bound(
-        failures,
-        int(cosines.size),
+    fitted, held = cosines[: planned.fit], cosines[planned.fit :]
+    result = plan.bound(
+        look,
+        int(np.count_nonzero(held < threshold)),
+        int(np.count_nonzero(fitted < threshold)),
         threshold=threshold,
-        allowed_share=allowed_share,
-        confidence=confidence,
-        rounds=look,
-        planned_rounds=looks,
     )
-    return Trial(bridge, fitted_on, rows, cosines, result)
-
-
-def fitting_rows(input_dims: int, available: int) -> int:
-    """How many sampled rows to fit on: three per parameter of one output coordinate of an
-    affine map (3 * (d_in + 1)), at least 200, and never more than half the sample, so
-    the held-out half can carry the bound."""
-    return max(1, min(max(3 * (input_dims + 1), 200), available // 2))
+    return Trial(
+        bridge,
+        planned.fit,
+        np.arange(planned.fit, planned.rows, dtype=np.int64),
+        held,
+        result,
+    )
 
 
 def _polar(m: Matrix) -> tuple[Matrix, float]:

@@ -330,14 +330,14 @@ def plan_looks(
         size *= 2
     sizes.append(maximum)
     approving = [n for n in sizes[approving_from:] if n >= first or n == population]
-    budgets = _approval_budgets(len(approving), alpha)
+    budgets = approval_budgets(len(approving), alpha)
     spend = dict(zip(approving, budgets, strict=True))
     reject_alpha = alpha / len(sizes)
     looks = tuple(Look(n, spend.get(n, 0.0), reject_alpha) for n in sizes)
     return SequentialPlan(looks, confidence, allowed_share, population, fewest)
 
 
-def _approval_budgets(count: int, alpha: float) -> list[float]:
+def approval_budgets(count: int, alpha: float) -> list[float]:
     """APPROVE_FIRST of ``alpha`` to the first approving look, a fifth of the rest to each
     later one, all that is left to the last: the budgets sum to ``alpha`` exactly."""
     budgets: list[float] = []
