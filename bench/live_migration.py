@@ -562,22 +562,29 @@ def migrate(
             read_rate=read_rate,
         )  # fmt: skip
         app.start()
-        if store.in_process:
-            stop_a_worker_midway(plan.job_id, batches=max(1, plan.batches // 3))
-        else:
-            kill_a_worker_midway(plan.job_id, state_env, batches=max(1, plan.batches // 3))
-            time.sleep(2.5)  # the killed worker's leases expire
-        api.run(plan.job_id)
-        carried["catch_up"] = api.catch_up(plan.job_id).as_dict()
-        for step in ("cutover", "rollback", "cutover"):
+        try:
+            if store.in_process:
+                stop_a_worker_midway(plan.job_id, batches=max(1, plan.batches // 3))
+            else:
+                kill_a_worker_midway(plan.job_id, state_env, batches=max(1, plan.batches // 3))
+                time.sleep(2.5)  # the killed worker's leases expire
+            api.run(plan.job_id)
+            carried["catch_up"] = api.catch_up(plan.job_id).as_dict()
+            for step in ("cutover", "rollback", "cutover"):
+                time.sleep(settle_seconds)
+                with app.switching():
+                    switched = getattr(api, step)(plan.job_id)
+                carried[step] = switched.carried.as_dict() if switched.carried else None
+                if carried[step] is not None:
+                    carried[step]["held"] = switched.held  # re-embedded while writers waited
+                if step == "rollback" and store.kind == "qdrant":
+                    # Writes that landed in the target between the rollback's last
+                    # comparison and the alias move stay there, embedded by the baseline
+                    # (README): the runbook's catch-up after a rollback takes them out.
+                    carried["catch_up_after_rollback"] = api.catch_up(plan.job_id).as_dict()
             time.sleep(settle_seconds)
-            with app.switching():
-                switched = getattr(api, step)(plan.job_id)
-            carried[step] = switched.carried.as_dict() if switched.carried else None
-            if carried[step] is not None:
-                carried[step]["held"] = switched.held  # re-embedded while writers waited
-        time.sleep(settle_seconds)
-        tally = app.stop()
+        finally:
+            tally = app.stop()
     for counts in carried.values():
         if counts:
             counts.pop("job_id", None)
