@@ -487,6 +487,8 @@ def following(job_id: str, env: dict[str, str], cpus: set[int] | None = None) ->
     if found is None:
         process.kill()
         raise RuntimeError(f"guard serve --follow did not start: {line}{process.stderr.read()}")
+    # Drained, so that its warnings never fill the pipe and stop it.
+    threading.Thread(target=process.stderr.read, daemon=True).start()
     try:
         yield found.group(1)
     finally:
