@@ -31,9 +31,8 @@ def serves_candidate(job: Job, target_served: Callable[[], bool]) -> bool:
     a cutover holds writers off, the baseline's from the moment a rollback does. The
     store is asked (``target_served``) only while a switch is recorded and has not held
     writers yet (a crash may have left it), or after cleanup: otherwise the state
-    database knows, and a
-    ``qdrant+local:`` folder, which one process at a time may open, is left to the
-    process that migrates it."""
+    database knows, and a ``qdrant+local:`` folder, which one process at a time may
+    open, is left to the process that migrates it."""
     intent = job.intent or {}
     if intent.get("writers_held"):
         return intent.get("step") == "cutover"
