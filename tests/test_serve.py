@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -32,6 +33,7 @@ from guard.core.bridge import LinearMap
 from guard.engines import EmbeddingEngine, bridgefile, open_engine
 from guard.hashing import fingerprint_sha256
 from guard.records import RecordBatch
+from guard.serve.follow import serves_candidate
 from guard.stores import open_store
 
 RECORDS = 600  # zero failures in 600 puts the 99% bound under the 1% allowed share
@@ -429,3 +431,37 @@ def test_without_the_serve_extra_it_says_so_in_one_line() -> None:
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert "pip install 'vector-migration-guard[serve]'" in assert_one_line_error(result)
+
+
+@pytest.mark.parametrize(
+    ("state", "intent", "expected"),
+    [
+        ("active", None, False),
+        ("cut_over", None, True),
+        ("rolled_back", None, False),
+        ("active", {"step": "cutover", "writers_held": True}, True),
+        ("cut_over", {"step": "rollback", "writers_held": True}, False),
+    ],
+)
+def test_follow_reads_the_side_from_the_state_database_without_opening_the_store(
+    state: str, intent: dict[str, object] | None, expected: bool
+) -> None:
+    """`serve --follow` leaves the store alone once a switch is settled or holds writers:
+    a `qdrant+local:` folder admits one process, the one migrating it."""
+
+    def store_asked() -> bool:
+        raise AssertionError("the store was asked")
+
+    job = SimpleNamespace(state=state, intent=intent)
+    assert expected == serves_candidate(job, store_asked)
+
+
+@pytest.mark.parametrize(("state", "intent"), [("active", {"step": "cutover"}), ("cleaned", None)])
+def test_follow_asks_the_store_for_an_unsettled_switch_or_a_cleaned_job(
+    state: str, intent: dict[str, object] | None
+) -> None:
+    """A switch recorded but not holding writers (perhaps left by a crash), or a job
+    cleaned up: only the store knows which side is served."""
+    job = SimpleNamespace(state=state, intent=intent)
+    assert serves_candidate(job, lambda: True) is True
+    assert serves_candidate(job, lambda: False) is False

@@ -26,13 +26,19 @@ log = get_logger(__name__)
 POLL_SECONDS = 0.05
 
 
-def serves_candidate(job: Job, target_served: bool) -> bool:
+def serves_candidate(job: Job, target_served: Callable[[], bool]) -> bool:
     """Which engine a job's readers and writers need now: the candidate's from the moment
-    a cutover holds writers off, the baseline's from the moment a rollback does."""
+    a cutover holds writers off, the baseline's from the moment a rollback does. The
+    store is asked (``target_served``) only while a switch is recorded and has not held
+    writers yet (a crash may have left it), or after cleanup: otherwise the state
+    database knows, and a ``qdrant+local:`` folder, which one process at a time may
+    open, is left to the process that migrates it."""
     intent = job.intent or {}
     if intent.get("writers_held"):
         return intent.get("step") == "cutover"
-    return target_served
+    if not intent and job.state in ("active", "cut_over", "rolled_back"):
+        return job.state == "cut_over"
+    return target_served()  # an unsettled switch, or a job cleaned up
 
 
 class Follower:
@@ -57,8 +63,10 @@ class Follower:
 
     def side_now(self) -> bool:
         self.job = load_job(self._conn, self._ref)
-        served = bool(self.job.cutover) and self._store.serves_target(self.job.cutover or {})
-        return serves_candidate(self.job, served)
+        job = self.job
+        return serves_candidate(
+            job, lambda: bool(job.cutover) and self._store.serves_target(job.cutover or {})
+        )
 
     def start(self, move: Callable[[bool], None]) -> None:
         self._move = move
