@@ -207,14 +207,9 @@ def _error_lines(stderr: str) -> list[str]:
 # --- the faults -------------------------------------------------------------------------
 
 
-def test_a_store_restarted_mid_run_is_waited_for_and_the_run_finishes(
-    state_dsn: str, pausable: PausablePostgres, candidate: str, corpus: list[str]
-) -> None:
-    """The store's PostgreSQL stops (every connection cut) and starts again 3 s later:
-    the worker waits, reconnects, goes on where it was and finishes; every id is written
-    once per the ledger, verify passes, and the log says the store went and came back."""
-    source = _source(f"{pausable.dsn}?table=docs", _texts(corpus, RECORDS))
-    job_id = _plan(source, candidate)
+def _run_through_an_outage(job_id: str, pausable: PausablePostgres) -> str:
+    """Run the job, stop ``pausable`` for 3 s once two batches are done; the run must
+    finish cleanly. Returns its stderr."""
     worker = _run(job_id, "--max-outage", "60")
     _wait_for_done_batches(job_id, 2, worker)
     pausable.stop()
@@ -223,6 +218,18 @@ def test_a_store_restarted_mid_run_is_waited_for_and_the_run_finishes(
     code, out, err = _finish(worker)
     assert (code, _error_lines(err)) == (0, []), err
     assert out.startswith("done:"), out
+    return err
+
+
+def test_a_store_restarted_mid_run_is_waited_for_and_the_run_finishes(
+    state_dsn: str, pausable: PausablePostgres, candidate: str, corpus: list[str]
+) -> None:
+    """The store's PostgreSQL stops (every connection cut) and starts again 3 s later:
+    the worker waits, reconnects, goes on where it was and finishes; every id is written
+    once per the ledger, verify passes, and the log says the store went and came back."""
+    source = _source(f"{pausable.dsn}?table=docs", _texts(corpus, RECORDS))
+    job_id = _plan(source, candidate)
+    err = _run_through_an_outage(job_id, pausable)
     # One outage, logged once when it began and once when it ended.
     assert err.count("the store went away; waiting for it") == 1, err
     assert err.count("the store is back; going on") == 1, err
@@ -245,14 +252,7 @@ def test_a_state_database_gone_for_seconds_is_waited_for(
     monkeypatch.setenv("GUARD_STATE_DSN", pausable.dsn)
     source = _source(f"{pg_dsn}&schema={pg_schema}&table=docs", _texts(corpus, RECORDS))
     job_id = _plan(source, candidate)
-    worker = _run(job_id, "--max-outage", "60")
-    _wait_for_done_batches(job_id, 2, worker)
-    pausable.stop()
-    time.sleep(3)
-    pausable.start()
-    code, out, err = _finish(worker)
-    assert (code, _error_lines(err)) == (0, []), err
-    assert out.startswith("done:"), out
+    err = _run_through_an_outage(job_id, pausable)
     assert err.count("the state database went away; waiting for it") == 1, err
     assert err.count("the state database is back; going on") == 1, err
     _assert_complete_once(job_id, RECORDS)

@@ -255,12 +255,8 @@ def test_two_workers_process_disjoint_batches(
     _assert_complete_and_right(_verify_all(job_id))
 
 
-def test_two_workers_in_one_process_split_a_job(
-    state_dsn: str, source: str, candidate: str
-) -> None:
-    """Two workers in one process (how qdrant-local, one process per folder, runs
-    several) take disjoint batches through the same leases and finish the job together."""
-    job_id = plan(source, candidate, max_rate=10)  # slow enough for both to start
+def _two_workers(job_id: str) -> list[Any]:
+    """The results of two workers run on ``job_id`` at once, in threads of this process."""
     results: list[Any] = []
     threads = [
         threading.Thread(target=lambda: results.append(run_worker(job_id))) for _ in range(2)
@@ -269,6 +265,16 @@ def test_two_workers_in_one_process_split_a_job(
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
+    return results
+
+
+def test_two_workers_in_one_process_split_a_job(
+    state_dsn: str, source: str, candidate: str
+) -> None:
+    """Two workers in one process (how qdrant-local, one process per folder, runs
+    several) take disjoint batches through the same leases and finish the job together."""
+    job_id = plan(source, candidate, max_rate=10)  # slow enough for both to start
+    results = _two_workers(job_id)
     assert sorted(r.stopped for r in results) == ["done", "done"]
     assert sum(r.batches_done for r in results) == RECORDS // BATCH
     assert all(r.batches_done > 0 for r in results), results
@@ -287,14 +293,7 @@ def test_max_rate_bounds_the_whole_job_not_each_worker(
     under a limit of 10 here)."""
     rate = 10.0
     job_id = plan(source, candidate, max_rate=rate)
-    results: list[Any] = []
-    threads = [
-        threading.Thread(target=lambda: results.append(run_worker(job_id))) for _ in range(2)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    results = _two_workers(job_id)
     assert sorted(r.stopped for r in results) == ["done", "done"]
     assert all(r.batches_done > 0 for r in results), results  # both worked on it
     with connect() as conn:

@@ -29,7 +29,14 @@ import numpy as np
 import numpy.typing as npt
 
 from guard.core.cosines import Floats, Ints, Summary, rowwise_cosine
-from guard.core.stats import APPROVE_FIRST, Bound, Look, approval_budgets, shares
+from guard.core.stats import (
+    APPROVE_FIRST,
+    Bound,
+    Look,
+    approval_budgets,
+    shares,
+    smallest_passing,
+)
 
 MapKind = Literal["orthogonal", "affine"]
 KINDS: tuple[MapKind, ...] = ("orthogonal", "affine")
@@ -431,14 +438,7 @@ def _fewest_held(
         high = room
     else:
         return None
-    low = 1
-    while low < high:
-        middle = (low + high) // 2
-        if approves(middle):
-            high = middle
-        else:
-            low = middle + 1
-    return low
+    return smallest_passing(approves, 1, high)
 
 
 @dataclass(frozen=True, eq=False)

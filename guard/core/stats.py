@@ -35,6 +35,7 @@ the first approving look can never approve (``SequentialPlan.can_approve``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
@@ -156,9 +157,15 @@ def _fewest(allowed_share: float, confidence: float, population: int | None) -> 
             high *= 2
     else:
         low, high = 1, population
+    return smallest_passing(approves, low, high)
+
+
+def smallest_passing(passes: Callable[[int], bool], low: int, high: int) -> int:
+    """The smallest n in [low, high] with ``passes(n)``, for a ``passes`` that stays
+    true once true and holds at ``high`` (a bisection)."""
     while low < high:
         middle = (low + high) // 2
-        if approves(middle):
+        if passes(middle):
             high = middle
         else:
             low = middle + 1
