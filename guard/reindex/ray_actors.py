@@ -221,6 +221,7 @@ def _drive(
         max_restarts=max_restarts,
         max_task_retries=max_restarts,
         max_concurrency=2,
+        runtime_env={"env_vars": _actor_environment()},
     )
     handles = [actor_class.remote(job_id, dsn, lease_seconds, max_outage) for _ in range(actors)]
     running = [handle.run.remote() for handle in handles]
@@ -252,6 +253,14 @@ def _drive(
                     progress(line)
                     last_line = line
     return _combine(job_id, address, actors, results)
+
+
+def _actor_environment() -> dict[str, str]:
+    """What the driver's process set for its engines, for the actors too: a cluster
+    started with `ray start` gives its actors the environment of the shell that started
+    it, where OpenMP threads spin at every barrier; two actors on two cores then ran at
+    0.37x two plain workers (bench/reindex_ray.py)."""
+    return {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
 
 
 def _cancel(handles: list[Any]) -> None:
