@@ -189,8 +189,26 @@ def one_vector_for_two_texts(texts: Sequence[str], vectors: Vectors) -> Vectors:
     return damaged
 
 
+def noise_on_every_call(texts: Sequence[str], vectors: Vectors) -> Vectors:
+    """Another few tenths of a percent off each vector on every call (cosine ~0.995)."""
+    noise = np.random.default_rng().normal(scale=0.005, size=vectors.shape)
+    return (vectors + noise).astype(np.float32)
+
+
+def batch_leaks_into_each_vector(texts: Sequence[str], vectors: Vectors) -> Vectors:
+    """A text's vector takes a tenth of its batch's mean, as attention leaking across
+    padded inputs would: alone it is the real vector."""
+    return (vectors + 0.1 * vectors.mean(axis=0)).astype(np.float32)
+
+
 @pytest.mark.parametrize(
-    ("damage", "cause"), [(nan_for_some, "nan_output"), (one_vector_for_two_texts, "collisions")]
+    ("damage", "cause"),
+    [
+        (nan_for_some, "nan_output"),
+        (one_vector_for_two_texts, "collisions"),
+        (noise_on_every_call, "nondeterministic"),
+        (batch_leaks_into_each_vector, "batch_inconsistent"),
+    ],
 )
 def test_a_broken_candidate_is_rejected(
     fill: Callable[[Vectors], str],
@@ -203,6 +221,26 @@ def test_a_broken_candidate_is_rejected(
     report = check(fill(f16_vectors), engine)
     assert (report.verdict, report.exit_code) == ("reject_candidate", 4)
     assert cause in causes(report)
+
+
+def test_a_sound_candidate_is_not_embedded_again_in_a_batch(
+    fill: Callable[[Vectors], str], f16_vectors: Vectors, gguf_f16: Path
+) -> None:
+    """Texts that get their batched vectors back one at a time were embedded twice alike:
+    the self-check's second batch run is left out, and no finding is lost by it."""
+    calls: list[int] = []
+
+    def recorded(texts: Sequence[str], vectors: Vectors) -> Vectors:
+        calls.append(len(texts))
+        return vectors
+
+    report = check(fill(f16_vectors), DamagedEngine(open_engine(f"llamacpp:{gguf_f16}"), recorded))
+    assert (report.verdict, causes(report)) == ("approve", [])
+    assert report.bound is not None
+    rounds = 0
+    while sum(calls[:rounds]) < report.bound["n"]:
+        rounds += 1
+    assert calls[rounds:] == [1] * 8, calls  # after the rounds, eight texts alone only
 
 
 def test_an_empty_store_is_an_error(new_store_uri: Callable[..., str], gguf_f16: Path) -> None:

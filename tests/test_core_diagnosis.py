@@ -30,6 +30,7 @@ from guard.core.evidence import Alternative, Evidence, RecordTimes
 from guard.core.findings import Finding, SettingValue
 from guard.core.policy import Thresholds, decide
 from guard.core.selfcheck import (
+    agree,
     batch_inconsistent,
     collisions,
     nan_output,
@@ -810,6 +811,22 @@ def test_undefined_rows_in_reruns_are_left_to_the_nan_check() -> None:
 
     assert nondeterministic(first, second) is None
     assert batch_inconsistent(first, first) is None
+
+
+def test_runs_agree_only_when_every_row_is_defined_and_within_tolerance() -> None:
+    """What lets the check skip its second batch run: one row moved, or one row that
+    says nothing (NaN, zero), and the runs do not agree."""
+    first = unit_rows(5)
+    assert agree(first, first.copy())
+    assert agree(first, first * 3.0)  # length is not direction
+    moved = first.copy()
+    moved[1] += 0.1 * unit_rows(5)[4]
+    assert not agree(first, moved)
+    undefined = first.copy()
+    undefined[3] = np.nan
+    assert not agree(first, undefined)
+    undefined[3] = 0.0
+    assert not agree(first, undefined)
 
 
 def test_an_alternative_fixing_every_remeasured_mismatch_explains_it_and_a_partial_one_not() -> (
