@@ -124,9 +124,8 @@ def batch_inconsistent(one_by_one: npt.ArrayLike, batched: npt.ArrayLike) -> Fin
 def agree(a: npt.ArrayLike, b: npt.ArrayLike) -> bool:
     """The same texts' vectors from two runs agree within CONSISTENCY_TOLERANCE, every
     row finite and of non-zero length on both sides (a row that is not says nothing)."""
-    first, second = as_vectors(a), as_vectors(b)
-    cosines, defined = rowwise_cosine(first, second)
-    return bool(defined.all() and (cosines >= 1.0 - CONSISTENCY_TOLERANCE).all())
+    moved, compared, _ = _drift(a, b)
+    return moved == 0 and compared == len(as_vectors(a))
 
 
 def selfcheck(
